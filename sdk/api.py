@@ -1,0 +1,142 @@
+"""The embedded Python API: `edgecpm.load(path)` -> `LoadedModel`.
+
+`path` is a Hugging Face checkpoint directory, a `.gguf` file, an exported artifact directory (with
+`edgecpm.json`), or None / "smollm2" for the built-in default model. The backend is picked from the path
+(and the artifact's format) unless named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends.base import Backend, resolve_backend
+from .config import ModelConfig, is_preset
+from .default_model import resolve_model_path
+from .errors import EdgecpmError
+from .generation import GenerationResult, Generator, SamplingParams
+from .tokenizer import Tokenizer
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: config, tokenizer and a backend holding the decoding state."""
+
+    path: Path
+    config: ModelConfig
+    tokenizer: Tokenizer
+    backend: Backend
+    fmt: str  # "hf", "gguf" or an artifact format
+
+    def encode_prompt(self, prompt_or_messages: str | Sequence[dict[str, str]]) -> list[int]:
+        """Text is encoded as is; a message list goes through the chat template first."""
+        tok = self.tokenizer
+        if isinstance(prompt_or_messages, str):
+            return tok.encode(prompt_or_messages)
+        text = tok.apply_chat_template(list(prompt_or_messages), add_generation_prompt=True)
+        bos_text = tok.id_to_text(tok.bos_id) if tok.bos_id is not None else None
+        return tok.encode(text, add_bos=tok.add_bos and not (bos_text and text.startswith(bos_text)))
+
+    def generate(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
+                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                 stop: Sequence[str] | str | None = None, stream: bool = False) -> str | Iterator[str]:
+        """Generated text, or an iterator of text pieces with `stream=True`."""
+        ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
+        generator = Generator(self.backend, self.tokenizer, self.config.eos_token_ids)
+        if stream:
+            return generator.stream(ids, max_new_tokens, params, stops)
+        return generator.run(ids, max_new_tokens, params, stops).text
+
+    def generate_result(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
+                        temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                        stop: Sequence[str] | str | None = None) -> GenerationResult:
+        """Like `generate` but with token ids, finish reason and timings."""
+        ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
+        generator = Generator(self.backend, self.tokenizer, self.config.eos_token_ids)
+        return generator.run(ids, max_new_tokens, params, stops)
+
+    def logits(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Full-sequence logits `[len(token_ids), vocab]` float32 (for parity checks)."""
+        ids = [int(i) for i in token_ids]
+        if not ids:
+            raise EdgecpmError("logits() needs at least one token id")
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise EdgecpmError(f"token id {bad[0]} is outside the vocabulary (size {self.config.vocab_size})")
+        return np.asarray(self.backend.prefill(ids, all_logits=True), dtype=np.float32)
+
+    def _prepare(self, prompt: Any, temperature: float, top_p: float, top_k: int, seed: int | None,
+                 stop: Sequence[str] | str | None) -> tuple[list[int], SamplingParams, list[str]]:
+        ids = self.encode_prompt(prompt)
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return ids, params, stops
+
+
+def load(path: str | Path | None = None, backend: str = "auto", device: str | None = None,
+         dtype: str | None = None, threads: int | None = None, progress: bool = False,
+         **options: Any) -> LoadedModel:
+    """Open a checkpoint, GGUF file or artifact and return a `LoadedModel`.
+
+    `device` names a device profile (e.g. "host"); it supplies the thread count unless `threads` is given.
+    """
+    if path is not None and is_preset(str(path)) and not Path(str(path)).exists():
+        raise EdgecpmError(f"{path!r} is a shape preset without weights: use it with `plan`, not `load`")
+    p = resolve_model_path(path)
+    if not p.exists():
+        raise EdgecpmError(f"model path not found: {p}")
+    if threads is None and device is not None:
+        threads = _threads_from_profile(device)
+
+    from .exporters.manifest import FORMAT_BACKENDS, is_artifact, read_manifest
+
+    if p.is_dir() and is_artifact(p):
+        manifest = read_manifest(p)
+        name = FORMAT_BACKENDS[manifest.format] if backend == "auto" else backend
+        factory = resolve_backend(name)
+        opened = factory(p, manifest.model_config, manifest, dtype=dtype, threads=threads, progress=progress,
+                         **options)
+        backend_obj, tokenizer = opened if isinstance(opened, tuple) else (opened, None)
+        if tokenizer is None:
+            tokenizer = _artifact_tokenizer(p, manifest.model_config)
+        return LoadedModel(p, manifest.model_config, tokenizer, backend_obj, manifest.format)
+
+    from .weights import open_checkpoint
+
+    config, source = open_checkpoint(p)
+    if p.suffix == ".gguf":
+        from .gguf_vocab import tokenizer_from_gguf
+
+        tokenizer = tokenizer_from_gguf(source.reader, config.eos_token_ids)
+        fmt = "gguf"
+    else:
+        from .tokenizer import load_tokenizer_dir
+
+        tokenizer = load_tokenizer_dir(p, bos_id=config.bos_token_id, eos_ids=config.eos_token_ids)
+        fmt = "hf"
+    name = "torch" if backend == "auto" else backend
+    if name == "llama.cpp" and fmt != "gguf":
+        raise EdgecpmError("the llama.cpp backend runs .gguf files; export the checkpoint with --format gguf first")
+    factory = resolve_backend(name)
+    backend_obj = factory(p, config, None, source=source, dtype=dtype, threads=threads, progress=progress,
+                          **options)
+    return LoadedModel(p, config, tokenizer, backend_obj, fmt)
+
+
+def _artifact_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer:
+    from .tokenizer import load_tokenizer_dir
+
+    return load_tokenizer_dir(directory, bos_id=config.bos_token_id, eos_ids=config.eos_token_ids)
+
+
+def _threads_from_profile(device: str) -> int | None:
+    try:
+        from .device_profiles import load_profile
+    except ImportError:
+        raise EdgecpmError(f"device profiles are not available; cannot use device {device!r}") from None
+    profile = load_profile(device)
+    return getattr(profile, "threads", None) or getattr(profile, "cpu_cores", None)

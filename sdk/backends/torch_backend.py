@@ -1,0 +1,74 @@
+"""The torch backend: the reference `Model` with a `KVCache`, behind the `Backend` protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import EdgecpmError
+from ..model import Model
+from .base import register_backend
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: Model, *, threads: int | None = None, cache_mode: str = "dynamic",
+                 max_len: int | None = None) -> None:
+        self.model = model
+        self.vocab_size = model.config.vocab_size
+        self.threads = threads
+        if threads:
+            torch.set_num_threads(threads)
+        self.cache = model.new_cache(cache_mode, max_len)
+
+    @property
+    def n_past(self) -> int:
+        return self.cache.length
+
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int], all_logits: bool = False) -> np.ndarray:
+        self.reset()
+        if not len(ids):
+            raise EdgecpmError("prefill needs at least one token")
+        x = torch.as_tensor(list(ids), dtype=torch.long)[None]
+        if all_logits:
+            return self.model(x, self.cache)[0].numpy()
+        return self.model.last_logits(x, self.cache)[0].numpy()
+
+    @torch.inference_mode()
+    def decode(self, ids: Sequence[int]) -> np.ndarray:
+        if not len(ids):
+            raise EdgecpmError("decode needs at least one token")
+        x = torch.as_tensor(list(ids), dtype=torch.long)[None]
+        return self.model(x, self.cache)[0].numpy()
+
+    def truncate(self, n: int) -> None:
+        self.cache.truncate(n)
+
+    def reset(self) -> None:
+        self.cache.reset()
+
+
+def open_torch(path: Any, config: Any, manifest: Any = None, *, source: Any = None, dtype: str | None = None,
+               threads: int | None = None, progress: bool = False, **_: Any) -> TorchBackend:
+    from ..progress import progress_bar
+
+    torch_dtype = resolve_dtype(dtype or "float32")
+    with progress_bar(total=None, desc="loading weights", enabled=progress) as bar:
+        model = Model.from_source(config, source, torch_dtype, progress=bar.update)
+    return TorchBackend(model, threads=threads)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    table = {"float32": torch.float32, "fp32": torch.float32, "f32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16}
+    if name not in table:
+        raise EdgecpmError(f"unknown dtype {name!r}; expected one of float32, bfloat16, float16")
+    return table[name]
+
+
+register_backend("torch", open_torch)

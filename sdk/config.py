@@ -1,0 +1,486 @@
+"""`ModelConfig`: one frozen description of every MiniCPM4-family model.
+
+Parsed from a published Hugging Face `config.json` (MiniCPM4 0.5B / 8B, BitCPM4, MiniCPM-SALA, plain Llama) or
+built from GGUF metadata by the GGUF weight source. Per-layer structure lives in `LayerSpec`, so dense, InfLLM v2
+sparse, lightning and shared layers are all expressed as data and the reference model never special-cases a
+checkpoint. Every validation error names the field and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+AttentionKind = Literal["dense", "infllmv2", "lightning"]
+
+SUPPORTED_ARCHITECTURES = {
+    "MiniCPMForCausalLM": "minicpm",
+    "LlamaForCausalLM": "llama",
+    "MiniCPMSALAForCausalLM": "minicpm_sala",
+}
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """MiniCPM LongRoPE: positions are divided by a per-pair factor, at every length."""
+
+    kind: Literal["longrope"]
+    long_factor: tuple[float, ...]
+    short_factor: tuple[float, ...]
+    original_max_position_embeddings: int
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """InfLLM v2 settings exactly as the published `sparse_config` block (defaults from the MiniCPM README)."""
+
+    kernel_size: int = 32
+    kernel_stride: int = 16
+    init_blocks: int = 1
+    block_size: int = 64
+    window_size: int = 2048
+    topk: int = 64
+    use_nope: bool = False
+    dense_len: int = 8192
+
+
+@dataclass(frozen=True)
+class LightningConfig:
+    """MiniCPM-SALA lightning (simple-GLA linear attention) layer shape."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    use_rope: bool = True
+    qk_norm: bool = True
+    output_norm: bool = True
+    output_gate: bool = True
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What one decoder layer is: its attention kind, where its weights live and how they are stored.
+
+    `weight_layer` is the index whose tensors this layer uses (itself unless weights are shared), `use_rope`
+    is False for NoPE layers (SALA sparse layers) and `output_gate` adds SALA's sigmoid gate on attention.
+    """
+
+    attention: AttentionKind = "dense"
+    weight_layer: int = 0
+    use_rope: bool = True
+    output_gate: bool = False
+    ternary: bool = False
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    scale_emb: float
+    scale_depth: float
+    dim_model_base: int | float
+    tie_word_embeddings: bool
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    layers: tuple[LayerSpec, ...]
+    rope_scaling: RopeScaling | None = None
+    sparse: SparseConfig | None = None
+    lightning: LightningConfig | None = None
+    ode_step: float = 1.0
+    torch_dtype: str = "bfloat16"
+    name: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    # ---- derived scalings (one place, used by every backend and exporter) ----
+    @property
+    def residual_scale(self) -> float:
+        """Multiplier on every residual branch: scale_depth / sqrt(L), times the ODE step of shared models."""
+        return self.scale_depth / math.sqrt(self.num_layers) * self.ode_step
+
+    @property
+    def logit_scale(self) -> float:
+        """The final hidden state is divided by this before the LM head (hidden_size / dim_model_base)."""
+        return self.hidden_size / self.dim_model_base
+
+    @property
+    def rope_mscale(self) -> float:
+        """LongRoPE attention scaling; 1.0 in every published config (max_pos == original max)."""
+        if self.rope_scaling is None:
+            return 1.0
+        ratio = self.max_position_embeddings / self.rope_scaling.original_max_position_embeddings
+        if ratio <= 1.0:
+            return 1.0
+        return math.sqrt(1 + math.log(ratio) / math.log(self.rope_scaling.original_max_position_embeddings))
+
+    @property
+    def num_weight_layers(self) -> int:
+        return len({spec.weight_layer for spec in self.layers})
+
+    @property
+    def has_sparse_layers(self) -> bool:
+        return any(spec.attention == "infllmv2" for spec in self.layers)
+
+    @property
+    def has_lightning_layers(self) -> bool:
+        return any(spec.attention == "lightning" for spec in self.layers)
+
+    @property
+    def is_plain_dense(self) -> bool:
+        """True when every layer is the standard dense MiniCPM block (what llama.cpp's `minicpm` arch runs)."""
+        return all(
+            s.attention in ("dense", "infllmv2") and s.use_rope and not s.output_gate for s in self.layers
+        ) and self.num_weight_layers == self.num_layers
+
+    def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> float:
+        """Softmax-attention KV cache bytes per token (lightning layers keep a fixed state instead)."""
+        softmax_layers = sum(1 for s in self.layers if s.attention != "lightning")
+        return 2 * softmax_layers * self.num_kv_heads * self.head_dim * bytes_per_element
+
+    def recurrent_state_bytes(self) -> int:
+        """Fixed fp32 state of all lightning layers (independent of context length)."""
+        if self.lightning is None:
+            return 0
+        n = sum(1 for s in self.layers if s.attention == "lightning")
+        lc = self.lightning
+        return n * lc.num_heads * lc.head_dim * lc.head_dim * 4
+
+    def parameter_count(self) -> int:
+        """Parameters stored in the checkpoint (shared layers counted once)."""
+        h, i = self.hidden_size, self.intermediate_size
+        total = self.vocab_size * h * (1 if self.tie_word_embeddings else 2) + h
+        seen: set[int] = set()
+        for spec in self.layers:
+            if spec.weight_layer in seen:
+                continue
+            seen.add(spec.weight_layer)
+            total += 2 * h + 3 * h * i
+            if spec.attention == "lightning" and self.lightning is not None:
+                lc = self.lightning
+                total += 3 * h * lc.num_heads * lc.head_dim + lc.num_heads * lc.head_dim * h
+                total += 2 * lc.head_dim + h + h * h  # q/k norms, o_norm, z_proj
+            else:
+                total += h * self.num_heads * self.head_dim * 2 + 2 * h * self.num_kv_heads * self.head_dim
+                if spec.output_gate:
+                    total += h * h
+        return total
+
+    def with_sparse(self, sparse: SparseConfig | None) -> ModelConfig:
+        """A copy with InfLLM v2 switched on (every softmax layer) or off."""
+        kind: AttentionKind = "infllmv2" if sparse is not None else "dense"
+        layers = tuple(s if s.attention == "lightning" else replace(s, attention=kind) for s in self.layers)
+        return replace(self, sparse=sparse, layers=layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (stored in artifact manifests and read back by `from_dict`)."""
+        d = asdict(self)
+        d.pop("extra", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        d = dict(d)
+        d["layers"] = tuple(LayerSpec(**s) for s in d["layers"])
+        d["eos_token_ids"] = tuple(d["eos_token_ids"])
+        if d.get("rope_scaling"):
+            rs = dict(d["rope_scaling"])
+            rs["long_factor"] = tuple(rs["long_factor"])
+            rs["short_factor"] = tuple(rs["short_factor"])
+            d["rope_scaling"] = RopeScaling(**rs)
+        if d.get("sparse"):
+            d["sparse"] = SparseConfig(**d["sparse"])
+        if d.get("lightning"):
+            d["lightning"] = LightningConfig(**d["lightning"])
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parsing the Hugging Face config.json
+
+
+def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default: Any = ..., *, where: str = ""):
+    """Read one field with a type check; the error names the field and the expected type."""
+    label = f"{where}{key}"
+    if key not in d or d[key] is None:
+        if default is ...:
+            raise ConfigError(f"config field '{label}' is missing (expected {_kind_name(kind)})")
+        return default
+    value = d[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise ConfigError(f"config field '{label}' is {value!r}; expected {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
+             dict: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _positive(value: int | float, label: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"config field '{label}' is {value!r}; expected a positive value")
+
+
+def _parse_rope_scaling(d: Mapping[str, Any], head_dim: int) -> RopeScaling | None:
+    rs = d.get("rope_scaling")
+    if rs is None:
+        return None
+    if not isinstance(rs, Mapping):
+        raise ConfigError(f"config field 'rope_scaling' is {rs!r}; expected an object or null")
+    kind = rs.get("rope_type", rs.get("type"))
+    if kind in ("longrope", "su"):
+        long_f = _get(rs, "long_factor", list, where="rope_scaling.")
+        short_f = _get(rs, "short_factor", list, where="rope_scaling.")
+        for name, lst in (("long_factor", long_f), ("short_factor", short_f)):
+            if len(lst) != head_dim // 2:
+                raise ConfigError(
+                    f"config field 'rope_scaling.{name}' has {len(lst)} values; expected head_dim/2 = "
+                    f"{head_dim // 2}")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lst):
+                raise ConfigError(f"config field 'rope_scaling.{name}' must hold positive numbers")
+        orig = _get(rs, "original_max_position_embeddings", int,
+                    d.get("max_position_embeddings", 0), where="rope_scaling.")
+        _positive(orig, "rope_scaling.original_max_position_embeddings")
+        return RopeScaling("longrope", tuple(float(x) for x in long_f), tuple(float(x) for x in short_f), orig)
+    if kind in (None, "default"):
+        return None
+    raise ConfigError(f"config field 'rope_scaling.rope_type' is {kind!r}; expected 'longrope' (MiniCPM) or null")
+
+
+def _parse_sparse(d: Mapping[str, Any]) -> SparseConfig | None:
+    sc = d.get("sparse_config")
+    if sc is None:
+        return None
+    if not isinstance(sc, Mapping):
+        raise ConfigError(f"config field 'sparse_config' is {sc!r}; expected an object or null")
+    defaults = SparseConfig()
+    values: dict[str, Any] = {}
+    for key, default in asdict(defaults).items():
+        kind = bool if isinstance(default, bool) else int
+        values[key] = _get(sc, key, kind, default, where="sparse_config.")
+    for key in ("kernel_size", "kernel_stride", "block_size", "window_size", "topk"):
+        _positive(values[key], f"sparse_config.{key}")
+    if values["init_blocks"] < 0:
+        raise ConfigError("config field 'sparse_config.init_blocks' must be >= 0")
+    if values["dense_len"] < -1:
+        raise ConfigError("config field 'sparse_config.dense_len' must be -1 (always sparse) or >= 0")
+    if values["block_size"] % values["kernel_stride"]:
+        raise ConfigError(
+            f"config field 'sparse_config.block_size' ({values['block_size']}) must be a multiple of "
+            f"kernel_stride ({values['kernel_stride']})")
+    return SparseConfig(**values)
+
+
+def _parse_eos(d: Mapping[str, Any]) -> tuple[int, ...]:
+    eos = d.get("eos_token_id", 2)
+    if isinstance(eos, int) and not isinstance(eos, bool):
+        return (eos,)
+    if isinstance(eos, list) and eos and all(isinstance(x, int) and not isinstance(x, bool) for x in eos):
+        return tuple(eos)
+    raise ConfigError(f"config field 'eos_token_id' is {eos!r}; expected an integer or a list of integers")
+
+
+def _parse_layer_sharing(d: Mapping[str, Any], num_layers: int) -> tuple[list[int], float]:
+    """Shared-layer models: `shared_layers = {"num_unique_layers": P, "ode_step": h}` (edgecpm convention).
+
+    Logical layer i uses the weights of physical layer i % P (the stack is looped, as in ALBERT-style and
+    neural-ODE parameter-shared models); `ode_step` scales each residual update (forward-Euler step size).
+    """
+    sl = d.get("shared_layers")
+    if sl is None:
+        return list(range(num_layers)), 1.0
+    if not isinstance(sl, Mapping):
+        raise ConfigError(f"config field 'shared_layers' is {sl!r}; expected an object")
+    unique = _get(sl, "num_unique_layers", int, where="shared_layers.")
+    if unique <= 0 or num_layers % unique:
+        raise ConfigError(
+            f"config field 'shared_layers.num_unique_layers' is {unique}; expected a positive divisor of "
+            f"num_hidden_layers ({num_layers})")
+    step = _get(sl, "ode_step", float, 1.0, where="shared_layers.")
+    _positive(step, "shared_layers.ode_step")
+    return [i % unique for i in range(num_layers)], step
+
+
+def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None, name: str = "") -> ModelConfig:
+    """Parse a published `config.json` dict. `has_lm_head` (from the weight index) decides tying when known."""
+    if not isinstance(d, Mapping):
+        raise ConfigError("config.json must hold a JSON object")
+    archs = d.get("architectures")
+    model_type = d.get("model_type")
+    if archs is not None:
+        if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+            raise ConfigError(f"config field 'architectures' is {archs!r}; expected a list of class names")
+        if archs[0] not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"config field 'architectures' is {archs[0]!r}; expected one of "
+                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
+        arch = SUPPORTED_ARCHITECTURES[archs[0]]
+    elif model_type in ("minicpm", "llama", "minicpm_sala"):
+        arch = model_type
+    else:
+        raise ConfigError(f"config field 'architectures' is missing and model_type is {model_type!r}; expected "
+                          "MiniCPMForCausalLM, MiniCPMSALAForCausalLM or LlamaForCausalLM")
+
+    hidden = _get(d, "hidden_size", int)
+    num_heads = _get(d, "num_attention_heads", int)
+    num_layers = _get(d, "num_hidden_layers", int)
+    for key, value in (("hidden_size", hidden), ("num_attention_heads", num_heads),
+                       ("num_hidden_layers", num_layers)):
+        _positive(value, key)
+    num_kv = _get(d, "num_key_value_heads", int, num_heads)
+    _positive(num_kv, "num_key_value_heads")
+    if num_heads % num_kv:
+        raise ConfigError(f"config field 'num_key_value_heads' ({num_kv}) must divide num_attention_heads "
+                          f"({num_heads})")
+    head_dim = _get(d, "head_dim", int, 0) or hidden // num_heads
+    if head_dim * num_heads != hidden and "head_dim" not in d:
+        raise ConfigError(f"config field 'hidden_size' ({hidden}) must be a multiple of num_attention_heads "
+                          f"({num_heads})")
+    if head_dim % 2:
+        raise ConfigError(f"head_dim is {head_dim}; expected an even number (rotary pairs)")
+    if d.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"config field 'hidden_act' is {d['hidden_act']!r}; expected 'silu'")
+    if d.get("attention_bias", False) or d.get("mlp_bias", False):
+        raise ConfigError("config field 'attention_bias' is true; expected false (MiniCPM4 has no biases)")
+    if d.get("pretraining_tp", 1) != 1:
+        raise ConfigError(f"config field 'pretraining_tp' is {d['pretraining_tp']!r}; expected 1")
+
+    is_llama = arch == "llama"
+    scale_emb = _get(d, "scale_emb", float, 1.0 if is_llama else ...)
+    scale_depth = _get(d, "scale_depth", float, math.sqrt(num_layers) if is_llama else ...)
+    dim_model_base = _get(d, "dim_model_base", (int, float), hidden if is_llama else ...)
+    for key, value in (("scale_emb", scale_emb), ("scale_depth", scale_depth), ("dim_model_base", dim_model_base)):
+        _positive(value, key)
+
+    declared_tie = d.get("tie_word_embeddings")
+    if declared_tie is not None and not isinstance(declared_tie, bool):
+        raise ConfigError(f"config field 'tie_word_embeddings' is {declared_tie!r}; expected true/false")
+    if has_lm_head is not None:
+        tied = not has_lm_head
+    else:
+        tied = True if declared_tie is None else declared_tie
+
+    sparse = _parse_sparse(d)
+    weight_map, ode_step = _parse_layer_sharing(d, num_layers)
+    ternary = bool(d.get("ternary_weights", False))
+    lightning: LightningConfig | None = None
+    layers: list[LayerSpec] = []
+    if arch == "minicpm_sala":
+        mixers = _get(d, "mixer_types", list)
+        if len(mixers) != num_layers:
+            raise ConfigError(f"config field 'mixer_types' has {len(mixers)} entries; expected num_hidden_layers "
+                              f"({num_layers})")
+        lightning = LightningConfig(
+            num_heads=_get(d, "lightning_nh", int, num_heads),
+            num_kv_heads=_get(d, "lightning_nkv", int, num_heads),
+            head_dim=_get(d, "lightning_head_dim", int, head_dim),
+            use_rope=_get(d, "lightning_use_rope", bool, True),
+            qk_norm=_get(d, "qk_norm", bool, True),
+            output_norm=_get(d, "use_output_norm", bool, True),
+            output_gate=_get(d, "use_output_gate", bool, True),
+        )
+        attn_rope = _get(d, "attn_use_rope", bool, False)
+        attn_gate = _get(d, "attn_use_output_gate", bool, True)
+        for i, mixer in enumerate(mixers):
+            if mixer == "minicpm4":
+                kind: AttentionKind = "infllmv2" if sparse is not None else "dense"
+                layers.append(LayerSpec(kind, weight_map[i], attn_rope, attn_gate, ternary))
+            elif mixer == "lightning-attn":
+                layers.append(LayerSpec("lightning", weight_map[i], lightning.use_rope, lightning.output_gate,
+                                        ternary))
+            else:
+                raise ConfigError(f"config field 'mixer_types[{i}]' is {mixer!r}; expected 'minicpm4' or "
+                                  "'lightning-attn'")
+    else:
+        kind = "infllmv2" if sparse is not None else "dense"
+        layers = [LayerSpec(kind, weight_map[i], True, False, ternary) for i in range(num_layers)]
+
+    max_pos = _get(d, "max_position_embeddings", int, 32768)
+    _positive(max_pos, "max_position_embeddings")
+    rope_theta = _get(d, "rope_theta", float, 10000.0)
+    _positive(rope_theta, "rope_theta")
+    eps = _get(d, "rms_norm_eps", float, 1e-6)
+    _positive(eps, "rms_norm_eps")
+    vocab = _get(d, "vocab_size", int)
+    _positive(vocab, "vocab_size")
+    intermediate = _get(d, "intermediate_size", int)
+    _positive(intermediate, "intermediate_size")
+    bos = d.get("bos_token_id", 1)
+    if bos is not None and (not isinstance(bos, int) or isinstance(bos, bool)):
+        raise ConfigError(f"config field 'bos_token_id' is {bos!r}; expected an integer")
+
+    return ModelConfig(
+        architecture=arch, vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+        num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv, head_dim=head_dim,
+        max_position_embeddings=max_pos, rms_norm_eps=eps, rope_theta=rope_theta,
+        scale_emb=scale_emb, scale_depth=scale_depth, dim_model_base=dim_model_base,
+        tie_word_embeddings=tied, bos_token_id=bos, eos_token_ids=_parse_eos(d), layers=tuple(layers),
+        rope_scaling=_parse_rope_scaling(d, head_dim), sparse=sparse, lightning=lightning, ode_step=ode_step,
+        torch_dtype=str(d.get("torch_dtype", d.get("dtype", "bfloat16"))), name=name,
+        extra={k: d[k] for k in ("mup_denominator",) if k in d},
+    )
+
+
+def load_hf_config(path: str | Path, *, has_lm_head: bool | None = None) -> ModelConfig:
+    """Read `config.json` from a checkpoint directory (or the file itself)."""
+    p = Path(path)
+    cfg_path = p / "config.json" if p.is_dir() else p
+    if not cfg_path.exists():
+        raise ConfigError(f"no config.json in {p}")
+    try:
+        d = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{cfg_path} is not valid JSON: {exc}") from None
+    return config_from_hf_dict(d, has_lm_head=has_lm_head, name=p.name if p.is_dir() else p.parent.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shape presets for planning without weights (values: ../shared/reference/minicpm4-architecture.md §2)
+
+PRESET_HF_CONFIGS: dict[str, dict[str, Any]] = {
+    "minicpm4-0.5b": {
+        "architectures": ["MiniCPMForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
+        "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 73448,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "scale_emb": 12, "scale_depth": 1.4,
+        "dim_model_base": 256, "bos_token_id": 1, "eos_token_id": [2, 73440], "torch_dtype": "bfloat16",
+    },
+    "minicpm4-8b": {
+        "architectures": ["MiniCPMForCausalLM"], "hidden_size": 4096, "intermediate_size": 16384,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 2, "vocab_size": 73448,
+        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "scale_emb": 12, "scale_depth": 1.4,
+        "dim_model_base": 256, "bos_token_id": 1, "eos_token_id": [2, 73440], "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False, "sparse_config": asdict(SparseConfig()),
+    },
+}
+
+
+def preset_config(name: str) -> ModelConfig:
+    """A shape-only config for a published model (the LongRoPE factors are not needed for planning)."""
+    key = name.lower()
+    if key not in PRESET_HF_CONFIGS:
+        raise ConfigError(f"unknown model preset {name!r}; expected one of {', '.join(sorted(PRESET_HF_CONFIGS))}")
+    return config_from_hf_dict(PRESET_HF_CONFIGS[key], name=key)
+
+
+def is_preset(name: str) -> bool:
+    return str(name).lower() in PRESET_HF_CONFIGS

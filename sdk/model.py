@@ -1,0 +1,184 @@
+"""The one torch reference implementation of the MiniCPM4 family.
+
+    h0     = Embed(ids) * scale_emb
+    h     += Attn(RMSNorm(h)) * scale_depth / sqrt(L)          (per layer; times ode_step for shared stacks)
+    h     += MLP(RMSNorm(h))  * scale_depth / sqrt(L)           MLP = down(silu(gate(x)) * up(x))
+    logits = lm_head(RMSNorm(h) / (hidden_size / dim_model_base))
+
+Layers are built from `ModelConfig.layers`, so sparse (InfLLM v2), lightning and weight-shared layers plug in
+as data. Attention math is delegated to `edgecpm.runtime_kernels`, so a kernel swap never touches this file.
+Every backend and exporter is tested against this model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import attention_layers
+from .config import ModelConfig
+from .errors import WeightError
+from .kv_cache import KVCache
+from .weights.base import WeightSource
+
+
+class RMSNorm(nn.Module):
+    """MiniCPM RMSNorm: variance in fp32, cast back to the input dtype before the weight multiply."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return (x * torch.rsqrt(variance + self.eps)).to(x.dtype) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """MiniCPM LongRoPE: freqs[t, i] = (t / factor[i]) * inv_freq[i], in fp32, half-split layout."""
+
+    def __init__(self, config: ModelConfig, head_dim: int | None = None) -> None:
+        super().__init__()
+        d = head_dim or config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        rs = config.rope_scaling if (head_dim is None or head_dim == config.head_dim) else None
+        self.short = torch.tensor(rs.short_factor, dtype=torch.float32) if rs else None
+        self.long = torch.tensor(rs.long_factor, dtype=torch.float32) if rs else None
+        self.original_max = rs.original_max_position_embeddings if rs else None
+        self.mscale = config.rope_mscale
+
+    def cos_sin(self, positions: torch.Tensor, total_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = positions.to(torch.float32)
+        if self.short is not None:
+            factors = self.long if total_len > self.original_max else self.short
+            freqs = (t[:, None] / factors[None, :]) * self.inv_freq[None, :]
+        else:
+            freqs = t[:, None] * self.inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos() * self.mscale, emb.sin() * self.mscale
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `[B, H, T, D]` in fp32 and cast back (as the published code does)."""
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """One physical layer's weights; a shared layer's module is called at several depths."""
+
+    def __init__(self, config: ModelConfig, layer_index: int) -> None:
+        super().__init__()
+        spec = config.layers[layer_index]
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = attention_layers.build(config, spec)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size)
+
+
+class Model(nn.Module):
+    """MiniCPM4-family causal LM. `forward(ids, cache)` -> fp32 logits `[B, T, V]`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        physical = sorted({s.weight_layer for s in config.layers})
+        self.layers = nn.ModuleDict({str(i): DecoderLayer(config, i) for i in physical})
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                         bias=False)
+        self.rotary = RotaryEmbedding(config)
+
+    # ---- construction ----
+    @classmethod
+    def from_source(cls, config: ModelConfig, source: WeightSource, dtype: torch.dtype = torch.float32,
+                    progress: Callable[[int], None] | None = None) -> Model:
+        """Build on the meta device, allocate once, then copy tensors in one at a time (no second copy)."""
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device="cpu").to(dtype)
+        model.rotary = RotaryEmbedding(config)
+        params = dict(model.named_parameters())
+        for name, param in params.items():
+            hf_name = model.hf_name(name)
+            if hf_name not in source:
+                raise WeightError(f"tensor {hf_name!r} is missing from the checkpoint")
+            src_shape = tuple(source.shape(hf_name))
+            if src_shape != tuple(param.shape):
+                raise WeightError(f"tensor {hf_name!r} has shape {list(src_shape)}; the config implies "
+                                  f"{list(param.shape)}")
+            with torch.no_grad():
+                param.copy_(source.get(hf_name))
+            if progress is not None:
+                progress(1)
+        model.eval()
+        return model
+
+    @staticmethod
+    def hf_name(param_name: str) -> str:
+        """Module parameter name -> canonical checkpoint tensor name."""
+        if param_name.startswith("layers."):
+            return "model." + param_name
+        if param_name.startswith(("embed_tokens.", "norm.")):
+            return "model." + param_name
+        return param_name
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def new_cache(self, mode: str = "dynamic", max_len: int | None = None, batch: int = 1) -> KVCache:
+        return KVCache(self.config, mode=mode, max_len=max_len, batch=batch, dtype=self.dtype)
+
+    # ---- forward ----
+    def hidden_states(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        cfg = self.config
+        if ids.dim() == 1:
+            ids = ids[None]
+        start = cache.length if cache is not None else 0
+        t = ids.shape[1]
+        positions = torch.arange(start, start + t)
+        cos, sin = self.rotary.cos_sin(positions, start + t)
+        h = self.embed_tokens(ids) * cfg.scale_emb
+        residual_scale = cfg.residual_scale
+        for index, spec in enumerate(cfg.layers):
+            layer = self.layers[str(spec.weight_layer)]
+            attn = layer.self_attn(layer.input_layernorm(h), cos, sin, cache, index)
+            h = h + attn * residual_scale
+            h = h + layer.mlp(layer.post_attention_layernorm(h)) * residual_scale
+        if cache is not None:
+            cache.advance(t)
+        return self.norm(h)
+
+    def forward(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        h = self.hidden_states(ids, cache) / self.config.logit_scale
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight).float()
+
+    def last_logits(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits of the last position only (skips the vocab projection of the rest of a prefill)."""
+        h = self.hidden_states(ids, cache)[:, -1:] / self.config.logit_scale
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight).float()[:, -1]

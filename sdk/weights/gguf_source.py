@@ -1,0 +1,249 @@
+"""GGUF files (`minicpm` and `llama` architectures) as a `WeightSource` in Hugging Face names.
+
+Tensors are dequantized with `gguf.quants` to float32 on demand and llama.cpp's q/k row permutation
+(interleaved rotary pairs) is undone, so the reference model sees exactly the HF layout. The config is
+rebuilt from the GGUF metadata: the three MiniCPM scalings, LongRoPE factor tensors, tying, special ids and
+edgecpm's own `<arch>.infllm_v2.*` block for sparse attention.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import LayerSpec, ModelConfig, RopeScaling, SparseConfig
+from ..errors import ConfigError, WeightError
+
+SUPPORTED_GGUF_ARCHITECTURES = ("minicpm", "llama")
+
+# GGUF tensor name (per block, after "blk.N.") -> HF name (after "model.layers.N.")
+BLOCK_TENSOR_NAMES: dict[str, str] = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+GLOBAL_TENSOR_NAMES: dict[str, str] = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+# GGUF metadata key suffix -> SparseConfig field (edgecpm's namespaced block; llama.cpp ignores it)
+INFLLM_KEY_PREFIX = "infllm_v2."
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+def hf_to_gguf_name(hf_name: str) -> str:
+    """Inverse of the GGUF -> HF mapping (used by the GGUF exporter)."""
+    for g, h in GLOBAL_TENSOR_NAMES.items():
+        if hf_name == h:
+            return g
+    m = re.match(r"^model\.layers\.(\d+)\.(.+)$", hf_name)
+    if m:
+        for g, h in BLOCK_TENSOR_NAMES.items():
+            if m.group(2) == h:
+                return f"blk.{m.group(1)}.{g}"
+    raise WeightError(f"tensor {hf_name!r} has no GGUF name for the minicpm architecture")
+
+
+def permute_for_llamacpp(w: np.ndarray, n_head: int) -> np.ndarray:
+    """HF half-split rotary rows -> llama.cpp interleaved pairs (LLAMA_ROPE_TYPE_NORM)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_from_llamacpp(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Inverse of `permute_for_llamacpp`."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def field_value(reader: Any, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+class GGUFSource:
+    """Dequantizing, name-mapping view of one GGUF file."""
+
+    def __init__(self, path: str | Path) -> None:
+        import gguf
+
+        self.path = Path(path)
+        try:
+            self.reader = gguf.GGUFReader(str(self.path))
+        except Exception as exc:  # the reader raises ValueError, struct.error, IndexError... on bad bytes
+            raise WeightError(f"{self.path.name} is not a valid GGUF file ({type(exc).__name__}: {exc})") from None
+        self.arch = field_value(self.reader, "general.architecture")
+        if self.arch not in SUPPORTED_GGUF_ARCHITECTURES:
+            raise ConfigError(f"GGUF architecture {self.arch!r} is not supported; expected one of "
+                              f"{', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self._hf_to_gguf: dict[str, str] = {}
+        for gname in self._tensors:
+            hf = self._to_hf(gname)
+            if hf is not None:
+                self._hf_to_gguf[hf] = gname
+        self.config = self._build_config()
+        self._check_tensor_sizes()
+
+    # ---- WeightSource ----
+    def names(self) -> list[str]:
+        return list(self._hf_to_gguf)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in reversed(self._tensor(name).shape))
+
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.float32
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._hf_to_gguf
+
+    def total_bytes(self) -> int:
+        return sum(int(t.n_bytes) for t in self._tensors.values())
+
+    def get(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(self.get_numpy(name))
+
+    def get_numpy(self, name: str) -> np.ndarray:
+        import gguf
+
+        t = self._tensor(name)
+        try:
+            arr = gguf.quants.dequantize(t.data, t.tensor_type)
+        except NotImplementedError:
+            raise WeightError(f"{self.path.name}: tensor {t.name} has type {t.tensor_type.name}, which "
+                              "gguf.quants cannot dequantize") from None
+        arr = np.asarray(arr, dtype=np.float32).reshape(self.shape(name))
+        if name.endswith("self_attn.q_proj.weight"):
+            arr = unpermute_from_llamacpp(arr, self.config.num_heads)
+        elif name.endswith("self_attn.k_proj.weight"):
+            arr = unpermute_from_llamacpp(arr, self.config.num_kv_heads)
+        return np.array(arr, dtype=np.float32, order="C", copy=True) if not arr.flags.writeable else \
+            np.ascontiguousarray(arr)
+
+    def quant_type(self, name: str) -> str:
+        return self._tensor(name).tensor_type.name
+
+    def file_type_name(self) -> str:
+        types = [t.tensor_type.name for t in self._tensors.values() if len(t.shape) > 1]
+        return max(set(types), key=types.count) if types else "F32"
+
+    # ---- internals ----
+    def _tensor(self, name: str) -> Any:
+        try:
+            return self._tensors[self._hf_to_gguf[name]]
+        except KeyError:
+            raise WeightError(f"tensor {name!r} is not in {self.path.name}") from None
+
+    @staticmethod
+    def _to_hf(gname: str) -> str | None:
+        if gname in GLOBAL_TENSOR_NAMES:
+            return GLOBAL_TENSOR_NAMES[gname]
+        m = _BLOCK_RE.match(gname)
+        if m and m.group(2) in BLOCK_TENSOR_NAMES:
+            return f"model.layers.{m.group(1)}.{BLOCK_TENSOR_NAMES[m.group(2)]}"
+        return None  # rope factor tensors are metadata, read into the config
+
+    def _meta(self, key: str, default: Any = ...) -> Any:
+        value = field_value(self.reader, f"{self.arch}.{key}")
+        if value is None:
+            if default is ...:
+                raise ConfigError(f"GGUF metadata key '{self.arch}.{key}' is missing")
+            return default
+        return value
+
+    def _check_tensor_sizes(self) -> None:
+        for name in ("model.embed_tokens.weight", "model.norm.weight"):
+            if name not in self:
+                raise WeightError(f"{self.path.name} has no tensor for {name!r}")
+        for i in range(self.config.num_layers):
+            for hf in BLOCK_TENSOR_NAMES.values():
+                if f"model.layers.{i}.{hf}" not in self:
+                    raise WeightError(f"{self.path.name} is missing tensor blk.{i} {hf}")
+
+    def _build_config(self) -> ModelConfig:
+        n_layers = int(self._meta("block_count"))
+        hidden = int(self._meta("embedding_length"))
+        n_head = int(self._meta("attention.head_count"))
+        n_kv = int(self._meta("attention.head_count_kv", n_head))
+        head_dim = int(self._meta("attention.key_length", hidden // n_head))
+        emb = self._tensors.get("token_embd.weight")
+        if emb is None:
+            raise WeightError(f"{self.path.name} has no token_embd.weight tensor")
+        vocab = int(emb.shape[1])
+        if self.arch == "minicpm":
+            scale_emb = float(self._meta("embedding_scale"))
+            scale_depth = float(self._meta("residual_scale")) * math.sqrt(n_layers)
+            dim_model_base = hidden / float(self._meta("logit_scale"))
+        else:
+            scale_emb, scale_depth, dim_model_base = 1.0, math.sqrt(n_layers), hidden
+        ctx = int(self._meta("context_length", 4096))
+        rope_scaling = None
+        long_t = self._tensors.get("rope_factors_long.weight")
+        short_t = self._tensors.get("rope_factors_short.weight")
+        freqs_t = self._tensors.get("rope_freqs.weight")
+        if long_t is not None or short_t is not None:
+            if long_t is None or short_t is None:
+                raise WeightError(f"{self.path.name} has only one of rope_factors_long/short")
+            rope_scaling = RopeScaling("longrope", tuple(float(x) for x in np.asarray(long_t.data).ravel()),
+                                       tuple(float(x) for x in np.asarray(short_t.data).ravel()), ctx)
+        elif freqs_t is not None:
+            f = tuple(float(x) for x in np.asarray(freqs_t.data).ravel())
+            rope_scaling = RopeScaling("longrope", f, f, ctx)
+        sparse = self._read_sparse()
+        kind = "infllmv2" if sparse is not None else "dense"
+        eos = self._eos_ids()
+        bos = field_value(self.reader, "tokenizer.ggml.bos_token_id")
+        return ModelConfig(
+            architecture="minicpm" if self.arch == "minicpm" else "llama",
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=int(self._meta("feed_forward_length")),
+            num_layers=n_layers, num_heads=n_head, num_kv_heads=n_kv, head_dim=head_dim,
+            max_position_embeddings=ctx,
+            rms_norm_eps=float(self._meta("attention.layer_norm_rms_epsilon")),
+            rope_theta=float(self._meta("rope.freq_base", 10000.0)),
+            scale_emb=scale_emb, scale_depth=scale_depth, dim_model_base=dim_model_base,
+            tie_word_embeddings="output.weight" not in self._tensors,
+            bos_token_id=None if bos is None else int(bos), eos_token_ids=eos,
+            layers=tuple(LayerSpec(kind, i) for i in range(n_layers)),
+            rope_scaling=rope_scaling, sparse=sparse, torch_dtype="float32",
+            name=str(field_value(self.reader, "general.name", self.path.stem)),
+        )
+
+    def _read_sparse(self) -> SparseConfig | None:
+        prefix = f"{self.arch}.{INFLLM_KEY_PREFIX}"
+        values = {k[len(prefix):]: f.contents() for k, f in self.reader.fields.items() if k.startswith(prefix)}
+        if not values:
+            return None
+        defaults = SparseConfig()
+        kwargs = {}
+        for key, default in defaults.__dict__.items():
+            v = values.get(key, default)
+            kwargs[key] = bool(v) if isinstance(default, bool) else int(v)
+        return SparseConfig(**kwargs)
+
+    def _eos_ids(self) -> tuple[int, ...]:
+        ids: list[int] = []
+        for key in ("eos_token_id", "eot_token_id", "eom_token_id"):
+            v = field_value(self.reader, f"tokenizer.ggml.{key}")
+            if v is not None and int(v) not in ids:
+                ids.append(int(v))
+        tokens = field_value(self.reader, "tokenizer.ggml.tokens") or []
+        # llama.cpp treats these texts as end-of-generation too (MiniCPM4's <|im_end|> has no eos slot)
+        for text in ("<|im_end|>", "<|endoftext|>", "</s>", "<|eot_id|>"):
+            if text in tokens:
+                tid = tokens.index(text)
+                if tid not in ids:
+                    ids.append(tid)
+        return tuple(ids) or (2,)
