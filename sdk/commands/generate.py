@@ -1,0 +1,57 @@
+"""`edgecpm generate PATH --prompt TEXT`: one completion, streamed to stdout (or one JSON object)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..api import load
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", nargs="?", default=None,
+                   help="HF checkpoint dir, .gguf file or exported artifact (default: bundled SmolLM2-135M)")
+    p.add_argument("--backend", default="auto", help="torch, llama.cpp, onnxruntime, executorch (default: auto)")
+    p.add_argument("--dtype", default=None, help="torch backend compute dtype: float32 (default), bfloat16")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None, help="device profile that supplies threads (e.g. host)")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    add_model_options(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    add_sampling_options(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load(args.path, backend=args.backend, dtype=args.dtype, threads=args.threads, device=args.device,
+                 progress=not args.json)
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                    top_k=args.top_k, seed=args.seed, stop=args.stop)
+    if args.json:
+        r = model.generate_result(prompt, **sampling)
+        print(json.dumps({"text": r.text, "token_ids": r.token_ids, "prompt_tokens": r.prompt_tokens,
+                          "finish_reason": r.finish_reason, "backend": model.backend.name,
+                          "prefill_tokens_per_s": round(r.prefill_tokens_per_s, 2),
+                          "decode_tokens_per_s": round(r.decode_tokens_per_s, 2)}))
+        return 0
+    for piece in model.generate(prompt, stream=True, **sampling):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
