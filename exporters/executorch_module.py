@@ -1,0 +1,201 @@
+"""The export-friendly decoder that becomes an ExecuTorch `.pte`, built from the reference `Model`'s weights.
+
+Why a second module: ExecuTorch's LLM runner needs `forward(tokens[1,S] int64, input_pos[1] int64) -> logits`
+with the KV cache held in mutable buffers, which the reference `Model` (explicit `KVCache` object, Python-side
+state) cannot be traced into. This module is the same math re-laid out for export, and it is tested against
+the reference `Model` on the same tokens (tests/test_executorch_*.py):
+
+* µP scalings are folded into weights (embedding x scale_emb, o_proj/down_proj x residual_scale,
+  lm_head / (hidden/dim_model_base)); the head is an untied `nn.Linear` so weight quantization reaches it.
+* Dense layers use ExecuTorch's `llama::update_cache` + `llama::custom_sdpa` (seq-major cache
+  `[1, ctx, Hkv, D]`, GQA inside the kernel): ops the stock Android library links and its Llama export uses.
+* InfLLM v2 layers read the visible cache `[:, :start+S]` and call `torch.ops.edgecpm.infllmv2_attention`,
+  which the exporter decomposes into core ATen (the vectorized sparse algorithm itself) before lowering.
+* LongRoPE cos/sin are precomputed tables for every cache position (short or long factors chosen per call by
+  the total length, as the reference does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig, SparseConfig
+from ..errors import EdgecpmError
+from ..model import Model, RotaryEmbedding
+
+
+def _linear_from(weight: torch.Tensor, scale: float = 1.0) -> nn.Linear:
+    out_f, in_f = weight.shape
+    lin = nn.Linear(in_f, out_f, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(weight.float() * scale)
+    return lin
+
+
+class ETRMSNorm(nn.Module):
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split rotary on `[B, S, H, D]` with cos/sin `[S, D]`."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+
+
+class ETAttention(nn.Module):
+    """One logical layer's attention with its own KV cache buffers (shared layers share the linears)."""
+
+    def __init__(self, src: nn.Module, config: ModelConfig, max_context: int, residual_scale: float,
+                 sparse: SparseConfig | None, projections: dict[str, nn.Linear] | None = None) -> None:
+        super().__init__()
+        self.num_heads, self.num_kv_heads = src.num_heads, src.num_kv_heads
+        self.head_dim = src.head_dim
+        self.use_rope = src.use_rope
+        self.sparse = sparse
+        self.max_context = max_context
+        if projections is None:
+            projections = {
+                "q_proj": _linear_from(src.q_proj.weight),
+                "k_proj": _linear_from(src.k_proj.weight),
+                "v_proj": _linear_from(src.v_proj.weight),
+                "o_proj": _linear_from(src.o_proj.weight, residual_scale),
+            }
+            if src.o_gate is not None:
+                projections["o_gate"] = _linear_from(src.o_gate.weight)
+        self.projections = projections
+        for name, mod in projections.items():
+            self.add_module(name, mod)
+        shape = (1, max_context, self.num_kv_heads, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        if self.use_rope:
+            q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        torch.ops.llama.update_cache(k, self.k_cache, start)
+        torch.ops.llama.update_cache(v, self.v_cache, start)
+        if self.sparse is None:
+            out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)
+        else:
+            out = self._sparse(q, start, s)
+        out = out.reshape(b, s, self.num_heads * self.head_dim)
+        if "o_gate" in self.projections:
+            out = out * torch.sigmoid(self.o_gate(x))
+        return self.o_proj(out)
+
+    def _sparse(self, q: torch.Tensor, start: int, s: int) -> torch.Tensor:
+        sc = self.sparse
+        total = start + s
+        k = self.k_cache[:, :total].transpose(1, 2)
+        v = self.v_cache[:, :total].transpose(1, 2)
+        out = torch.ops.edgecpm.infllmv2_attention(
+            q.transpose(1, 2), k, v, sc.kernel_size, sc.kernel_stride, sc.init_blocks, sc.block_size,
+            sc.window_size, sc.topk, sc.dense_len)
+        return out.transpose(1, 2)
+
+
+class ETDecoderLayer(nn.Module):
+    def __init__(self, attn: ETAttention, in_norm: ETRMSNorm, post_norm: ETRMSNorm,
+                 mlp: nn.ModuleDict) -> None:
+        super().__init__()
+        self.attn = attn
+        self.input_norm = in_norm
+        self.post_norm = post_norm
+        self.mlp = mlp
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int) -> torch.Tensor:
+        h = h + self.attn(self.input_norm(h), cos, sin, start)
+        x = self.post_norm(h)
+        return h + self.mlp["down_proj"](F.silu(self.mlp["gate_proj"](x)) * self.mlp["up_proj"](x))
+
+
+class ETDecoder(nn.Module):
+    """`forward(tokens [1,S] int64, input_pos [1] int64) -> logits` ([1,V] last row, or [1,S,V])."""
+
+    def __init__(self, model: Model, max_context: int, all_logits: bool = False) -> None:
+        super().__init__()
+        cfg = model.config
+        if cfg.has_lightning_layers:
+            raise EdgecpmError("the ExecuTorch exporter does not support lightning (SALA) layers yet")
+        self.config = cfg
+        self.max_context = max_context
+        self.all_logits = all_logits
+        rs = cfg.residual_scale
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        with torch.no_grad():
+            self.embed.weight.copy_(model.embed_tokens.weight.float() * cfg.scale_emb)
+        self.embed.weight.requires_grad_(False)
+        head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+        self.lm_head = _linear_from(head, 1.0 / cfg.logit_scale)
+        self.norm = ETRMSNorm(model.norm.weight, cfg.rms_norm_eps)
+        shared: dict[int, tuple[dict[str, nn.Linear], ETRMSNorm, ETRMSNorm, nn.ModuleDict]] = {}
+        layers = []
+        for spec in cfg.layers:
+            src = model.layers[str(spec.weight_layer)]
+            sparse = cfg.sparse if spec.attention == "infllmv2" else None
+            if spec.weight_layer in shared:
+                proj, n1, n2, mlp = shared[spec.weight_layer]
+                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj)
+            else:
+                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse)
+                n1 = ETRMSNorm(src.input_layernorm.weight, cfg.rms_norm_eps)
+                n2 = ETRMSNorm(src.post_attention_layernorm.weight, cfg.rms_norm_eps)
+                mlp = nn.ModuleDict({
+                    "gate_proj": _linear_from(src.mlp.gate_proj.weight),
+                    "up_proj": _linear_from(src.mlp.up_proj.weight),
+                    "down_proj": _linear_from(src.mlp.down_proj.weight, rs),
+                })
+                shared[spec.weight_layer] = (attn.projections, n1, n2, mlp)
+            layers.append(ETDecoderLayer(attn, n1, n2, mlp))
+        self.layers = nn.ModuleList(layers)
+        self._rope_tables(cfg, max_context)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def _rope_tables(self, cfg: ModelConfig, n: int) -> None:
+        rotary = RotaryEmbedding(cfg)
+        pos = torch.arange(n)
+        # the reference picks the factor set by the total length (short unless it exceeds original_max)
+        cos_s, sin_s = rotary.cos_sin(pos, 1)
+        cos_l, sin_l = rotary.cos_sin(pos, n + 1 if rotary.short is None else rotary.original_max + 1)
+        self.switch_len = rotary.original_max if rotary.short is not None else math.inf
+        self.two_tables = bool(rotary.short is not None and n > rotary.original_max
+                               and not torch.equal(rotary.short, rotary.long))
+        self.register_buffer("cos_short", cos_s, persistent=False)
+        self.register_buffer("sin_short", sin_s, persistent=False)
+        if self.two_tables:
+            self.register_buffer("cos_long", cos_l, persistent=False)
+            self.register_buffer("sin_long", sin_l, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        s = tokens.shape[1]
+        start = input_pos[0].item()
+        torch._check_is_size(start)
+        torch._check(start + s <= self.max_context)
+        positions = torch.arange(s) + input_pos[0]
+        cos, sin = self.cos_short[positions], self.sin_short[positions]
+        if self.two_tables:
+            use_long = (input_pos[0] + s) > self.switch_len
+            cos = torch.where(use_long, self.cos_long[positions], cos)
+            sin = torch.where(use_long, self.sin_long[positions], sin)
+        h = self.embed(tokens)
+        for layer in self.layers:
+            h = layer(h, cos, sin, start)
+        if not self.all_logits:
+            h = h[:, -1, :]
+        return self.lm_head(self.norm(h))

@@ -1,0 +1,89 @@
+"""The tokenizer file(s) an ExecuTorch artifact carries, in a form ExecuTorch's C++ LLM runner loads.
+
+The runner (`load_tokenizer` in `extension/llm/runner`) tries HF `tokenizer.json` (BPE models only), then
+tiktoken, then SentencePiece `tokenizer.model`. MiniCPM4 ships a SentencePiece model, which is copied as is; a
+GGUF source gets its embedded vocabulary rebuilt (SentencePiece proto for `llama` vocabularies, a byte-level
+BPE `tokenizer.json` for `gpt2` ones). `tokenizer_config.json` travels along so `edgecpm.load` sees the
+special tokens, BOS handling and chat template. The runner reads logits rows of the tokenizer's
+vocabulary size, so a tokenizer larger than the model's vocabulary is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig
+from ..errors import EdgecpmError
+
+_HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                  "generation_config.json", "chat_template.jinja")
+
+
+def write_runner_tokenizer(src: Path, config: ModelConfig, out: Path, gguf_reader: Any = None) -> list[str]:
+    """Write the runner's tokenizer into `out`; return the file names written (the runner's file first)."""
+    if gguf_reader is not None:
+        return _from_gguf(gguf_reader, config, out)
+    written: list[str] = []
+    if (src / "tokenizer.model").exists():
+        shutil.copyfile(src / "tokenizer.model", out / "tokenizer.model")
+        written.append("tokenizer.model")
+    elif (src / "tokenizer.json").exists():
+        _check_bpe_json(src / "tokenizer.json")
+        shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
+        written.append("tokenizer.json")
+    else:
+        raise EdgecpmError(f"no tokenizer.model or tokenizer.json in {src}; the ExecuTorch runner needs one")
+    for name in _HF_SIDE_FILES:
+        if (src / name).exists():
+            shutil.copyfile(src / name, out / name)
+            written.append(name)
+    _check_vocab(out, written[0], config)
+    return written
+
+
+def _check_bpe_json(path: Path) -> None:
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EdgecpmError(f"{path} is not valid JSON: {exc}") from None
+    if kind not in (None, "BPE"):
+        raise EdgecpmError(f"{path} is a {kind} tokenizer; ExecuTorch's runner reads only BPE tokenizer.json")
+
+
+def _from_gguf(reader: Any, config: ModelConfig, out: Path) -> list[str]:
+    from ..gguf_vocab import tokenizer_from_gguf
+    from ..tokenizer import HFTokenizer, SentencePieceTokenizer
+
+    tok = tokenizer_from_gguf(reader, config.eos_token_ids)
+    specials = {str(i): {"content": t, "special": True} for t, i in tok.special_tokens.items()}
+    side = {"add_bos_token": tok.add_bos, "chat_template": tok.chat_template,
+            "added_tokens_decoder": specials}
+    if isinstance(tok, SentencePieceTokenizer):
+        (out / "tokenizer.model").write_bytes(tok.sp.serialized_model_proto())
+        name = "tokenizer.model"
+    elif isinstance(tok, HFTokenizer):
+        (out / "tokenizer.json").write_text(tok.tk.to_str(), encoding="utf-8")
+        name = "tokenizer.json"
+    else:  # pragma: no cover - tokenizer_from_gguf returns one of the two
+        raise EdgecpmError(f"cannot write a runner tokenizer for {type(tok).__name__}")
+    (out / "tokenizer_config.json").write_text(json.dumps(side, indent=2), encoding="utf-8")
+    _check_vocab(out, name, config)
+    return [name, "tokenizer_config.json"]
+
+
+def _check_vocab(out: Path, name: str, config: ModelConfig) -> None:
+    """The runner samples `tokenizer.vocab_size()` logits; more than the model has reads out of bounds."""
+    if name == "tokenizer.model":
+        import sentencepiece as spm
+
+        size = spm.SentencePieceProcessor(model_file=str(out / name)).GetPieceSize()
+    else:
+        from tokenizers import Tokenizer
+
+        size = Tokenizer.from_file(str(out / name)).get_vocab_size(with_added_tokens=True)
+    if size > config.vocab_size:
+        raise EdgecpmError(f"the tokenizer has {size} tokens but the model only {config.vocab_size} logits; "
+                           "ExecuTorch's runner would read past the logits")
