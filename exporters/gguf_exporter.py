@@ -1,0 +1,293 @@
+"""GGUF exporter: a MiniCPM4 HF checkpoint (or a GGUF) -> a GGUF file that llama.cpp loads as `minicpm`.
+
+Stages: open the source (`open_checkpoint`), plan every tensor's name, shape and ggml type (so bad input fails
+before a byte is written), write metadata, then stream tensors one at a time through `gguf.GGUFWriter`
+(`add_tensor_info` up front, `write_tensor_data` per tensor), so the whole model is never in memory. K-quants
+are produced from an F16 intermediate by llama.cpp's own quantizer. Everything is written under a temporary
+name next to the output and renamed into place only when complete.
+
+Format facts (../shared/reference/gguf-llamacpp.md): all three µP scale keys are written (llama.cpp's defaults
+differ), q/k rows are permuted to llama.cpp's interleaved rotary layout, LongRoPE factors are two global F32
+tensors, a tied head has no `output.weight`, and InfLLM v2 settings go in `<arch>.infllm_v2.*` keys that
+llama.cpp ignores and `GGUFSource` reads back.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
+
+from ..config import ModelConfig
+from ..errors import EdgecpmError
+from ..progress import progress_bar
+from ..weights import open_checkpoint
+from ..weights.gguf_source import BLOCK_TENSOR_NAMES, INFLLM_KEY_PREFIX, GGUFSource
+from .gguf_quant import (
+    QUANTS,
+    QuantScheme,
+    byte_shape,
+    llamacpp_quantize,
+    quantize_tensor,
+    scheme,
+    tensor_type,
+)
+from .gguf_vocab_writer import write_vocab
+from .manifest import MANIFEST_NAME, Manifest, is_artifact, make_manifest, source_checksum
+
+__all__ = ["QUANTS", "Artifact", "export", "plan_tensors"]
+MODEL_FILE = "model.gguf"
+GGML_QUANT_VERSION = 2
+
+
+@dataclass
+class Artifact:
+    """What an export produced: the artifact folder (or the .gguf path), the model file and its manifest."""
+
+    path: Path
+    model_file: Path
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    gguf_name: str
+    hf_name: str | None  # None: generated from the config (rope factors)
+    shape: tuple[int, ...]  # numpy order (rows, row_length)
+    qtype: GGMLQuantizationType
+    permute_heads: int = 0  # >0: q/k rows permuted for llama.cpp's rotary layout with this many heads
+    ternary: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(byte_shape(self.shape, self.qtype)))
+
+
+def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True,
+           threads: int | None = None, **options: Any) -> Artifact:
+    """Export `src` (HF checkpoint dir or .gguf) to `out` (an artifact folder, or a path ending in .gguf)."""
+    if options:
+        raise EdgecpmError(f"unknown GGUF export option(s): {', '.join(sorted(options))}")
+    s = scheme(quant)
+    src_path = Path(src)
+    config, source = open_checkpoint(src_path)
+    arch = target_architecture(config)
+    plan = plan_tensors(config, source, s, arch)
+    target = _Output(Path(out))
+    try:
+        if s.llama_ftype is None:
+            write_gguf(target.model_tmp, config, source, plan, s, arch, src_path, progress)
+        else:
+            intermediate = target.tmp_dir / "intermediate-f16.gguf"
+            write_gguf(intermediate, config, source, plan, s, arch, src_path, progress)
+            with progress_bar(None, f"llama.cpp quantize -> {s.name}", enabled=progress) as bar:
+                llamacpp_quantize(str(intermediate), str(target.model_tmp), s.llama_ftype, threads)
+                bar.update(1)
+            intermediate.unlink()
+        files = list(getattr(source, "files", [])) + [p for p in (src_path / "config.json",) if p.is_file()]
+        if isinstance(source, GGUFSource):
+            files = [source.path]
+        manifest = make_manifest(
+            "gguf", s.name, config, [target.model_name], source_checksum(files), tokenizer_files=[],
+            architecture=arch, tensor_types=_tensor_types(target.model_tmp),
+            file_bytes=target.model_tmp.stat().st_size, source=str(src_path))
+        return target.commit(manifest)
+    except BaseException:
+        target.discard()
+        raise
+
+
+def target_architecture(config: ModelConfig) -> str:
+    """`minicpm` for the MiniCPM family, `llama` for Llama sources; refuse what llama.cpp cannot run."""
+    if config.has_lightning_layers:
+        raise EdgecpmError("llama.cpp has no lightning-attention (MiniCPM-SALA) layers; export this model to "
+                           "onnx or executorch instead")
+    if any(spec.output_gate or not spec.use_rope for spec in config.layers):
+        raise EdgecpmError("llama.cpp's minicpm architecture has no gated or NoPE attention layers; export "
+                           "this model to onnx or executorch instead")
+    if config.head_dim * config.num_heads != config.hidden_size and config.architecture == "llama":
+        raise EdgecpmError("head_dim * num_heads != hidden_size is not supported for llama GGUFs")
+    return "llama" if config.architecture == "llama" else "minicpm"
+
+
+def plan_tensors(config: ModelConfig, source: Any, s: QuantScheme, arch: str) -> list[TensorPlan]:
+    """Every tensor of the output in order, with its type; raises before anything is written."""
+    def entry(gname: str, hf: str, heads: int = 0, matrix: bool = False) -> TensorPlan:
+        if hf not in source:
+            raise EdgecpmError(f"tensor {hf!r} is missing from the checkpoint")
+        shape = tuple(int(x) for x in source.shape(hf))
+        return TensorPlan(gname, hf, shape, tensor_type(s, gname, shape), heads, s.ternary and matrix)
+
+    plan = [entry("token_embd.weight", "model.embed_tokens.weight")]
+    for i, spec in enumerate(config.layers):
+        w = spec.weight_layer  # shared layers are duplicated: llama.cpp needs every blk.N
+        for gsuffix, hsuffix in BLOCK_TENSOR_NAMES.items():
+            heads = config.num_heads if gsuffix == "attn_q.weight" else \
+                config.num_kv_heads if gsuffix == "attn_k.weight" else 0
+            plan.append(entry(f"blk.{i}.{gsuffix}", f"model.layers.{w}.{hsuffix}", heads,
+                              matrix=not gsuffix.endswith("norm.weight")))
+    plan.append(entry("output_norm.weight", "model.norm.weight"))
+    if not config.tie_word_embeddings:
+        plan.append(entry("output.weight", "lm_head.weight"))
+    rs = config.rope_scaling
+    if rs is not None:
+        n = (config.head_dim // 2,)
+        if arch == "minicpm":
+            plan += [TensorPlan("rope_factors_long.weight", None, n, GGMLQuantizationType.F32),
+                     TensorPlan("rope_factors_short.weight", None, n, GGMLQuantizationType.F32)]
+        elif rs.long_factor == rs.short_factor:
+            plan.append(TensorPlan("rope_freqs.weight", None, n, GGMLQuantizationType.F32))
+        else:
+            raise EdgecpmError("a llama GGUF holds one rope frequency table; this model has distinct "
+                               "LongRoPE long/short factors")
+    return plan
+
+
+def write_gguf(path: Path, config: ModelConfig, source: Any, plan: list[TensorPlan], s: QuantScheme,
+               arch: str, src_path: Path, progress: bool) -> None:
+    """Header and metadata first, then one tensor at a time (nothing else is held in memory)."""
+    writer = GGUFWriter(path, arch)
+    try:
+        write_metadata(writer, config, s, arch)
+        if isinstance(source, GGUFSource):
+            write_vocab(writer, reader=source.reader, n_vocab=config.vocab_size, architecture=arch)
+        else:
+            write_vocab(writer, hf_dir=src_path, n_vocab=config.vocab_size, architecture=arch)
+        for t in plan:
+            writer.add_tensor_info(t.gguf_name, byte_shape(t.shape, t.qtype), np.dtype(np.uint8), t.nbytes,
+                                   raw_dtype=t.qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        with progress_bar(len(plan), f"export gguf {s.name}", enabled=progress, unit="tensor") as bar:
+            for t in plan:
+                data = _tensor_bytes(t, config, source)
+                if data.nbytes != t.nbytes:
+                    raise EdgecpmError(f"tensor {t.gguf_name}: {data.nbytes} bytes, planned {t.nbytes}")
+                writer.write_tensor_data(data)
+                del data
+                bar.update(1)
+    finally:
+        writer.close()
+
+
+def write_metadata(writer: GGUFWriter, config: ModelConfig, s: QuantScheme, arch: str) -> None:
+    """The keys llama.cpp reads, each through its typed `add_*` method (a wrong type is a load error)."""
+    if config.name:
+        writer.add_name(config.name)
+    writer.add_block_count(config.num_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_heads)
+    writer.add_head_count_kv(config.num_kv_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_theta)
+    if config.head_dim * config.num_heads != config.hidden_size:
+        writer.add_key_length(config.head_dim)
+        writer.add_value_length(config.head_dim)
+        writer.add_rope_dimension_count(config.head_dim)
+    elif arch == "llama":
+        writer.add_rope_dimension_count(config.head_dim)
+    if arch == "minicpm":
+        writer.add_embedding_scale(config.scale_emb)
+        writer.add_residual_scale(config.residual_scale)
+        writer.add_logit_scale(config.logit_scale)
+        rs = config.rope_scaling
+        if rs is not None:
+            writer.add_rope_scaling_type(RopeScalingType.LONGROPE)
+            if config.max_position_embeddings > rs.original_max_position_embeddings:
+                # HF scales cos/sin by this; llama.cpp only does when the key is present
+                writer.add_rope_scaling_orig_ctx_len(rs.original_max_position_embeddings)
+                writer.add_rope_scaling_attn_factors(config.rope_mscale)
+    if config.sparse is not None:
+        for key, value in asdict(config.sparse).items():
+            name = f"{arch}.{INFLLM_KEY_PREFIX}{key}"
+            if isinstance(value, bool):
+                writer.add_bool(name, value)
+            elif value < 0:
+                writer.add_int32(name, int(value))
+            else:
+                writer.add_uint32(name, int(value))
+    writer.add_file_type(int(s.file_type))
+    writer.add_quantization_version(GGML_QUANT_VERSION)
+
+
+def _tensor_bytes(t: TensorPlan, config: ModelConfig, source: Any) -> np.ndarray:
+    if t.hf_name is None:
+        rs = config.rope_scaling
+        assert rs is not None
+        factors = rs.short_factor if t.gguf_name == "rope_factors_short.weight" else rs.long_factor
+        return np.asarray(factors, dtype=np.float32).view(np.uint8)
+    w = source.get(t.hf_name)
+    if t.permute_heads:
+        w = _permute_rows(w, t.permute_heads)
+    return quantize_tensor(w, t.qtype, t.gguf_name, ternary=t.ternary)
+
+
+def _permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF half-split rotary rows -> llama.cpp interleaved pairs (same as `permute_for_llamacpp`, in torch)."""
+    rows = w.shape[0]
+    return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _tensor_types(path: Path) -> dict[str, int]:
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    return dict(Counter(t.tensor_type.name for t in reader.tensors))
+
+
+class _Output:
+    """Temporary folder beside the output; `commit` renames into place, `discard` removes everything."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.file_mode = out.suffix == ".gguf"
+        parent = out.parent
+        if not parent.is_dir():
+            raise EdgecpmError(f"cannot write {out}: folder {parent} does not exist")
+        if self.file_mode:
+            if out.is_dir():
+                raise EdgecpmError(f"cannot write {out}: it is a folder")
+        elif out.exists():
+            if not out.is_dir():
+                raise EdgecpmError(f"cannot write artifact folder {out}: a file has that name")
+            if any(out.iterdir()) and not is_artifact(out):
+                raise EdgecpmError(f"output folder {out} exists, is not empty and is not an edgecpm artifact")
+        self.tmp_dir = parent / f".{out.name}.tmp{os.getpid()}"
+        try:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir.mkdir()
+        except OSError as exc:
+            raise EdgecpmError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+        self.model_name = out.name if self.file_mode else MODEL_FILE
+        self.model_tmp = self.tmp_dir / self.model_name
+
+    def commit(self, manifest: Manifest) -> Artifact:
+        if self.file_mode:
+            sidecar = self.out.with_name(self.out.name + "." + MANIFEST_NAME)
+            manifest.write(self.tmp_dir)
+            os.replace(self.model_tmp, self.out)
+            os.replace(self.tmp_dir / MANIFEST_NAME, sidecar)
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            return Artifact(self.out, self.out, manifest)
+        manifest.write(self.tmp_dir)
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")
+            os.replace(self.out, old)
+        os.replace(self.tmp_dir, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return Artifact(self.out, self.out / self.model_name, manifest)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
