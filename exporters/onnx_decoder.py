@@ -1,0 +1,269 @@
+"""The MiniCPM4 decoder as an ONNX graph with ONNX Runtime GenAI's I/O names.
+
+Inputs `input_ids [B,S]`, `attention_mask [B,P+S]`, `past_key_values.N.key/value [B,Hkv,P,D]`; outputs
+`logits [B,S,V]` and `present.N.key/value [B,Hkv,P+S,D]`. The math is the reference `Model`'s:
+
+    h = Embed(ids) * scale_emb
+    h += Attn(RMSNorm(h)) * residual_scale;  h += MLP(RMSNorm(h)) * residual_scale
+    logits = lm_head(RMSNorm(h) / logit_scale)      (the divisor is folded into the final norm weight)
+
+Dense layers use `com.microsoft::GroupQueryAttention` with rotary fused in (cos/sin caches are the reference
+`RotaryEmbedding`'s LongRoPE values); residual adds are fused into `SkipSimplifiedLayerNormalization`. InfLLM v2
+layers apply rotary and grow the cache with standard ops and call the custom `ai.edgecpm::InfLLMv2Attention`
+node (see `onnx_infllmv2.py`). Linear weights are fp32, fp16 (stored half, computed fp32) or block-quantized
+`MatMulNBits` (int8 / int4); `weight_plan` says which, and the reference checks use the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from onnx import TensorProto
+
+from ..config import ModelConfig
+from ..errors import EdgecpmError
+from .onnx_graph import GraphBuilder
+from .onnx_quant import quantize
+
+MS = "com.microsoft"
+SPARSE_DOMAIN = "ai.edgecpm"
+SPARSE_OP = "InfLLMv2Attention"
+QUANT_BITS = {"fp32": None, "fp16": None, "int8": 8, "int4": 4}
+
+
+@dataclass(frozen=True)
+class OnnxOptions:
+    """Export knobs. `block_size` is the int4/int8 group size along K; `accuracy_level` is MatMulNBits'
+    (0 = fp32 activations, 4 = int8 activations, faster on CPU); `lm_head_bits` None = 8 for int4/int8."""
+
+    quant: str = "fp32"
+    block_size: int = 32
+    accuracy_level: int = 4
+    lm_head_bits: int | None = None
+    opset: int = 21
+
+    def linear_bits(self, is_head: bool) -> int | None:
+        bits = QUANT_BITS[self.quant]
+        if bits is not None and is_head:
+            return self.lm_head_bits or 8
+        return bits
+
+    @property
+    def float_storage(self) -> np.dtype:
+        return np.dtype(np.float16) if self.quant != "fp32" else np.dtype(np.float32)
+
+
+WeightGetter = Callable[[str], np.ndarray]
+
+
+def rope_caches(config: ModelConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """cos/sin `[L, D/2]` (mscale included) from the reference RotaryEmbedding, and the context length L.
+
+    LongRoPE switches to the long factors only past `original_max_position_embeddings`; published MiniCPM4
+    configs never get there (max == original max), so the graph's context is capped at the original max.
+    """
+    from ..model import RotaryEmbedding
+
+    length = config.max_position_embeddings
+    if config.rope_scaling is not None:
+        length = min(length, config.rope_scaling.original_max_position_embeddings)
+    rot = RotaryEmbedding(config)
+    cos, sin = rot.cos_sin(torch.arange(length), length)
+    half = config.head_dim // 2
+    return cos[:, :half].numpy().copy(), sin[:, :half].numpy().copy(), length
+
+
+class DecoderGraph:
+    """Emits the decoder into a `GraphBuilder`; weights are pulled one tensor at a time from `get`."""
+
+    def __init__(self, g: GraphBuilder, config: ModelConfig, get: WeightGetter, opts: OnnxOptions,
+                 sparse_layers: bool, tick: Callable[[], None] = lambda: None) -> None:
+        self.g, self.cfg, self.get, self.opts, self.tick = g, config, get, opts, tick
+        self.sparse_layers = sparse_layers
+        self.shapes: dict[str, tuple[int, int]] = {}
+
+    # ---- weights ----
+    def linear(self, x: str, names: list[str], key: str, is_head: bool = False) -> str:
+        """x @ W^T for the row-concatenation of the named `[N, K]` weights (q/k/v or gate/up packing)."""
+        g, opts = self.g, self.opts
+        bits = opts.linear_bits(is_head)
+        init = f"{key}.{'q' + str(bits) if bits else opts.quant}"
+        if bits is None:
+            if not g.has(init):
+                w = np.concatenate([self.get(n) for n in names], axis=0) if len(names) > 1 else self.get(names[0])
+                g.initializer(init, np.ascontiguousarray(w.T).astype(opts.float_storage))
+                self.tick()
+            weight = init
+            if opts.float_storage != np.float32:
+                weight = g.op("Cast", [init], to=TensorProto.FLOAT, name=f"{key}/cast")
+            return g.op("MatMul", [x, weight], name=g.fresh(f"{key}/MatMul"))
+        if not g.has(init + ".B"):
+            w = np.concatenate([self.get(n) for n in names], axis=0) if len(names) > 1 else self.get(names[0])
+            bq = quantize(w, bits, opts.block_size)
+            g.initializer(init + ".B", bq.packed)
+            g.initializer(init + ".scales", bq.scales)
+            self.shapes[init] = w.shape
+            self.tick()
+        n, k = self.shapes[init]
+        return g.op("MatMulNBits", [x, init + ".B", init + ".scales"], domain=MS, name=g.fresh(f"{key}/MatMulNBits"),
+                    K=k, N=n, bits=bits, block_size=opts.block_size, accuracy_level=opts.accuracy_level)
+
+    def norm_weight(self, name: str, divisor: float = 1.0) -> str:
+        if not self.g.has(name):
+            w = self.get(name)
+            self.g.initializer(name, (w / divisor).astype(np.float32) if divisor != 1.0 else w)
+        return name
+
+    # ---- graph ----
+    def build(self) -> None:
+        cfg, g = self.cfg, self.g
+        if cfg.has_lightning_layers:
+            raise EdgecpmError("lightning-attention (SALA) layers cannot be exported to ONNX yet")
+        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
+        g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
+        for i in range(cfg.num_layers):
+            for kv in ("key", "value"):
+                g.add_input(f"past_key_values.{i}.{kv}", TensorProto.FLOAT,
+                            ["batch_size", hkv, "past_sequence_length", d])
+        g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
+        for i in range(cfg.num_layers):
+            for kv in ("key", "value"):
+                g.add_output(f"present.{i}.{kv}", TensorProto.FLOAT,
+                             ["batch_size", hkv, "total_sequence_length", d])
+
+        cos, sin, _ = rope_caches(cfg)
+        g.initializer("cos_cache", cos)
+        g.initializer("sin_cache", sin)
+        # shared mask reformatting for GQA: seqlens_k = sum(mask) - 1, total_len = mask.shape[1]
+        msum = g.op("ReduceSum", ["attention_mask", g.const([1])], keepdims=0, name="/mask/ReduceSum")
+        mlast = g.op("Sub", [msum, g.const(1)], name="/mask/Sub")
+        self.seqlens_k = g.op("Cast", [mlast], to=TensorProto.INT32, name="/mask/seqlens_k")
+        mshape = g.op("Shape", ["attention_mask"], name="/mask/Shape")
+        total = g.op("Gather", [mshape, g.const(1)], axis=0, name="/mask/total")
+        self.total_len = g.op("Cast", [total], to=TensorProto.INT32, name="/mask/total_i32")
+
+        emb_name = "model.embed_tokens.weight"
+        emb = self.get(emb_name)
+        g.initializer("embed_tokens", emb.astype(self.opts.float_storage))
+        self.tick()
+        h = g.op("Gather", ["embed_tokens", "input_ids"], axis=0, name="/embed/Gather")
+        if self.opts.float_storage != np.float32:
+            h = g.op("Cast", [h], to=TensorProto.FLOAT, name="/embed/Cast")
+        h = g.op("Mul", [h, g.const(cfg.scale_emb, np.float32)], name="/embed/scale")
+
+        rs = g.const(cfg.residual_scale, np.float32, name="residual_scale")
+        branch: str | None = None
+        for index, spec in enumerate(cfg.layers):
+            p = f"model.layers.{spec.weight_layer}"
+            w_in = self.norm_weight(f"{p}.input_layernorm.weight")
+            xn, h = self.add_norm(h, branch, w_in, f"/layers.{index}/input_norm")
+            attn = self.attention(index, spec, p, xn)
+            branch = g.op("Mul", [attn, rs], name=f"/layers.{index}/attn/residual_scale")
+            w_post = self.norm_weight(f"{p}.post_attention_layernorm.weight")
+            xn, h = self.add_norm(h, branch, w_post, f"/layers.{index}/post_norm")
+            gu = self.linear(xn, [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"], f"{p}.mlp.gate_up",)
+            gate, up = g.op("Split", [gu, g.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1,
+                            name=f"/layers.{index}/mlp/Split")
+            act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/layers.{index}/mlp/Sigmoid")],
+                       name=f"/layers.{index}/mlp/silu")
+            prod = g.op("Mul", [act, up], name=f"/layers.{index}/mlp/gate_mul_up")
+            down = self.linear(prod, [f"{p}.mlp.down_proj.weight"], f"{p}.mlp.down")
+            branch = g.op("Mul", [down, rs], name=f"/layers.{index}/mlp/residual_scale")
+        w_final = self.norm_weight("model.norm.weight", divisor=cfg.logit_scale)
+        xn, _ = self.add_norm(h, branch, w_final, "/final_norm", need_sum=False)
+        head = "lm_head.weight" if not cfg.tie_word_embeddings else emb_name
+        if cfg.tie_word_embeddings and self.opts.quant == "fp32":
+            # reuse the embedding table: logits = x @ E^T without a second copy
+            g.op("FusedMatMul", [xn, "embed_tokens"], domain=MS, transB=1, outputs=["logits"], name="/lm_head")
+        else:
+            out = self.linear(xn, [head], "lm_head", is_head=True)
+            g.op("Identity", [out], outputs=["logits"], name="/lm_head/out")
+
+    def add_norm(self, h: str, branch: str | None, weight: str, name: str,
+                 need_sum: bool = True) -> tuple[str, str]:
+        """RMSNorm(h + branch) and the new residual stream h + branch (fused when there is a branch)."""
+        g, eps = self.g, self.cfg.rms_norm_eps
+        if branch is None:
+            return g.op("SimplifiedLayerNormalization", [h, weight], epsilon=eps, axis=-1, stash_type=1,
+                        name=name), h
+        outs = [f"{name}/out0", "", "", f"{name}/sum" if need_sum else ""]
+        g.op("SkipSimplifiedLayerNormalization", [h, branch, weight], domain=MS, epsilon=eps,
+             outputs=outs, name=name)
+        return outs[0], outs[3]
+
+    def attention(self, index: int, spec, p: str, xn: str) -> str:
+        cfg, g = self.cfg, self.g
+        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        a = f"{p}.self_attn"
+        qkv = self.linear(xn, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv")
+        past_k, past_v = f"past_key_values.{index}.key", f"past_key_values.{index}.value"
+        pres_k, pres_v = f"present.{index}.key", f"present.{index}.value"
+        if spec.attention == "infllmv2" and self.sparse_layers:
+            out = self.sparse_attention(index, spec, qkv, past_k, past_v, pres_k, pres_v)
+        else:
+            rope = ["cos_cache", "sin_cache"] if spec.use_rope else ["", ""]
+            out = g.op("GroupQueryAttention",
+                       [qkv, "", "", past_k, past_v, self.seqlens_k, self.total_len, *rope], domain=MS,
+                       outputs=[f"/layers.{index}/attn/out", pres_k, pres_v], name=f"/layers.{index}/attn/GQA",
+                       num_heads=hq, kv_num_heads=hkv, do_rotary=int(spec.use_rope), rotary_interleaved=0,
+                       scale=1.0 / float(np.sqrt(d)))[0]
+        if spec.output_gate:
+            gate = self.linear(xn, [f"{a}.o_gate.weight"], f"{a}.o_gate")
+            out = g.op("Mul", [out, g.op("Sigmoid", [gate], name=f"/layers.{index}/attn/gate_sigmoid")],
+                       name=f"/layers.{index}/attn/gate")
+        return self.linear(out, [f"{a}.o_proj.weight"], f"{a}.o_proj")
+
+    def sparse_attention(self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str,
+                         pres_v: str) -> str:
+        """Rotary and cache growth in standard ops, then the custom InfLLM v2 node on `[B,H,T,D]` tensors."""
+        cfg, g = self.cfg, self.g
+        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        n = f"/layers.{index}/attn"
+        q, k, v = g.op("Split", [qkv, g.const([hq * d, hkv * d, hkv * d])], n_out=3, axis=-1, name=f"{n}/Split")
+
+        def heads(x: str, h: int, tag: str) -> str:
+            r = g.op("Reshape", [x, g.const([0, 0, h, d])], name=f"{n}/{tag}/Reshape")
+            return g.op("Transpose", [r], perm=[0, 2, 1, 3], name=f"{n}/{tag}/Transpose")
+
+        q, k, v = heads(q, hq, "q"), heads(k, hkv, "k"), heads(v, hkv, "v")
+        if spec.use_rope:
+            cos, sin = self.rope_rows()
+            q, k = self.rotate(q, cos, sin, f"{n}/q_rope"), self.rotate(k, cos, sin, f"{n}/k_rope")
+        g.op("Concat", [past_k, k], axis=2, outputs=[pres_k], name=f"{n}/concat_k")
+        g.op("Concat", [past_v, v], axis=2, outputs=[pres_v], name=f"{n}/concat_v")
+        sp = cfg.sparse
+        out = g.op(SPARSE_OP, [q, pres_k, pres_v], domain=SPARSE_DOMAIN, name=f"{n}/{SPARSE_OP}",
+                   kernel_size=sp.kernel_size, kernel_stride=sp.kernel_stride, init_blocks=sp.init_blocks,
+                   block_size=sp.block_size, window_size=sp.window_size, topk=sp.topk, dense_len=sp.dense_len)
+        t = g.op("Transpose", [out], perm=[0, 2, 1, 3], name=f"{n}/out/Transpose")
+        return g.op("Reshape", [t, g.const([0, 0, hq * d])], name=f"{n}/out/Reshape")
+
+    def rope_rows(self) -> tuple[str, str]:
+        """cos/sin `[1,1,S,D]` for positions past_len .. past_len+S-1 (computed once per graph)."""
+        if hasattr(self, "_rope_rows"):
+            return self._rope_rows
+        g = self.g
+        total = g.op("Gather", [g.op("Shape", ["attention_mask"], name="/rope/mask_shape"), g.const(1)], axis=0,
+                     name="/rope/total")
+        seq = g.op("Gather", [g.op("Shape", ["input_ids"], name="/rope/ids_shape"), g.const(1)], axis=0,
+                   name="/rope/seq")
+        start = g.op("Sub", [total, seq], name="/rope/start")
+        pos = g.op("Range", [start, total, g.const(1)], name="/rope/positions")
+        rows = []
+        for name in ("cos_cache", "sin_cache"):
+            half = g.op("Gather", [name, pos], axis=0, name=f"/rope/{name}/Gather")
+            full = g.op("Concat", [half, half], axis=-1, name=f"/rope/{name}/Concat")
+            rows.append(g.op("Unsqueeze", [full, g.const([0, 1])], name=f"/rope/{name}/Unsqueeze"))
+        self._rope_rows = (rows[0], rows[1])
+        return self._rope_rows
+
+    def rotate(self, x: str, cos: str, sin: str, n: str) -> str:
+        g, half = self.g, self.cfg.head_dim // 2
+        x1, x2 = g.op("Split", [x, g.const([half, half])], n_out=2, axis=-1, name=f"{n}/Split")
+        rot = g.op("Concat", [g.op("Neg", [x2], name=f"{n}/Neg"), x1], axis=-1, name=f"{n}/Concat")
+        return g.op("Add", [g.op("Mul", [x, cos], name=f"{n}/Mul_cos"), g.op("Mul", [rot, sin], name=f"{n}/Mul_sin")],
+                    name=f"{n}/Add")

@@ -1,0 +1,74 @@
+"""Block-wise symmetric weight quantization in the `com.microsoft::MatMulNBits` layout.
+
+A linear weight W `[N, K]` (out, in) is cut along K into blocks of `block_size`; each block gets one fp32 scale
+`d = m / -(2^(bits-1))` where m is the block's value of largest magnitude (sign kept), so that value lands
+exactly on the most negative code and the full code range is used (the same rule as llama.cpp's q4_0/q8_0).
+Codes are stored offset by 2^(bits-1) (so no zero_points input is needed: MatMulNBits' default zero point is
+exactly that offset). For 4 bits, element 2i of a block goes to the low nibble of byte i and 2i+1 to the high.
+K need not be a multiple of the block size: the last block is zero-padded (SmolLM2's hidden size 576 with
+block 128, for example), which MatMulNBits expects (`B` is `[N, ceil(K/block), block*bits/8]`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import EdgecpmError
+
+VALID_BITS = (4, 8)
+
+
+@dataclass
+class BlockQuantized:
+    packed: np.ndarray  # uint8 [N, k_blocks, block_size * bits / 8]
+    scales: np.ndarray  # float32 [N, k_blocks]
+    bits: int
+    block_size: int
+    k: int
+
+    def dequantize(self) -> np.ndarray:
+        """The float32 `[N, K]` weight that MatMulNBits computes with (for reference checks)."""
+        return dequantize(self)
+
+
+def check_block_size(block_size: int) -> None:
+    if block_size < 16 or block_size & (block_size - 1):
+        raise EdgecpmError(f"group size {block_size} is invalid; MatMulNBits needs a power of two >= 16")
+
+
+def quantize(weight: np.ndarray, bits: int, block_size: int) -> BlockQuantized:
+    if bits not in VALID_BITS:
+        raise EdgecpmError(f"{bits}-bit weights are not supported; expected one of {VALID_BITS}")
+    check_block_size(block_size)
+    w = np.asarray(weight, dtype=np.float32)
+    n, k = w.shape
+    kb = -(-k // block_size)
+    if kb * block_size != k:
+        w = np.pad(w, ((0, 0), (0, kb * block_size - k)))
+    blocks = w.reshape(n, kb, block_size)
+    half = 1 << (bits - 1)
+    idx = np.abs(blocks).argmax(axis=-1)[..., None]
+    extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]
+    scale = (extreme / -half).astype(np.float32)
+    inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+    q = np.clip(np.rint(blocks * inv[..., None]), -half, half - 1).astype(np.int16) + half
+    q = q.astype(np.uint8)
+    if bits == 4:
+        packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+    else:
+        packed = q
+    return BlockQuantized(np.ascontiguousarray(packed), scale, bits, block_size, k)
+
+
+def dequantize(bq: BlockQuantized) -> np.ndarray:
+    half = 1 << (bq.bits - 1)
+    if bq.bits == 4:
+        q = np.empty(bq.packed.shape[:-1] + (bq.packed.shape[-1] * 2,), dtype=np.int16)
+        q[..., 0::2] = bq.packed & 0x0F
+        q[..., 1::2] = bq.packed >> 4
+    else:
+        q = bq.packed.astype(np.int16)
+    w = (q - half).astype(np.float32) * bq.scales[..., None]
+    return w.reshape(w.shape[0], -1)[:, : bq.k]
