@@ -2,10 +2,19 @@
 
 Tensor layout everywhere: queries `[B, Hq, T, D]`, keys/values `[B, Hkv, S, D]` holding the whole visible
 context (cache plus the T new tokens, which are its last T positions), output `[B, Hq, T, D]`.
+
+Each kernel has a plain torch reference, a vectorized torch implementation (the CPU path and what exporters
+trace) and a Triton kernel; `registry.resolve` picks one (argument > `EDGECPM_KERNELS` > device). Importing
+this package registers the `torch.ops.edgecpm.*` custom ops.
 """
 
 from __future__ import annotations
 
+from . import ops  # noqa: F401  (registers torch.ops.edgecpm.*)
 from .dense import dense_attention
+from .infllmv2 import infllmv2_attention
+from .infllmv2_state import InfLLMv2State
+from .ops import infllmv2_decomposition
+from .registry import resolve as resolve_impl
 
-__all__ = ["dense_attention"]
+__all__ = ["dense_attention", "infllmv2_attention", "InfLLMv2State", "infllmv2_decomposition", "resolve_impl"]

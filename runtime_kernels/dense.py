@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    scale: float | None = None) -> torch.Tensor:
     """Causal attention of T new queries over S keys (the queries are the last T positions).
 
     GQA is handled by repeating key/value heads; math is done in the input dtype except the softmax, which
