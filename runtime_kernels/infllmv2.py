@@ -11,13 +11,16 @@ from .infllmv2_state import InfLLMv2State
 
 
 def infllmv2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sparse: SparseConfig, *,
-                       state: InfLLMv2State | None = None, impl: str | None = None) -> torch.Tensor:
+                       state: InfLLMv2State | None = None, impl: str | None = None,
+                       score_q: torch.Tensor | None = None, score_k: torch.Tensor | None = None) -> torch.Tensor:
     """InfLLM v2 sparse causal attention (dense while the context is shorter than `sparse.dense_len`).
 
     q `[B, Hq, T, D]`; k, v `[B, Hkv, S, D]`: the whole visible context, the T queries being its last T
     positions; returns `[B, Hq, T, D]` in q's dtype. `state` (an `InfLLMv2State`, kept per layer in the KV
     cache extras) carries the compressed keys between calls so decode only pools the newest window. `impl` is
     "reference", "vectorized" or "triton"; None lets the registry choose (`EDGECPM_KERNELS` overrides).
+    `score_q` / `score_k` (same shapes as q / k, default q / k) are scored for block selection only: the
+    pre-RoPE queries and keys when `sparse.use_nope`. With a state, pass the whole `score_k` history.
     """
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise EdgecpmError(f"infllmv2_attention expects q [B,Hq,T,D] and k, v [B,Hkv,S,D]; got "
@@ -30,15 +33,15 @@ def infllmv2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sparse
         raise EdgecpmError(f"sparse block_size {sparse.block_size} is not a multiple of kernel_stride "
                            f"{sparse.kernel_stride}")
     name = registry.resolve("infllmv2", q.device, impl)
-    ck = state.update(k) if state is not None else None
+    ck = state.update(k if score_k is None else score_k) if state is not None else None
     if name == "reference":
         from .infllmv2_reference import infllmv2_reference
 
-        return infllmv2_reference(q, k, v, sparse)
+        return infllmv2_reference(q, k, v, sparse, score_q=score_q, score_k=score_k)
     if name == "triton":
         from .infllmv2_triton import infllmv2_triton
 
-        return infllmv2_triton(q, k, v, sparse, ck=ck)
+        return infllmv2_triton(q, k, v, sparse, ck=ck, score_q=score_q, score_k=score_k)
     from .infllmv2_vectorized import infllmv2_vectorized
 
-    return infllmv2_vectorized(q, k, v, sparse, ck=ck)
+    return infllmv2_vectorized(q, k, v, sparse, ck=ck, score_q=score_q, score_k=score_k)

@@ -57,8 +57,14 @@ def selected_blocks(q_group: torch.Tensor, kernels: list[torch.Tensor], pos: int
 
 
 def infllmv2_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: SparseConfig,
-                       scale: float | None = None) -> torch.Tensor:
-    """Sparse attention by definition (dense below `dense_len`), returning `[B, Hq, T, D]` in q's dtype."""
+                       scale: float | None = None, score_q: torch.Tensor | None = None,
+                       score_k: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse attention by definition (dense below `dense_len`), returning `[B, Hq, T, D]` in q's dtype.
+
+    `score_q` / `score_k` (default q, k) are what block selection scores (pre-RoPE ones for `use_nope`).
+    """
+    score_q = q if score_q is None else score_q
+    score_k = k if score_k is None else score_k
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     g = hq // hkv
@@ -67,14 +73,14 @@ def infllmv2_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: Sp
     out = torch.zeros(b, hq, t, d, dtype=torch.float32)
     for bi in range(b):
         for h in range(hkv):
-            kernels = _kernels(k[bi, h], sp.kernel_size, sp.kernel_stride)
+            kernels = _kernels(score_k[bi, h], sp.kernel_size, sp.kernel_stride)
             for ti in range(t):
                 pos = s - t + ti
                 q_group = q[bi, h * g:(h + 1) * g, ti]
                 if dense:
                     keys = torch.arange(pos + 1)
                 else:
-                    blocks = selected_blocks(q_group, kernels, pos, sp)
+                    blocks = selected_blocks(score_q[bi, h * g:(h + 1) * g, ti], kernels, pos, sp)
                     keys = torch.cat([torch.arange(j * sp.block_size, min((j + 1) * sp.block_size, pos + 1))
                                       for j in blocks])
                 kk, vv = k[bi, h, keys].float(), v[bi, h, keys].float()

@@ -45,3 +45,19 @@ class InfLLMv2State:
         if self.ck is not None:
             self.ck = self.ck[:, :, :num_kernels(n, self.sparse.kernel_size, self.sparse.kernel_stride)]
         self.length = min(self.length, n)
+
+
+class KeyHistory:
+    """All keys seen so far (the pre-RoPE keys a `use_nope` layer scores with), truncatable with the cache."""
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+
+    def append(self, k_new: torch.Tensor, start: int) -> torch.Tensor:
+        """Add the keys of positions start.. and return the whole history."""
+        self.k = k_new if self.k is None or start == 0 else torch.cat([self.k[:, :, :start], k_new], dim=2)
+        return self.k
+
+    def truncate(self, n: int) -> None:
+        if self.k is not None:
+            self.k = self.k[:, :, :n]

@@ -139,26 +139,27 @@ def _attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uidx: torc
 
 
 def sparse_attention_traced(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor,
-                            sp: SparseConfig, scale: float | None = None) -> torch.Tensor:
+                            sp: SparseConfig, scale: float | None = None,
+                            score_q: torch.Tensor | None = None) -> torch.Tensor:
     """The sparse path with one gather per query: what `torch.export` sees (dynamic S and T)."""
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     g = hq // hkv
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    idx, valid = select_blocks(block_scores(q, ck, s, sp), sp)
+    idx, valid = select_blocks(block_scores(q if score_q is None else score_q, ck, s, sp), sp)
     qg = q.view(b, hkv, g, t, 1, d)
     out = _attend_groups(qg, k, v, idx, valid[:, :, :, None, :], s, sp.block_size, scale)
     return out.reshape(b, hq, t, d)
 
 
 def _sparse_chunk_union(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor, s: int,
-                        sp: SparseConfig, scale: float) -> torch.Tensor:
+                        sp: SparseConfig, scale: float, score_q: torch.Tensor) -> torch.Tensor:
     """Eager prefill chunk: each query block gathers the union of its queries' blocks once."""
     b, hq, t, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv
     qg_size = sp.block_size
-    idx, valid = select_blocks(block_scores(q, ck, s, sp), sp)
+    idx, valid = select_blocks(block_scores(score_q, ck, s, sp), sp)
     nb = (s + sp.block_size - 1) // sp.block_size
     dump = torch.where(valid, idx, torch.full_like(idx, nb))  # invalid slots land in a spare column
     sel = torch.zeros(b, hkv, t, nb + 1, dtype=torch.bool, device=q.device)
@@ -180,8 +181,13 @@ def _sparse_chunk_union(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: t
 
 
 def infllmv2_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: SparseConfig,
-                        ck: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
-    """Sparse attention (dense below `dense_len`). `ck`: precomputed compressed keys (decode state)."""
+                        ck: torch.Tensor | None = None, scale: float | None = None,
+                        score_q: torch.Tensor | None = None, score_k: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparse attention (dense below `dense_len`).
+
+    `ck`: precomputed compressed keys (decode state). `score_q` / `score_k`: other queries/keys to select blocks
+    with (the pre-RoPE ones when `use_nope`); attention itself always uses q, k, v.
+    """
     from .dense import dense_attention
 
     s = k.shape[2]
@@ -189,9 +195,10 @@ def infllmv2_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: S
         return dense_attention(q, k, v, scale=scale)
     t = q.shape[2]
     if ck is None:
-        ck = compress_keys_padded(k, sp)
+        ck = compress_keys_padded(k if score_k is None else score_k, sp)
     if torch.compiler.is_compiling() or t == 1:
-        return sparse_attention_traced(q, k, v, ck, sp, scale)
+        return sparse_attention_traced(q, k, v, ck, sp, scale, score_q)
+    score_q = q if score_q is None else score_q
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     outs = []
     for start in range(0, t, QUERY_CHUNK):
@@ -200,5 +207,5 @@ def infllmv2_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: S
         s_c = s - t + end
         outs.append(_sparse_chunk_union(q[:, :, start:end], k[:, :, :s_c], v[:, :, :s_c],
                                         ck[:, :, :num_kernels(s_c, sp.kernel_size, sp.kernel_stride)],
-                                        s_c, sp, scale))
+                                        s_c, sp, scale, score_q[:, :, start:end]))
     return torch.cat(outs, dim=2)

@@ -11,7 +11,9 @@ from torch import nn
 
 from .config import LayerSpec, ModelConfig
 from .kv_cache import KVCache
-from .runtime_kernels import dense_attention
+from .runtime_kernels import InfLLMv2State, dense_attention, infllmv2_attention
+from .runtime_kernels.infllmv2_state import KeyHistory
+from .runtime_kernels.lightning import LightningState, lightning_attention, sala_log_decay
 
 
 class SoftmaxAttention(nn.Module):
@@ -40,22 +42,104 @@ class SoftmaxAttention(nn.Module):
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        score_q = score_k = None
         if self.use_rope:
+            if self.sparse is not None and self.sparse.use_nope:  # select blocks with the pre-RoPE q/k
+                score_q, score_k = q, k
+                if cache is not None:
+                    history = cache.layers[layer_index].extras.setdefault("infllmv2_nope_k", KeyHistory())
+                    score_k = history.append(k, cache.length)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_index, k, v)
-        out = self.attend(q, k, v, cache, layer_index)
+        out = self.attend(q, k, v, cache, layer_index, score_q, score_k)
         out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
         if self.o_gate is not None:
             out = out * torch.sigmoid(self.o_gate(x))
         return self.o_proj(out)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache | None,
-               layer_index: int) -> torch.Tensor:
-        return dense_attention(q, k, v)
+               layer_index: int, score_q: torch.Tensor | None = None,
+               score_k: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense, or InfLLM v2 (which itself stays dense while the context is shorter than `dense_len`)."""
+        if self.sparse is None:
+            return dense_attention(q, k, v)
+        state = None
+        if cache is not None:
+            state = cache.layers[layer_index].extras.setdefault("infllmv2", InfLLMv2State(self.sparse))
+        return infllmv2_attention(q, k, v, self.sparse, state=state, score_q=score_q, score_k=score_k)
+
+
+class LightningAttention(nn.Module):
+    """MiniCPM-SALA lightning layer: q/k/v projections, per-head q/k RMSNorm, RoPE (plain, theta from the
+    config, no LongRoPE factors), simple-GLA recurrence with per-head decay -slope_h, `o_norm` over all heads,
+    sigmoid gate `z_proj`, `o_proj`. The recurrent state lives in `cache.layers[i].extras["lightning"]`.
+    """
+
+    def __init__(self, config: ModelConfig, spec: LayerSpec) -> None:
+        from .model import RMSNorm
+
+        super().__init__()
+        lc = config.lightning
+        if lc is None:
+            raise NotImplementedError("a lightning layer needs config.lightning")
+        h = config.hidden_size
+        self.num_heads, self.num_kv_heads, self.head_dim = lc.num_heads, lc.num_kv_heads, lc.head_dim
+        inner = lc.num_heads * lc.head_dim
+        self.q_proj = nn.Linear(h, inner, bias=False)
+        self.k_proj = nn.Linear(h, lc.num_kv_heads * lc.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, lc.num_kv_heads * lc.head_dim, bias=False)
+        self.o_proj = nn.Linear(inner, h, bias=False)
+        self.q_norm = RMSNorm(lc.head_dim, config.rms_norm_eps) if lc.qk_norm else None
+        self.k_norm = RMSNorm(lc.head_dim, config.rms_norm_eps) if lc.qk_norm else None
+        self.o_norm = RMSNorm(inner, config.rms_norm_eps) if lc.output_norm else None
+        self.z_proj = nn.Linear(h, inner, bias=False) if lc.output_gate else None
+        self.use_rope = spec.use_rope
+        self.rope_theta = config.rope_theta
+        self.scale = lc.head_dim ** -0.5
+        self.register_buffer("log_decay", sala_log_decay(lc.num_heads), persistent=False)
+
+    def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        from .model import apply_rotary
+
+        d = self.head_dim
+        inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)).float()
+        freqs = torch.arange(start, start + x.shape[2], dtype=torch.float32)[:, None] * inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return apply_rotary(x, emb.cos(), emb.sin())
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
+                layer_index: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).float()
+        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).float()
+        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).float()
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.num_kv_heads != self.num_heads:
+            rep = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        start = cache.length if cache is not None else 0
+        if self.use_rope:
+            q, k = self._rope(q, start), self._rope(k, start)
+        log_decay = self.log_decay.to(q.device)
+        if cache is not None:
+            state = cache.layers[layer_index].extras.setdefault("lightning", LightningState())
+            out = state.run(q, k, v, log_decay, self.scale)
+        else:
+            out, _ = lightning_attention(q, k, v, log_decay, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim).to(x.dtype)
+        if self.o_norm is not None:
+            out = self.o_norm(out)
+        if self.z_proj is not None:
+            out = out * torch.sigmoid(self.z_proj(x))
+        return self.o_proj(out)
 
 
 def build(config: ModelConfig, spec: LayerSpec) -> nn.Module:
     if spec.attention in ("dense", "infllmv2"):
         return SoftmaxAttention(config, spec)
+    if spec.attention == "lightning":
+        return LightningAttention(config, spec)
     raise NotImplementedError(f"attention kind {spec.attention!r}")
