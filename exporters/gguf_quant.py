@@ -4,8 +4,7 @@ One table (`SCHEMES`) says, per quant name, the type of ordinary weight matrices
 embedding / output matrix, the `general.file_type` label, and, for K-quants, the llama.cpp file type that
 `llama_model_quantize` turns an F16 intermediate into. Types that `gguf.quants` implements are quantized
 here in numpy, a block of rows at a time so memory stays bounded. Ternary (TQ1_0/TQ2_0) weights are checked
-first: TQ
-stores one scale per 256 values, so it is lossless only when each 256-block holds one magnitude.
+first: TQ stores one scale per 256 values, so it is lossless only when each 256-block holds one magnitude.
 """
 
 from __future__ import annotations

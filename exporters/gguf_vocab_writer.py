@@ -92,6 +92,10 @@ def write_sentencepiece_vocab(writer: GGUFWriter, directory: Path, n_vocab: int,
     writer.add_token_types(types)
     writer.add_add_space_prefix(bool(proto.normalizer_spec.add_dummy_prefix))
     special = SpecialVocab(directory, n_vocab=size)
+    # SpecialVocab resolves token strings only through tokenizer.json and skips list-valued config ids
+    # (MiniCPM4's eos_token_id is [2, 73440]); fill what it missed from the vocabulary itself
+    for kind, tid in _special_ids(directory, tokens, sp).items():
+        special.special_token_ids.setdefault(kind, tid)
     special.add_to_gguf(writer, quiet=True)
     if special.chat_template is None and architecture == "minicpm":
         writer.add_chat_template(MINICPM4_CHATML)
@@ -117,3 +121,26 @@ def _added_tokens(directory: Path) -> dict[int, tuple[str, bool]]:
         for text, tid in added.items():
             out.setdefault(int(tid), (str(text), True))
     return out
+
+
+def _special_ids(directory: Path, tokens: list[str], sp: Any) -> dict[str, int]:
+    """bos/eos/unk/pad ids: tokenizer_config.json strings looked up in `tokens`, else config.json ints."""
+    ids: dict[str, int] = {}
+    index = {t: i for i, t in enumerate(tokens)}
+    cfg_path, model_cfg_path = directory / "tokenizer_config.json", directory / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+    model_cfg = json.loads(model_cfg_path.read_text(encoding="utf-8")) if model_cfg_path.is_file() else {}
+    for kind in ("bos", "eos", "unk", "pad"):
+        value = cfg.get(f"{kind}_token")
+        text = value.get("content") if isinstance(value, dict) else value
+        if isinstance(text, str) and text in index:
+            ids[kind] = index[text]
+            continue
+        fallback = model_cfg.get(f"{kind}_token_id")
+        if isinstance(fallback, list) and fallback:
+            fallback = fallback[0]
+        if isinstance(fallback, int) and 0 <= fallback < len(tokens):
+            ids[kind] = fallback
+    if "unk" not in ids and sp.unk_id() >= 0:
+        ids["unk"] = int(sp.unk_id())
+    return ids
