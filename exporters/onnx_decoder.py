@@ -8,7 +8,8 @@ Inputs `input_ids [B,S]`, `attention_mask [B,P+S]`, `past_key_values.N.key/value
     logits = lm_head(RMSNorm(h) / logit_scale)      (the divisor is folded into the final norm weight)
 
 Dense layers use `com.microsoft::GroupQueryAttention` with rotary fused in (cos/sin caches are the reference
-`RotaryEmbedding`'s LongRoPE values); residual adds are fused into `SkipSimplifiedLayerNormalization`. InfLLM v2
+`RotaryEmbedding`'s LongRoPE values); residual adds are fused into
+`SkipSimplifiedLayerNormalization`. InfLLM v2
 layers apply rotary and grow the cache with standard ops and call the custom `ai.edgecpm::InfLLMv2Attention`
 node (see `onnx_infllmv2.py`). Linear weights are fp32, fp16 (stored half, computed fp32) or block-quantized
 `MatMulNBits` (int8 / int4); `weight_plan` says which, and the reference checks use the same plan.
@@ -79,11 +80,19 @@ def rope_caches(config: ModelConfig) -> tuple[np.ndarray, np.ndarray, int]:
 class DecoderGraph:
     """Emits the decoder into a `GraphBuilder`; weights are pulled one tensor at a time from `get`."""
 
-    def __init__(self, g: GraphBuilder, config: ModelConfig, get: WeightGetter, opts: OnnxOptions,
-                 sparse_layers: bool, tick: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        g: GraphBuilder,
+        config: ModelConfig,
+        get: WeightGetter,
+        opts: OnnxOptions,
+        sparse_layers: bool,
+        tick: Callable[[], None] = lambda: None,
+    ) -> None:
         self.g, self.cfg, self.get, self.opts, self.tick = g, config, get, opts, tick
         self.sparse_layers = sparse_layers
         self.shapes: dict[str, tuple[int, int]] = {}
+        self.all_gqa = True  # GenAI may share past/present buffers only if every layer is GQA
 
     # ---- weights ----
     def linear(self, x: str, names: list[str], key: str, is_head: bool = False) -> str:
@@ -93,7 +102,11 @@ class DecoderGraph:
         init = f"{key}.{'q' + str(bits) if bits else opts.quant}"
         if bits is None:
             if not g.has(init):
-                w = np.concatenate([self.get(n) for n in names], axis=0) if len(names) > 1 else self.get(names[0])
+                w = (
+                    np.concatenate([self.get(n) for n in names], axis=0)
+                    if len(names) > 1
+                    else self.get(names[0])
+                )
                 g.initializer(init, np.ascontiguousarray(w.T).astype(opts.float_storage))
                 self.tick()
             weight = init
@@ -108,8 +121,17 @@ class DecoderGraph:
             self.shapes[init] = w.shape
             self.tick()
         n, k = self.shapes[init]
-        return g.op("MatMulNBits", [x, init + ".B", init + ".scales"], domain=MS, name=g.fresh(f"{key}/MatMulNBits"),
-                    K=k, N=n, bits=bits, block_size=opts.block_size, accuracy_level=opts.accuracy_level)
+        return g.op(
+            "MatMulNBits",
+            [x, init + ".B", init + ".scales"],
+            domain=MS,
+            name=g.fresh(f"{key}/MatMulNBits"),
+            K=k,
+            N=n,
+            bits=bits,
+            block_size=opts.block_size,
+            accuracy_level=opts.accuracy_level,
+        )
 
     def norm_weight(self, name: str, divisor: float = 1.0) -> str:
         if not self.g.has(name):
@@ -122,18 +144,22 @@ class DecoderGraph:
         cfg, g = self.cfg, self.g
         if cfg.has_lightning_layers:
             raise EdgecpmError("lightning-attention (SALA) layers cannot be exported to ONNX yet")
-        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        hkv, d = cfg.num_kv_heads, cfg.head_dim
         g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
         for i in range(cfg.num_layers):
             for kv in ("key", "value"):
-                g.add_input(f"past_key_values.{i}.{kv}", TensorProto.FLOAT,
-                            ["batch_size", hkv, "past_sequence_length", d])
+                g.add_input(
+                    f"past_key_values.{i}.{kv}",
+                    TensorProto.FLOAT,
+                    ["batch_size", hkv, "past_sequence_length", d],
+                )
         g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
         for i in range(cfg.num_layers):
             for kv in ("key", "value"):
-                g.add_output(f"present.{i}.{kv}", TensorProto.FLOAT,
-                             ["batch_size", hkv, "total_sequence_length", d])
+                g.add_output(
+                    f"present.{i}.{kv}", TensorProto.FLOAT, ["batch_size", hkv, "total_sequence_length", d]
+                )
 
         cos, sin, _ = rope_caches(cfg)
         g.initializer("cos_cache", cos)
@@ -165,11 +191,23 @@ class DecoderGraph:
             branch = g.op("Mul", [attn, rs], name=f"/layers.{index}/attn/residual_scale")
             w_post = self.norm_weight(f"{p}.post_attention_layernorm.weight")
             xn, h = self.add_norm(h, branch, w_post, f"/layers.{index}/post_norm")
-            gu = self.linear(xn, [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"], f"{p}.mlp.gate_up",)
-            gate, up = g.op("Split", [gu, g.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1,
-                            name=f"/layers.{index}/mlp/Split")
-            act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/layers.{index}/mlp/Sigmoid")],
-                       name=f"/layers.{index}/mlp/silu")
+            gu = self.linear(
+                xn,
+                [f"{p}.mlp.gate_proj.weight", f"{p}.mlp.up_proj.weight"],
+                f"{p}.mlp.gate_up",
+            )
+            gate, up = g.op(
+                "Split",
+                [gu, g.const([cfg.intermediate_size] * 2)],
+                n_out=2,
+                axis=-1,
+                name=f"/layers.{index}/mlp/Split",
+            )
+            act = g.op(
+                "Mul",
+                [gate, g.op("Sigmoid", [gate], name=f"/layers.{index}/mlp/Sigmoid")],
+                name=f"/layers.{index}/mlp/silu",
+            )
             prod = g.op("Mul", [act, up], name=f"/layers.{index}/mlp/gate_mul_up")
             down = self.linear(prod, [f"{p}.mlp.down_proj.weight"], f"{p}.mlp.down")
             branch = g.op("Mul", [down, rs], name=f"/layers.{index}/mlp/residual_scale")
@@ -178,21 +216,31 @@ class DecoderGraph:
         head = "lm_head.weight" if not cfg.tie_word_embeddings else emb_name
         if cfg.tie_word_embeddings and self.opts.quant == "fp32":
             # reuse the embedding table: logits = x @ E^T without a second copy
-            g.op("FusedMatMul", [xn, "embed_tokens"], domain=MS, transB=1, outputs=["logits"], name="/lm_head")
+            g.op(
+                "FusedMatMul", [xn, "embed_tokens"], domain=MS, transB=1, outputs=["logits"], name="/lm_head"
+            )
         else:
             out = self.linear(xn, [head], "lm_head", is_head=True)
             g.op("Identity", [out], outputs=["logits"], name="/lm_head/out")
 
-    def add_norm(self, h: str, branch: str | None, weight: str, name: str,
-                 need_sum: bool = True) -> tuple[str, str]:
+    def add_norm(
+        self, h: str, branch: str | None, weight: str, name: str, need_sum: bool = True
+    ) -> tuple[str, str]:
         """RMSNorm(h + branch) and the new residual stream h + branch (fused when there is a branch)."""
         g, eps = self.g, self.cfg.rms_norm_eps
         if branch is None:
-            return g.op("SimplifiedLayerNormalization", [h, weight], epsilon=eps, axis=-1, stash_type=1,
-                        name=name), h
+            return g.op(
+                "SimplifiedLayerNormalization", [h, weight], epsilon=eps, axis=-1, stash_type=1, name=name
+            ), h
         outs = [f"{name}/out0", "", "", f"{name}/sum" if need_sum else ""]
-        g.op("SkipSimplifiedLayerNormalization", [h, branch, weight], domain=MS, epsilon=eps,
-             outputs=outs, name=name)
+        g.op(
+            "SkipSimplifiedLayerNormalization",
+            [h, branch, weight],
+            domain=MS,
+            epsilon=eps,
+            outputs=outs,
+            name=name,
+        )
         return outs[0], outs[3]
 
     def attention(self, index: int, spec, p: str, xn: str) -> str:
@@ -202,28 +250,44 @@ class DecoderGraph:
         qkv = self.linear(xn, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv")
         past_k, past_v = f"past_key_values.{index}.key", f"past_key_values.{index}.value"
         pres_k, pres_v = f"present.{index}.key", f"present.{index}.value"
-        if spec.attention == "infllmv2" and self.sparse_layers:
-            out = self.sparse_attention(index, spec, qkv, past_k, past_v, pres_k, pres_v)
+        if (spec.attention == "infllmv2" and self.sparse_layers) or d % 16:
+            # GQA needs head_dim % 16 == 0; other layers run in standard ops (+ the custom sparse node)
+            self.all_gqa = False
+            out = self.explicit_attention(index, spec, qkv, past_k, past_v, pres_k, pres_v)
         else:
             rope = ["cos_cache", "sin_cache"] if spec.use_rope else ["", ""]
-            out = g.op("GroupQueryAttention",
-                       [qkv, "", "", past_k, past_v, self.seqlens_k, self.total_len, *rope], domain=MS,
-                       outputs=[f"/layers.{index}/attn/out", pres_k, pres_v], name=f"/layers.{index}/attn/GQA",
-                       num_heads=hq, kv_num_heads=hkv, do_rotary=int(spec.use_rope), rotary_interleaved=0,
-                       scale=1.0 / float(np.sqrt(d)))[0]
+            out = g.op(
+                "GroupQueryAttention",
+                [qkv, "", "", past_k, past_v, self.seqlens_k, self.total_len, *rope],
+                domain=MS,
+                outputs=[f"/layers.{index}/attn/out", pres_k, pres_v],
+                name=f"/layers.{index}/attn/GQA",
+                num_heads=hq,
+                kv_num_heads=hkv,
+                do_rotary=int(spec.use_rope),
+                rotary_interleaved=0,
+                scale=1.0 / float(np.sqrt(d)),
+            )[0]
         if spec.output_gate:
             gate = self.linear(xn, [f"{a}.o_gate.weight"], f"{a}.o_gate")
-            out = g.op("Mul", [out, g.op("Sigmoid", [gate], name=f"/layers.{index}/attn/gate_sigmoid")],
-                       name=f"/layers.{index}/attn/gate")
+            out = g.op(
+                "Mul",
+                [out, g.op("Sigmoid", [gate], name=f"/layers.{index}/attn/gate_sigmoid")],
+                name=f"/layers.{index}/attn/gate",
+            )
         return self.linear(out, [f"{a}.o_proj.weight"], f"{a}.o_proj")
 
-    def sparse_attention(self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str,
-                         pres_v: str) -> str:
-        """Rotary and cache growth in standard ops, then the custom InfLLM v2 node on `[B,H,T,D]` tensors."""
+    def explicit_attention(
+        self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str, pres_v: str
+    ) -> str:
+        """Rotary and cache growth in standard ops, then the custom InfLLM v2 node (sparse layers) or causal
+        softmax attention in standard ops, on `[B,H,T,D]` tensors."""
         cfg, g = self.cfg, self.g
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         n = f"/layers.{index}/attn"
-        q, k, v = g.op("Split", [qkv, g.const([hq * d, hkv * d, hkv * d])], n_out=3, axis=-1, name=f"{n}/Split")
+        q, k, v = g.op(
+            "Split", [qkv, g.const([hq * d, hkv * d, hkv * d])], n_out=3, axis=-1, name=f"{n}/Split"
+        )
 
         def heads(x: str, h: int, tag: str) -> str:
             r = g.op("Reshape", [x, g.const([0, 0, h, d])], name=f"{n}/{tag}/Reshape")
@@ -235,22 +299,106 @@ class DecoderGraph:
             q, k = self.rotate(q, cos, sin, f"{n}/q_rope"), self.rotate(k, cos, sin, f"{n}/k_rope")
         g.op("Concat", [past_k, k], axis=2, outputs=[pres_k], name=f"{n}/concat_k")
         g.op("Concat", [past_v, v], axis=2, outputs=[pres_v], name=f"{n}/concat_v")
+        if spec.attention != "infllmv2" or not self.sparse_layers:
+            out = self.causal_attention(q, pres_k, pres_v, n)
+            t = g.op("Transpose", [out], perm=[0, 2, 1, 3], name=f"{n}/out/Transpose")
+            return g.op("Reshape", [t, g.const([0, 0, hq * d])], name=f"{n}/out/Reshape")
         sp = cfg.sparse
-        out = g.op(SPARSE_OP, [q, pres_k, pres_v], domain=SPARSE_DOMAIN, name=f"{n}/{SPARSE_OP}",
-                   kernel_size=sp.kernel_size, kernel_stride=sp.kernel_stride, init_blocks=sp.init_blocks,
-                   block_size=sp.block_size, window_size=sp.window_size, topk=sp.topk, dense_len=sp.dense_len)
+        out = g.op(
+            SPARSE_OP,
+            [q, pres_k, pres_v],
+            domain=SPARSE_DOMAIN,
+            name=f"{n}/{SPARSE_OP}",
+            kernel_size=sp.kernel_size,
+            kernel_stride=sp.kernel_stride,
+            init_blocks=sp.init_blocks,
+            block_size=sp.block_size,
+            window_size=sp.window_size,
+            topk=sp.topk,
+            dense_len=sp.dense_len,
+        )
         t = g.op("Transpose", [out], perm=[0, 2, 1, 3], name=f"{n}/out/Transpose")
         return g.op("Reshape", [t, g.const([0, 0, hq * d])], name=f"{n}/out/Reshape")
+
+    def causal_attention(self, q: str, k: str, v: str, n: str) -> str:
+        """softmax(q k^T / sqrt(D) + causal mask) v with KV heads repeated for GQA (bottom-right causal)."""
+        cfg, g = self.cfg, self.g
+        group, hkv, d = cfg.num_heads // cfg.num_kv_heads, cfg.num_kv_heads, cfg.head_dim
+
+        def repeat(x: str, tag: str) -> str:
+            if group == 1:
+                return x
+            u = g.op("Unsqueeze", [x, g.const([2])], name=f"{n}/{tag}/Unsqueeze")
+            shape = g.op("Shape", [u], name=f"{n}/{tag}/Shape")
+            target = g.op(
+                "Concat",
+                [
+                    g.op("Slice", [shape, g.const([0]), g.const([2])], name=f"{n}/{tag}/s0"),
+                    g.const([group]),
+                    g.op("Slice", [shape, g.const([3]), g.const([5])], name=f"{n}/{tag}/s1"),
+                ],
+                axis=0,
+                name=f"{n}/{tag}/target",
+            )
+            e = g.op("Expand", [u, target], name=f"{n}/{tag}/Expand")
+            return g.op("Reshape", [e, g.const([0, hkv * group, -1, d])], name=f"{n}/{tag}/Reshape")
+
+        kr, vr = repeat(k, "k_rep"), repeat(v, "v_rep")
+        kt = g.op("Transpose", [kr], perm=[0, 1, 3, 2], name=f"{n}/kT")
+        scores = g.op(
+            "Mul",
+            [g.op("MatMul", [q, kt], name=f"{n}/qk"), g.const(1.0 / np.sqrt(d), np.float32)],
+            name=f"{n}/scale",
+        )
+        mask = self.causal_mask()
+        masked = g.op("Where", [mask, scores, g.const(-np.inf, np.float32)], name=f"{n}/mask")
+        probs = g.op("Softmax", [masked], axis=-1, name=f"{n}/softmax")
+        return g.op("MatMul", [probs, vr], name=f"{n}/pv")
+
+    def causal_mask(self) -> str:
+        """bool `[T, S]`: key j is visible to new query i iff j <= S - T + i (computed once per graph)."""
+        if hasattr(self, "_mask"):
+            return self._mask
+        g = self.g
+        total = g.op(
+            "Gather",
+            [g.op("Shape", ["attention_mask"], name="/causal/mask_shape"), g.const(1)],
+            axis=0,
+            name="/causal/total",
+        )
+        seq = g.op(
+            "Gather",
+            [g.op("Shape", ["input_ids"], name="/causal/ids_shape"), g.const(1)],
+            axis=0,
+            name="/causal/seq",
+        )
+        start = g.op("Sub", [total, seq], name="/causal/start")
+        qpos = g.op(
+            "Unsqueeze",
+            [g.op("Range", [start, total, g.const(1)], name="/causal/qpos"), g.const([1])],
+            name="/causal/qpos_col",
+        )
+        kpos = g.op("Range", [g.const(0), total, g.const(1)], name="/causal/kpos")
+        self._mask = g.op("LessOrEqual", [kpos, qpos], name="/causal/allowed")
+        return self._mask
 
     def rope_rows(self) -> tuple[str, str]:
         """cos/sin `[1,1,S,D]` for positions past_len .. past_len+S-1 (computed once per graph)."""
         if hasattr(self, "_rope_rows"):
             return self._rope_rows
         g = self.g
-        total = g.op("Gather", [g.op("Shape", ["attention_mask"], name="/rope/mask_shape"), g.const(1)], axis=0,
-                     name="/rope/total")
-        seq = g.op("Gather", [g.op("Shape", ["input_ids"], name="/rope/ids_shape"), g.const(1)], axis=0,
-                   name="/rope/seq")
+        total = g.op(
+            "Gather",
+            [g.op("Shape", ["attention_mask"], name="/rope/mask_shape"), g.const(1)],
+            axis=0,
+            name="/rope/total",
+        )
+        seq = g.op(
+            "Gather",
+            [g.op("Shape", ["input_ids"], name="/rope/ids_shape"), g.const(1)],
+            axis=0,
+            name="/rope/seq",
+        )
         start = g.op("Sub", [total, seq], name="/rope/start")
         pos = g.op("Range", [start, total, g.const(1)], name="/rope/positions")
         rows = []
@@ -265,5 +413,8 @@ class DecoderGraph:
         g, half = self.g, self.cfg.head_dim // 2
         x1, x2 = g.op("Split", [x, g.const([half, half])], n_out=2, axis=-1, name=f"{n}/Split")
         rot = g.op("Concat", [g.op("Neg", [x2], name=f"{n}/Neg"), x1], axis=-1, name=f"{n}/Concat")
-        return g.op("Add", [g.op("Mul", [x, cos], name=f"{n}/Mul_cos"), g.op("Mul", [rot, sin], name=f"{n}/Mul_sin")],
-                    name=f"{n}/Add")
+        return g.op(
+            "Add",
+            [g.op("Mul", [x, cos], name=f"{n}/Mul_cos"), g.op("Mul", [rot, sin], name=f"{n}/Mul_sin")],
+            name=f"{n}/Add",
+        )

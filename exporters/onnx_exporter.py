@@ -29,10 +29,22 @@ SUPPORTED_OPSETS = range(18, 24)  # ai.onnx; the InfLLM v2 function body is trac
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 
 
-def export(src: Any, out: Any, quant: str | None = None, progress: bool = True, *, block_size: int = 32,
-           accuracy_level: int = 4, lm_head_bits: int | None = None, opset: int = 21, sparse: bool = True,
-           max_length: int | None = None, threads: int | None = None, overwrite: bool = False,
-           **_: Any) -> Any:
+def export(
+    src: Any,
+    out: Any,
+    quant: str | None = None,
+    progress: bool = True,
+    *,
+    block_size: int = 32,
+    accuracy_level: int = 4,
+    lm_head_bits: int | None = None,
+    opset: int = 21,
+    sparse: bool = True,
+    max_length: int | None = None,
+    threads: int | None = None,
+    overwrite: bool = False,
+    **_: Any,
+) -> Any:
     """Export `src` (HF checkpoint dir or .gguf) to an ONNX artifact folder `out`; returns its Manifest.
 
     `sparse=False` exports InfLLM v2 layers as dense GQA (what the model computes below `dense_len`).
@@ -43,15 +55,22 @@ def export(src: Any, out: Any, quant: str | None = None, progress: bool = True, 
     if quant not in QUANTS:
         raise EdgecpmError(f"unknown quant {quant!r} for onnx; expected one of {', '.join(QUANTS)}")
     if opset not in SUPPORTED_OPSETS:
-        raise EdgecpmError(f"ONNX opset {opset} is not supported; expected {SUPPORTED_OPSETS.start}.."
-                           f"{SUPPORTED_OPSETS.stop - 1}")
+        raise EdgecpmError(
+            f"ONNX opset {opset} is not supported; expected {SUPPORTED_OPSETS.start}.."
+            f"{SUPPORTED_OPSETS.stop - 1}"
+        )
     check_block_size(block_size)
     if accuracy_level not in (0, 1, 2, 3, 4):
         raise EdgecpmError(f"accuracy_level {accuracy_level} is invalid; expected 0..4")
     if lm_head_bits not in (None, 4, 8):
         raise EdgecpmError(f"lm_head_bits {lm_head_bits} is invalid; expected 4 or 8")
-    opts = OnnxOptions(quant=quant, block_size=block_size, accuracy_level=accuracy_level,
-                       lm_head_bits=lm_head_bits, opset=opset)
+    opts = OnnxOptions(
+        quant=quant,
+        block_size=block_size,
+        accuracy_level=accuracy_level,
+        lm_head_bits=lm_head_bits,
+        opset=opset,
+    )
     src_path = Path(src)
     if not src_path.exists():
         raise EdgecpmError(f"source checkpoint not found: {src_path}")
@@ -60,6 +79,15 @@ def export(src: Any, out: Any, quant: str | None = None, progress: bool = True, 
         raise EdgecpmError(f"output {out_path} already exists and is not empty; remove it or pass overwrite")
     config, source = open_checkpoint(src_path)
     use_sparse = bool(sparse and config.has_sparse_layers)
+    if (
+        use_sparse
+        and config.sparse.use_nope
+        and any(s.use_rope for s in config.layers if s.attention == "infllmv2")
+    ):
+        raise EdgecpmError(
+            "sparse_config.use_nope (block selection on pre-RoPE keys) is not supported by the ONNX "
+            "exporter; export with sparse=False (dense attention) instead"
+        )
 
     parent = out_path.absolute().parent
     try:
@@ -70,7 +98,9 @@ def export(src: Any, out: Any, quant: str | None = None, progress: bool = True, 
     except OSError as exc:
         raise EdgecpmError(f"cannot write the ONNX artifact to {out_path}: {exc.strerror or exc}") from None
     try:
-        manifest = _write_artifact(tmp, src_path, config, source, opts, use_sparse, max_length, threads, progress)
+        manifest = _write_artifact(
+            tmp, src_path, config, source, opts, use_sparse, max_length, threads, progress
+        )
         if out_path.exists():
             shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
         os.replace(tmp, out_path)
@@ -80,8 +110,17 @@ def export(src: Any, out: Any, quant: str | None = None, progress: bool = True, 
     return manifest
 
 
-def _write_artifact(tmp: Path, src_path: Path, config: ModelConfig, source: Any, opts: OnnxOptions,
-                    use_sparse: bool, max_length: int | None, threads: int | None, progress: bool) -> Any:
+def _write_artifact(
+    tmp: Path,
+    src_path: Path,
+    config: ModelConfig,
+    source: Any,
+    opts: OnnxOptions,
+    use_sparse: bool,
+    max_length: int | None,
+    threads: int | None,
+    progress: bool,
+) -> Any:
     from .onnx_tokenizer import write_tokenizer_files
 
     def get(name: str) -> np.ndarray:
@@ -89,30 +128,53 @@ def _write_artifact(tmp: Path, src_path: Path, config: ModelConfig, source: Any,
 
     functions = []
     if use_sparse:
-        from .onnx_infllmv2 import function_from_torch, runtime_sparse_fn
+        from .onnx_infllmv2 import sparse_function
 
-        functions.append(function_from_torch(runtime_sparse_fn(config.sparse), config.num_heads,
-                                             config.num_kv_heads, config.head_dim, opts.opset))
+        functions.append(
+            sparse_function(config.sparse, config.num_heads, config.num_kv_heads, config.head_dim, opts.opset)
+        )
     n_tensors = 2 + 4 * config.num_weight_layers + sum(1 for s in config.layers if s.output_gate)
-    with progress_bar(total=n_tensors, desc=f"onnx {opts.quant}", enabled=progress) as bar, \
-            open(tmp / DATA_FILE, "wb") as data:
+    with (
+        progress_bar(total=n_tensors, desc=f"onnx {opts.quant}", enabled=progress) as bar,
+        open(tmp / DATA_FILE, "wb") as data,
+    ):
         g = GraphBuilder(data, DATA_FILE)
-        DecoderGraph(g, config, get, opts, use_sparse, tick=lambda: bar.update(1)).build()
+        graph = DecoderGraph(g, config, get, opts, use_sparse, tick=lambda: bar.update(1))
+        graph.build()
         opsets = {"": opts.opset, MS: 1}
         if use_sparse:
             opsets[SPARSE_DOMAIN] = 1
         model = g.model(opsets, functions)
     save_model(model, tmp / MODEL_FILE)
     _, _, context = rope_caches(config)
-    write_json_atomic(tmp / "genai_config.json",
-                      genai_config(config, context, share_buffer=not use_sparse, max_length=max_length,
-                                   threads=threads, model_file=MODEL_FILE))
+    write_json_atomic(
+        tmp / "genai_config.json",
+        genai_config(
+            config,
+            context,
+            share_buffer=graph.all_gqa,
+            max_length=max_length,
+            threads=threads,
+            model_file=MODEL_FILE,
+        ),
+    )
     tok_files = write_tokenizer_files(src_path, config, tmp)
     files = [p for p in src_path.iterdir() if p.is_file()] if src_path.is_dir() else [src_path]
     checksum = source_checksum([p for p in files if p.suffix in (".safetensors", ".gguf", ".bin")] or files)
-    manifest = make_manifest("onnx", opts.quant, config, [MODEL_FILE, DATA_FILE], checksum, tok_files,
-                             opset=opts.opset, block_size=opts.block_size, accuracy_level=opts.accuracy_level,
-                             lm_head_bits=opts.linear_bits(True), sparse_op=use_sparse,
-                             genai_config="genai_config.json", context_length=context)
+    manifest = make_manifest(
+        "onnx",
+        opts.quant,
+        config,
+        [MODEL_FILE, DATA_FILE],
+        checksum,
+        tok_files,
+        opset=opts.opset,
+        block_size=opts.block_size,
+        accuracy_level=opts.accuracy_level,
+        lm_head_bits=opts.linear_bits(True),
+        sparse_op=use_sparse,
+        genai_config="genai_config.json",
+        context_length=context,
+    )
     manifest.write(tmp)
     return manifest

@@ -1,6 +1,7 @@
 """`genai_config.json` for ONNX Runtime GenAI.
 
-`model.type` must be one GenAI knows (it has no "minicpm"); "decoder" is the generic decoder-only type and runs
+`model.type` must be one GenAI knows (it has no "minicpm"); "decoder" is the generic decoder-only type and
+runs
 this graph unchanged. KV buffers are shared between past and present (GQA writes in place) only when every
 layer is a GroupQueryAttention layer; the InfLLM v2 layers grow their cache by Concat, which needs
 `past_present_share_buffer=false`.
@@ -15,8 +16,14 @@ from ..config import ModelConfig
 MODEL_TYPE = "decoder"
 
 
-def genai_config(config: ModelConfig, context_length: int, share_buffer: bool, max_length: int | None = None,
-                 threads: int | None = None, model_file: str = "model.onnx") -> dict[str, Any]:
+def genai_config(
+    config: ModelConfig,
+    context_length: int,
+    share_buffer: bool,
+    max_length: int | None = None,
+    threads: int | None = None,
+    model_file: str = "model.onnx",
+) -> dict[str, Any]:
     session: dict[str, Any] = {"log_id": "edgecpm", "provider_options": []}
     if threads:
         session["intra_op_num_threads"] = int(threads)

@@ -65,8 +65,11 @@ class GraphBuilder:
         self._data.write(array.tobytes())
         t = TensorProto(name=name, data_type=_NP_TO_ONNX[array.dtype], dims=list(array.shape))
         t.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self._data_name), ("offset", str(self._offset)),
-                           ("length", str(array.nbytes))):
+        for key, value in (
+            ("location", self._data_name),
+            ("offset", str(self._offset)),
+            ("length", str(array.nbytes)),
+        ):
             entry = t.external_data.add()
             entry.key, entry.value = key, value
         self._offset += array.nbytes
@@ -80,13 +83,22 @@ class GraphBuilder:
         return name in self._names
 
     # ---- nodes ----
-    def op(self, op_type: str, inputs: Sequence[str], n_out: int = 1, domain: str = "", name: str | None = None,
-           outputs: Sequence[str] | None = None, **attrs: Any) -> Any:
+    def op(
+        self,
+        op_type: str,
+        inputs: Sequence[str],
+        n_out: int = 1,
+        domain: str = "",
+        name: str | None = None,
+        outputs: Sequence[str] | None = None,
+        **attrs: Any,
+    ) -> Any:
         """Append a node; returns its output name (or a list when n_out > 1)."""
         base = name or self.fresh(op_type)
         outs = list(outputs) if outputs is not None else [f"{base}/out{i}" for i in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=base, domain=domain or None,
-                                           **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, list(inputs), outs, name=base, domain=domain or None, **attrs)
+        )
         return outs[0] if len(outs) == 1 else outs
 
     def add_input(self, name: str, elem_type: int, shape: Sequence[Any]) -> str:
@@ -96,11 +108,21 @@ class GraphBuilder:
     def add_output(self, name: str, elem_type: int, shape: Sequence[Any]) -> None:
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))
 
-    def model(self, opsets: dict[str, int], functions: Sequence[onnx.FunctionProto] = (),
-              ir_version: int = 10, name: str = "edgecpm") -> onnx.ModelProto:
+    def model(
+        self,
+        opsets: dict[str, int],
+        functions: Sequence[onnx.FunctionProto] = (),
+        ir_version: int = 10,
+        name: str = "edgecpm",
+    ) -> onnx.ModelProto:
         graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-                                  functions=list(functions), ir_version=ir_version, producer_name="edgecpm")
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+            functions=list(functions),
+            ir_version=ir_version,
+            producer_name="edgecpm",
+        )
         return model
 
 

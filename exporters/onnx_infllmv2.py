@@ -10,9 +10,11 @@ functions). Node attributes carry the sparse settings for such kernels; the body
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Callable
-from dataclasses import astuple
+from typing import Any
 
 import onnx
 import torch
@@ -26,18 +28,37 @@ ATTRIBUTES = ("kernel_size", "kernel_stride", "init_blocks", "block_size", "wind
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def runtime_sparse_fn(sparse: SparseConfig) -> AttentionFn:
-    """The runtime's vectorized (export-friendly) InfLLM v2 attention with `sparse` bound."""
+def sparse_fn(sparse: SparseConfig) -> AttentionFn:
+    """The runtime's export-friendly InfLLM v2 body (`infllmv2_decomposition`) with `sparse` bound."""
     try:
-        from ..runtime_kernels import infllmv2_attention
+        from ..runtime_kernels import infllmv2_decomposition
     except ImportError:
-        raise EdgecpmError("this build of edgecpm.runtime_kernels has no InfLLM v2 kernel; cannot export "
-                           "sparse attention") from None
+        raise EdgecpmError(
+            "this build of edgecpm.runtime_kernels has no InfLLM v2 kernel; cannot export sparse attention"
+        ) from None
+    sp = sparse
 
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return infllmv2_attention(q, k, v, sparse, impl="vectorized")
+        return infllmv2_decomposition(
+            q,
+            k,
+            v,
+            sp.kernel_size,
+            sp.kernel_stride,
+            sp.init_blocks,
+            sp.block_size,
+            sp.window_size,
+            sp.topk,
+            sp.dense_len,
+        )
 
     return fn
+
+
+def dense_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    from ..runtime_kernels import dense_attention
+
+    return dense_attention(q, k, v)
 
 
 class _Wrap(torch.nn.Module):
@@ -49,40 +70,150 @@ class _Wrap(torch.nn.Module):
         return self.fn(q, k, v)
 
 
-def function_from_torch(fn: AttentionFn, num_heads: int, num_kv_heads: int, head_dim: int, opset: int,
-                        example_len: tuple[int, int] = (3, 7), domain: str = SPARSE_DOMAIN,
-                        name: str = SPARSE_OP) -> onnx.FunctionProto:
-    """Trace `fn(q [B,Hq,T,D], k [B,Hkv,S,D], v) -> [B,Hq,T,D]` into a FunctionProto (dynamic B, T, S)."""
-    t, s = example_len
+def _sort_stable(self: Any, stable: Any = None, dim: int = -1, descending: bool = False) -> Any:
+    """aten.sort(stable=True) as ONNX TopK over the whole axis (TopK breaks ties by lower index: stable)."""
+    from onnxscript import opset18 as op
+
+    k = op.Reshape(op.Gather(op.Shape(self), op.Constant(value_int=dim)), op.Constant(value_ints=[1]))
+    values, indices = op.TopK(self, k, axis=dim, largest=1 if descending else 0, sorted=1)
+    return values, indices
+
+
+def trace(
+    fn: AttentionFn,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    opset: int,
+    t: int,
+    s: int,
+    s_min: int = 2,
+) -> onnx.ModelProto:
+    """`torch.onnx.export(dynamo=True)` of `fn(q, k, v)` with dynamic B, T and S (S >= s_min)."""
     q = torch.randn(2, num_heads, t, head_dim)
     k = torch.randn(2, num_kv_heads, s, head_dim)
     v = torch.randn(2, num_kv_heads, s, head_dim)
-    batch, tdim, sdim = torch.export.Dim("batch"), torch.export.Dim("t"), torch.export.Dim("s")
+    batch, tdim = torch.export.Dim("batch"), torch.export.Dim("t")
+    sdim = torch.export.Dim("s", min=max(2, s_min))
     shapes = {"q": {0: batch, 2: tdim}, "k": {0: batch, 2: sdim}, "v": {0: batch, 2: sdim}}
-    with warnings.catch_warnings(), torch.no_grad():
+    table = {torch.ops.aten.sort.stable: _sort_stable}
+    sink = io.StringIO()
+    with (
+        warnings.catch_warnings(),
+        torch.no_grad(),
+        contextlib.redirect_stdout(sink),
+        contextlib.redirect_stderr(sink),
+    ):
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(_Wrap(fn), (q, k, v), dynamo=True, opset_version=opset,
-                                    dynamic_shapes=shapes, input_names=["q", "k", "v"], output_names=["out"],
-                                    verbose=False, optimize=True)
+        program = torch.onnx.export(
+            _Wrap(fn),
+            (q, k, v),
+            dynamo=True,
+            opset_version=opset,
+            dynamic_shapes=shapes,
+            input_names=["q", "k", "v"],
+            output_names=["out"],
+            custom_translation_table=table,
+            verbose=False,
+            optimize=True,
+        )
     model = program.model_proto
-    return graph_to_function(model, domain, name)
-
-
-def graph_to_function(model: onnx.ModelProto, domain: str, name: str) -> onnx.FunctionProto:
-    """Initializers become Constant nodes; nested local functions are inlined first."""
     if model.functions:
         from onnx import inliner
 
         model = inliner.inline_local_functions(model)
-    graph = model.graph
-    nodes = [helper.make_node("Constant", [], [init.name], value=init) for init in graph.initializer]
-    nodes.extend(graph.node)
-    opsets = [o for o in model.opset_import]
-    return helper.make_function(domain, name, [i.name for i in graph.input], [o.name for o in graph.output],
-                                nodes, opsets, attributes=list(ATTRIBUTES))
+    return model
+
+
+def _as_branch(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
+    """A traced graph as an `If` branch reading q, k, v from the enclosing scope (internal names prefixed)."""
+    outer = {i.name for i in model.graph.input}
+
+    def rename(name: str) -> str:
+        return name if (not name or name in outer) else prefix + name
+
+    nodes = [
+        helper.make_node("Constant", [], [rename(init.name)], value=init) for init in model.graph.initializer
+    ]
+    for node in model.graph.node:
+        n = onnx.NodeProto()
+        n.CopyFrom(node)
+        n.ClearField("input")
+        n.ClearField("output")
+        n.input.extend(rename(x) for x in node.input)
+        n.output.extend(rename(x) for x in node.output)
+        n.name = prefix + node.name
+        nodes.append(n)
+    out = onnx.ValueInfoProto()
+    out.CopyFrom(model.graph.output[0])
+    out.name = rename(out.name)
+    return helper.make_graph(nodes, prefix + "branch", [], [out])
+
+
+def sparse_function(
+    sparse: SparseConfig, num_heads: int, num_kv_heads: int, head_dim: int, opset: int
+) -> onnx.FunctionProto:
+    """`ai.edgecpm::InfLLMv2Attention(q, k, v) -> out`: If(S < dense_len, dense body, sparse body).
+
+    Both bodies are traced from the runtime's torch code; the sparse one with S >= dense_len, so its trace
+    holds no dense fallback of its own.
+    """
+    s_min = max(sparse.dense_len, sparse.kernel_size + sparse.block_size, 2)
+    sparse_model = trace(
+        sparse_fn(sparse),
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        opset,
+        t=3,
+        s=s_min + sparse.block_size + 3,
+        s_min=s_min if sparse.dense_len >= 0 else 2,
+    )
+    sparse_branch = _as_branch(sparse_model, "sparse/")
+    opsets = {o.domain: o.version for o in sparse_model.opset_import}
+    if sparse.dense_len <= 0:  # always sparse
+        body = list(sparse_branch.node) + [
+            helper.make_node("Identity", [sparse_branch.output[0].name], ["out"])
+        ]
+        return helper.make_function(
+            SPARSE_DOMAIN,
+            SPARSE_OP,
+            ["q", "k", "v"],
+            ["out"],
+            body,
+            [helper.make_opsetid(d, v) for d, v in opsets.items()],
+            attributes=list(ATTRIBUTES),
+        )
+    dense_model = trace(dense_fn, num_heads, num_kv_heads, head_dim, opset, t=3, s=7)
+    for o in dense_model.opset_import:
+        opsets.setdefault(o.domain, o.version)
+    dense_branch = _as_branch(dense_model, "dense/")
+    body = [
+        helper.make_node("Shape", ["k"], ["k_shape"]),
+        helper.make_node(
+            "Constant", [], ["two"], value=helper.make_tensor("two", onnx.TensorProto.INT64, [], [2])
+        ),
+        helper.make_node("Gather", ["k_shape", "two"], ["s_len"], axis=0),
+        helper.make_node(
+            "Constant",
+            [],
+            ["dense_len"],
+            value=helper.make_tensor("dense_len", onnx.TensorProto.INT64, [], [sparse.dense_len]),
+        ),
+        helper.make_node("Less", ["s_len", "dense_len"], ["use_dense"]),
+        helper.make_node("If", ["use_dense"], ["out"], then_branch=dense_branch, else_branch=sparse_branch),
+    ]
+    return helper.make_function(
+        SPARSE_DOMAIN,
+        SPARSE_OP,
+        ["q", "k", "v"],
+        ["out"],
+        body,
+        [helper.make_opsetid(d, v) for d, v in opsets.items()],
+        attributes=list(ATTRIBUTES),
+    )
 
 
 def sparse_attributes(sparse: SparseConfig) -> dict[str, int]:
-    d = dict(zip(("kernel_size", "kernel_stride", "init_blocks", "block_size", "window_size", "topk",
-                  "use_nope", "dense_len"), astuple(sparse)))
-    return {k: int(d[k]) for k in ATTRIBUTES}
+    """The node attributes: the op contract's integer arguments."""
+    return {name: int(getattr(sparse, name)) for name in ATTRIBUTES}

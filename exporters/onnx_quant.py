@@ -1,6 +1,7 @@
 """Block-wise symmetric weight quantization in the `com.microsoft::MatMulNBits` layout.
 
-A linear weight W `[N, K]` (out, in) is cut along K into blocks of `block_size`; each block gets one fp32 scale
+A linear weight W `[N, K]` (out, in) is cut along K into blocks of `block_size`; each block gets one fp32
+scale
 `d = m / -(2^(bits-1))` where m is the block's value of largest magnitude (sign kept), so that value lands
 exactly on the most negative code and the full code range is used (the same rule as llama.cpp's q4_0/q8_0).
 Codes are stored offset by 2^(bits-1) (so no zero_points input is needed: MatMulNBits' default zero point is

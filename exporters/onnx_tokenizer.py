@@ -1,9 +1,9 @@
 """`tokenizer.json` + `tokenizer_config.json` for ONNX Runtime GenAI, without `transformers`.
 
 Sources: an HF folder's `tokenizer.json` (copied), its SentencePiece `tokenizer.model` (MiniCPM4 ships a
-byte-fallback BPE model; converted to an equivalent HF BPE tokenizer: same vocabulary and ids, merges ranked by
-the merged piece's score as SentencePiece BPE applies them, `▁` whitespace, byte fallback), or a GGUF vocabulary
-(`llama` = SentencePiece, `gpt2` = byte-level BPE with merges).
+byte-fallback BPE model; converted to an equivalent HF BPE tokenizer: same vocabulary and ids, merges ranked
+by the merged piece's score as SentencePiece BPE applies them, `▁` whitespace, byte fallback), or a GGUF
+vocabulary (`llama` = SentencePiece, `gpt2` = byte-level BPE with merges).
 """
 
 from __future__ import annotations
@@ -42,8 +42,15 @@ def spm_to_hf(proto: bytes, special: dict[str, int], add_bos: bool, bos: str | N
     ranked.sort()
     merges = [(left, right) for *_, left, right in ranked]
     unk = next((p for p, _, ty in pieces if ty == 2), None)
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True,
-                              byte_fallback=bool(m.trainer_spec.byte_fallback)))
+    tk = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            unk_token=unk,
+            fuse_unk=True,
+            byte_fallback=bool(m.trainer_spec.byte_fallback),
+        )
+    )
     steps = [normalizers.Replace(" ", SPIECE_SPACE)]
     if m.normalizer_spec.add_dummy_prefix:
         steps.insert(0, normalizers.Prepend(SPIECE_SPACE))
@@ -55,8 +62,9 @@ def spm_to_hf(proto: bytes, special: dict[str, int], add_bos: bool, bos: str | N
     controls = [p for p, _, ty in pieces if ty in (2, 3)]
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in controls + list(special)])
     if add_bos and bos is not None:
-        tk.post_processor = processors.TemplateProcessing(single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1",
-                                                          special_tokens=[(bos, vocab[bos])])
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 $B:1", special_tokens=[(bos, vocab[bos])]
+        )
     return tk
 
 
@@ -68,12 +76,15 @@ def write_tokenizer_files(src: Path, config: ModelConfig, out: Path) -> list[str
         if (src / "tokenizer.json").exists():
             shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
         elif (src / "tokenizer.model").exists():
-            special = {info["content"]: int(tid) for tid, info in (cfg.get("added_tokens_decoder") or {}).items()}
+            special = {
+                info["content"]: int(tid) for tid, info in (cfg.get("added_tokens_decoder") or {}).items()
+            }
             special.update({k: int(v) for k, v in _read_json(src / "added_tokens.json").items()})
             bos = cfg.get("bos_token")
             bos = bos.get("content") if isinstance(bos, dict) else bos
-            tk = spm_to_hf((src / "tokenizer.model").read_bytes(), special, bool(cfg.get("add_bos_token", True)),
-                           bos)
+            tk = spm_to_hf(
+                (src / "tokenizer.model").read_bytes(), special, bool(cfg.get("add_bos_token", True)), bos
+            )
             (out / "tokenizer.json").write_text(tk.to_str(), encoding="utf-8")
         else:
             raise EdgecpmError(f"no tokenizer.json or tokenizer.model in {src}")
@@ -94,28 +105,44 @@ def _gguf_tokenizer(path: Path, config: ModelConfig, out: Path) -> dict[str, Any
     kind = field_value(reader, "tokenizer.ggml.model")
     tokens = field_value(reader, "tokenizer.ggml.tokens") or []
     types = field_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    special = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED)}
+    special = {
+        t: i for i, (t, ty) in enumerate(zip(tokens, types, strict=False)) if ty in (CONTROL, USER_DEFINED)
+    }
     bos_id = field_value(reader, "tokenizer.ggml.bos_token_id")
     eos_id = field_value(reader, "tokenizer.ggml.eos_token_id")
     bos = tokens[int(bos_id)] if bos_id is not None else None
     template = field_value(reader, "tokenizer.chat_template")
     if kind == "gpt2":
         add_bos = bool(field_value(reader, "tokenizer.ggml.add_bos_token", False))
-        tk = _bpe_backend(tokens, field_value(reader, "tokenizer.ggml.merges"), special,
-                          field_value(reader, "tokenizer.ggml.pre", "default"))
+        tk = _bpe_backend(
+            tokens,
+            field_value(reader, "tokenizer.ggml.merges"),
+            special,
+            field_value(reader, "tokenizer.ggml.pre", "default"),
+        )
         cls = "GPT2Tokenizer"
     elif kind == "llama":
         add_bos = bool(field_value(reader, "tokenizer.ggml.add_bos_token", True))
         scores = field_value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
-        proto = _spm_proto(tokens, scores, types, field_value(reader, "tokenizer.ggml.add_space_prefix", True),
-                           unk_id=int(field_value(reader, "tokenizer.ggml.unknown_token_id", 0)))
+        proto = _spm_proto(
+            tokens,
+            scores,
+            types,
+            field_value(reader, "tokenizer.ggml.add_space_prefix", True),
+            unk_id=int(field_value(reader, "tokenizer.ggml.unknown_token_id", 0)),
+        )
         tk = spm_to_hf(proto, special, add_bos, bos)
         cls = "LlamaTokenizer"
     else:
         raise EdgecpmError(f"GGUF tokenizer model {kind!r} cannot be written as tokenizer.json")
     (out / "tokenizer.json").write_text(tk.to_str(), encoding="utf-8")
-    cfg: dict[str, Any] = {"tokenizer_class": cls, "add_bos_token": add_bos, "add_eos_token": False,
-                           "clean_up_tokenization_spaces": False, "model_max_length": config.max_position_embeddings}
+    cfg: dict[str, Any] = {
+        "tokenizer_class": cls,
+        "add_bos_token": add_bos,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": config.max_position_embeddings,
+    }
     if bos is not None:
         cfg["bos_token"] = bos
     if eos_id is not None:

@@ -34,8 +34,12 @@ class OnnxBackend:
         self.config = config
         self.vocab_size = config.vocab_size
         self.threads = threads
-        self._kv_names = [f"{kind}.{i}.{kv}" for i in range(config.num_layers) for kind in ("present",)
-                          for kv in ("key", "value")]
+        self._kv_names = [
+            f"{kind}.{i}.{kv}"
+            for i in range(config.num_layers)
+            for kind in ("present",)
+            for kv in ("key", "value")
+        ]
         self._out_names = ["logits", *self._kv_names]
         self._past: list[ort.OrtValue] | None = None
         self._n = 0
@@ -87,8 +91,9 @@ class OnnxBackend:
             self.reset()
             return
         assert self._past is not None
-        self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n]))
-                      for v in self._past]
+        self._past = [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n])) for v in self._past
+        ]
         self._n = n
 
     def reset(self) -> None:
@@ -96,8 +101,17 @@ class OnnxBackend:
         self._n = 0
 
 
-def open_onnx(path: Any, config: Any, manifest: Any = None, *, source: Any = None, dtype: str | None = None,
-              threads: int | None = None, progress: bool = False, **_: Any) -> OnnxBackend:
+def open_onnx(
+    path: Any,
+    config: Any,
+    manifest: Any = None,
+    *,
+    source: Any = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    **_: Any,
+) -> OnnxBackend:
     p = Path(path)
     files = getattr(manifest, "model_files", None) or ["model.onnx"]
     model_file = p / files[0] if p.is_dir() else p

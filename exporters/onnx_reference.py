@@ -1,0 +1,60 @@
+"""The weights an ONNX export actually computes with, as a `WeightSource` for the reference `Model`.
+
+A quantized graph is only checkable if we know exactly which numbers it multiplies by: each linear weight the
+export plan stores in int4/int8 is replaced by `dequantize(quantize(W))` (the same `onnx_quant` code the
+exporter packs with), fp16-stored tensors by their fp16 rounding. A tied head that the export quantizes
+separately from the fp16 embedding table is untied here, as in the graph. Running the reference `Model` on
+this
+source and comparing with onnxruntime checks the graph (the math), independently of quantization error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..weights.base import MemorySource
+from .onnx_decoder import OnnxOptions
+from .onnx_quant import quantize
+
+LINEAR_SUFFIXES = (
+    "q_proj.weight",
+    "k_proj.weight",
+    "v_proj.weight",
+    "o_proj.weight",
+    "o_gate.weight",
+    "gate_proj.weight",
+    "up_proj.weight",
+    "down_proj.weight",
+)
+
+
+def effective_weights(
+    config: ModelConfig, source: Any, opts: OnnxOptions
+) -> tuple[ModelConfig, MemorySource]:
+    tensors: dict[str, torch.Tensor] = {}
+    emb = "model.embed_tokens.weight"
+    for name in source.names():
+        w = source.get(name).float()
+        if name.endswith(LINEAR_SUFFIXES):
+            w = _as_stored(w, opts.linear_bits(False), opts)
+        elif name == "lm_head.weight":
+            w = _as_stored(w, opts.linear_bits(True), opts)
+        elif name == emb:
+            if config.tie_word_embeddings and opts.quant != "fp32":
+                tensors["lm_head.weight"] = _as_stored(w, opts.linear_bits(True), opts)
+            w = w.to(torch.float16).float() if opts.float_storage == np.float16 else w
+        tensors[name] = w
+    if "lm_head.weight" in tensors and config.tie_word_embeddings:
+        config = replace(config, tie_word_embeddings=False)
+    return config, MemorySource(tensors)
+
+
+def _as_stored(w: torch.Tensor, bits: int | None, opts: OnnxOptions) -> torch.Tensor:
+    if bits is None:
+        return w.to(torch.float16).float() if opts.float_storage == np.float16 else w
+    return torch.from_numpy(quantize(w.numpy(), bits, opts.block_size).dequantize())
