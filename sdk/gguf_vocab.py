@@ -78,8 +78,7 @@ def _spm_proto(tokens: list[str], scores: list[float], types: list[int], add_pre
 
 
 def _bpe_backend(tokens: list[str], merges: list[str], special: dict[str, int], pre: str) -> Any:
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {t: i for i, t in enumerate(tokens)}
     pairs = [tuple(m.split(" ", 1)) for m in merges]

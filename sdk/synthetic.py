@@ -239,7 +239,7 @@ def _write_tokenizer_files(out: Path, sp_model: bytes, vocab_size: int) -> None:
     tok_cfg = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "<|im_end|>",
                "unk_token": "<unk>", "pad_token": None, "added_tokens_decoder": decoder,
                "additional_special_tokens": MINICPM4_SPECIAL_TOKENS, "chat_template": chatml,
-               "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 1000000000000000019884624838656,
+               "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 1 << 60,
                "tokenizer_class": "LlamaTokenizer"}
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
     (out / "added_tokens.json").write_text(json.dumps(added, indent=2))
