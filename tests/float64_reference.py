@@ -56,10 +56,14 @@ def forward(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
         return x * cos + np.concatenate([-x2, x1], -1) * sin
 
     res = cfg["scale_depth"] / math.sqrt(L)
+    shared = cfg.get("shared_layers")  # edgecpm's convention: layer i uses weights i % P, residual * ode_step
+    unique = shared["num_unique_layers"] if shared else L
+    if shared:
+        res *= shared.get("ode_step", 1.0)
     h = w["model.embed_tokens.weight"][ids] * cfg["scale_emb"]
     mask = np.triu(np.full((T, T), -np.inf), 1)
     for i in range(L):
-        p = f"model.layers.{i}."
+        p = f"model.layers.{i % unique}."
         x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
         q = (x @ w[p + "self_attn.q_proj.weight"].T).reshape(T, nh, hd).transpose(1, 0, 2)
         k = (x @ w[p + "self_attn.k_proj.weight"].T).reshape(T, nkv, hd).transpose(1, 0, 2)

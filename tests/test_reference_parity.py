@@ -51,3 +51,35 @@ def test_bf16_compute_stays_close(tiny_tied) -> None:
     got = edgecpm.load(tiny_tied, dtype="bfloat16").logits(ids)
     assert (got.argmax(-1) == expected.argmax(-1)).mean() >= 0.8
     assert np.abs(got - expected).max() < 0.5
+
+
+def test_shared_layer_ode_model_matches_float64_reference() -> None:
+    from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
+
+    path = cached_checkpoint(SyntheticSpec(num_layers=4, shared_unique_layers=2, ode_step=2.0, seed=3))
+    cfg, weights = load_checkpoint(path)
+    assert "model.layers.2.mlp.up_proj.weight" not in weights  # stored once
+    ids = [1, 9, 80, 300, 41, 7, 12]
+    m = edgecpm.load(path)
+    assert m.config.num_weight_layers == 2
+    assert np.abs(m.logits(ids) - forward(cfg, weights, ids)).max() <= 1e-3
+
+
+def test_hf_tokenizer_json_checkpoint(tiny_tied, tmp_path) -> None:
+    """A checkpoint that ships only tokenizer.json is tokenized exactly as the `tokenizers` library does."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    d = tmp_path / "ckpt"
+    shutil.copytree(tiny_tied, d)
+    (d / "tokenizer.model").unlink()
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.train_from_iterator(["the game was composed by the team", "a small model runs on the phone"] * 50,
+                           trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    tk.save(str(d / "tokenizer.json"))
+    m = edgecpm.load(d)
+    text = "the phone runs a small game"
+    assert m.tokenizer.encode(text, add_bos=False) == tk.encode(text).ids
+    assert m.logits(m.tokenizer.encode(text)).shape[0] == len(tk.encode(text).ids) + int(m.tokenizer.add_bos)
