@@ -22,10 +22,10 @@ import torch
 from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..progress import progress_bar
-from .executorch_quant import QUANTS, quantize_module
+from .executorch_quant import QUANTS, QuantReport, quantize_module
 from .manifest import Manifest, is_artifact, make_manifest, source_checksum
 
-__all__ = ["QUANTS", "export", "runner_metadata", "PTE_NAME"]
+__all__ = ["QUANTS", "export", "build_module", "runner_metadata", "PTE_NAME"]
 
 PTE_NAME = "model.pte"
 DEFAULT_MAX_SEQ_LEN = 128
@@ -62,7 +62,6 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
     src_path, out_path = Path(src), Path(out)
     _check_out(out_path)
 
-    from ..model import Model
     from ..weights import open_checkpoint
 
     config, source = open_checkpoint(src_path)
@@ -78,20 +77,15 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
     try:
         with progress_bar(total=5, desc="executorch export", enabled=progress) as bar:
             from .executorch_lower import lower_to_pte
-            from .executorch_module import ETDecoder
             from .executorch_tokenizer import write_runner_tokenizer
 
             tmp.mkdir(parents=True)
             tok_files = write_runner_tokenizer(src_path, config, tmp, getattr(source, "reader", None)
                                                if src_path.suffix == ".gguf" else None)
-            bar.set_postfix_str("loading weights")
-            model = Model.from_source(config, source, torch.float32)
-            module = ETDecoder(model, ctx, all_logits=all_logits).eval()
-            del model
-            bar.update(1)
-            bar.set_postfix_str(f"quantizing ({quant})")
-            report = quantize_module(module, quant, group_size, embedding_bits, hqq=hqq)
-            bar.update(1)
+            bar.set_postfix_str("loading weights + quantizing")
+            module, report = build_module(config, source, ctx, quant, group_size=group_size,
+                                          embedding_bits=embedding_bits, hqq=hqq, all_logits=all_logits)
+            bar.update(2)
             bar.set_postfix_str("export + lower (XNNPACK)")
             buffer = lower_to_pte(module, max_seq_len, runner_metadata(config, max_seq_len, ctx),
                                   quantized=quant != "fp32", has_sparse=config.has_sparse_layers,
@@ -110,6 +104,20 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def build_module(config: ModelConfig, source: Any, max_context_len: int, quant: str = "fp32", *,
+                 group_size: int = 32, embedding_bits: int | None = None, hqq: bool = True,
+                 all_logits: bool = False) -> tuple[torch.nn.Module, QuantReport]:
+    """The eager module that gets lowered (also what tests run in torch to check the program against)."""
+    from ..model import Model
+    from .executorch_module import ETDecoder
+
+    model = Model.from_source(config, source, torch.float32)
+    module = ETDecoder(model, max_context_len, all_logits=all_logits).eval()
+    del model
+    report = quantize_module(module, quant, group_size, embedding_bits, hqq=hqq)
+    return module, report
 
 
 def _check_out(out: Path) -> None:

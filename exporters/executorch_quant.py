@@ -1,9 +1,11 @@
 """Quantization of the export module through torchao, as XNNPACK runs it.
 
-`8da4w` / `8da8w`: int8 dynamic per-token activations with int4 / int8 symmetric group-wise weights
+`8da4w`: int8 dynamic per-token activations with int4 symmetric group-wise weights
 (`Int8DynamicActivationIntxWeightConfig`), the same config ExecuTorch's own Llama export uses (including its
 default HQQ scale search). Linears whose input width is not a multiple of the group size stay fp32, exactly as
-ExecuTorch's Llama export does; their names are returned so the manifest records them. Optional 4-bit
+ExecuTorch's Llama export does; their names are returned so the manifest records them.
+`8da8w`: the same with int8 weights, per output channel: XNNPACK has no int8 group-wise kernel (its lowering
+asserts "Only 4b group quantization is supported"), so int8 weights are always per channel. Optional 4-bit
 group-wise embedding (`IntxWeightOnlyConfig`), which lowers to `quantized_decomposed::embedding_4bit`.
 """
 
@@ -38,6 +40,8 @@ def quantize_module(module: nn.Module, quant: str, group_size: int = 32, embeddi
         raise EdgecpmError(f"group size {group_size}; expected 0 (per channel) or a positive integer")
     if embedding_bits not in (None, 4, 8):
         raise EdgecpmError(f"embedding bits {embedding_bits}; expected 4 or 8")
+    if quant == "8da8w":
+        group_size = 0
     report = QuantReport(quant, group_size, embedding_bits=embedding_bits, hqq=hqq)
     if quant != "fp32":
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_

@@ -28,7 +28,8 @@ def write_runner_tokenizer(src: Path, config: ModelConfig, out: Path, gguf_reade
         return _from_gguf(gguf_reader, config, out)
     written: list[str] = []
     if (src / "tokenizer.model").exists():
-        shutil.copyfile(src / "tokenizer.model", out / "tokenizer.model")
+        data = (src / "tokenizer.model").read_bytes()
+        (out / "tokenizer.model").write_bytes(with_added_tokens(data, _added_tokens(src)))
         written.append("tokenizer.model")
     elif (src / "tokenizer.json").exists():
         _check_bpe_json(src / "tokenizer.json")
@@ -42,6 +43,43 @@ def write_runner_tokenizer(src: Path, config: ModelConfig, out: Path, gguf_reade
             written.append(name)
     _check_vocab(out, written[0], config)
     return written
+
+
+def _added_tokens(src: Path) -> dict[str, int]:
+    """MiniCPM4's special tokens (`<|im_end|>` ...), which live outside `tokenizer.model`."""
+    added: dict[str, int] = {}
+    cfg_path = src / "tokenizer_config.json"
+    if cfg_path.exists():
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EdgecpmError(f"{cfg_path} is not valid JSON: {exc}") from None
+        for tid, info in (cfg.get("added_tokens_decoder") or {}).items():
+            added[str(info["content"])] = int(tid)
+    if (src / "added_tokens.json").exists():
+        added.update({k: int(v) for k, v in json.loads((src / "added_tokens.json").read_text()).items()})
+    return added
+
+
+def with_added_tokens(model: bytes, added: dict[str, int]) -> bytes:
+    """Append the added tokens that follow the SentencePiece vocabulary as USER_DEFINED pieces.
+
+    ExecuTorch's runner only knows the tokenizer file: without this, `<|im_end|>` (MiniCPM4's chat stop token)
+    is outside its vocabulary, so the runner can never sample it and does not parse it in prompts. Appended
+    only when the ids continue the piece list without gaps (MiniCPM4's layout); otherwise left unchanged.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(model)
+    n = len(proto.pieces)
+    extra = sorted((i, t) for t, i in added.items() if i >= n)
+    if not extra or [i for i, _ in extra] != list(range(n, n + len(extra))):
+        return model
+    for _, text in extra:
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = text, 0.0, pb.ModelProto.SentencePiece.USER_DEFINED
+    return proto.SerializeToString()
 
 
 def _check_bpe_json(path: Path) -> None:
