@@ -24,7 +24,7 @@ def _kernels(keys: torch.Tensor, ks: int, st: int) -> list[torch.Tensor]:
     return out
 
 
-def selected_blocks(q_group: torch.Tensor, kernels: list[torch.Tensor], pos: int,
+def selected_blocks(q_group: torch.Tensor, kernels: list[torch.Tensor] | torch.Tensor, pos: int,
                     sp: SparseConfig) -> list[int]:
     """Blocks one query position attends to. q_group `[G, D]`: the query heads sharing one KV head."""
     ks, st, bs = sp.kernel_size, sp.kernel_stride, sp.block_size
@@ -34,12 +34,11 @@ def selected_blocks(q_group: torch.Tensor, kernels: list[torch.Tensor], pos: int
     visible = [i for i in range(len(kernels)) if i * st + ks - 1 <= pos]
     kernel_score = [0.0] * len(kernels)
     if visible:
-        ck = torch.stack([kernels[i] for i in visible])  # [V, D]
-        shared = torch.zeros(len(visible))
-        for head in range(q_group.shape[0]):  # softmax per head, summed over the group
-            shared += torch.softmax(q_group[head].float() @ ck.T / math.sqrt(d), dim=-1)
+        ck = kernels[:len(visible)] if torch.is_tensor(kernels) else torch.stack([kernels[i] for i in visible])
+        # softmax over kernels for each head ([G, V]), then summed over the group's heads
+        shared = torch.softmax(q_group.float() @ ck.T / math.sqrt(d), dim=-1).sum(0).tolist()
         for j, i in enumerate(visible):
-            kernel_score[i] = float(shared[j])
+            kernel_score[i] = shared[j]
     window_blocks = sp.window_size // bs
     budget = sp.topk + window_blocks
     forced, free = [], []
@@ -74,6 +73,8 @@ def infllmv2_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: Sp
     for bi in range(b):
         for h in range(hkv):
             kernels = _kernels(score_k[bi, h], sp.kernel_size, sp.kernel_stride)
+            if kernels:
+                kernels = torch.stack(kernels)  # [NC, D]; the visible ones are always a prefix
             for ti in range(t):
                 pos = s - t + ti
                 q_group = q[bi, h * g:(h + 1) * g, ti]

@@ -71,8 +71,8 @@ def lightning_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
         o = torch.matmul(torch.matmul(qc, kc.transpose(-1, -2)) * mask, vc)
         o = o + torch.matmul(qc * torch.exp(g * (i + 1))[..., None], s)
         outs.append(o * scale)
-        s = s * torch.exp(g * n)[..., None] + torch.matmul((kc * torch.exp(g * (n - 1 - i))[..., None]).transpose(-1, -2),
-                                                           vc)
+        k_decayed = kc * torch.exp(g * (n - 1 - i))[..., None]  # decay from each token to the chunk end
+        s = s * torch.exp(g * n)[..., None] + torch.matmul(k_decayed.transpose(-1, -2), vc)
     return torch.cat(outs, dim=2), s
 
 
