@@ -21,6 +21,7 @@ from ..errors import EdgecpmError
 from .cost_model import (
     BackendCoefficients,
     QuantSpec,
+    decode_attention_flops,
     default_coefficients,
     kv_read_bytes,
     prefill_flops,
@@ -31,9 +32,7 @@ SCHEMA = "edgecpm.calibration/1"
 
 
 def calibration_dir() -> Path:
-    return Path(
-        os.environ.get("EDGECPM_CALIBRATION_DIR") or Path.home() / ".cache" / "edgecpm" / "calibration"
-    )
+    return Path(os.environ.get("EDGECPM_CALIBRATION_DIR") or Path.home() / ".cache" / "edgecpm" / "calibration")
 
 
 def calibration_path(hid: str) -> Path:
@@ -48,13 +47,9 @@ def load_calibration(hid: str) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise EdgecpmError(
-            f"calibration file {path} is corrupt ({exc}); delete it and rerun edgecpm profile"
-        ) from None
+        raise EdgecpmError(f"calibration file {path} is corrupt ({exc}); delete it and rerun edgecpm profile") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise EdgecpmError(
-            f"calibration file {path} is not an {SCHEMA} file; delete it and rerun edgecpm profile"
-        )
+        raise EdgecpmError(f"calibration file {path} is not an {SCHEMA} file; delete it and rerun edgecpm profile")
     return data
 
 
@@ -87,9 +82,7 @@ def save_coefficients(probe: dict[str, Any], fitted: dict[str, dict[str, Any]]) 
     return _write(hid, data)
 
 
-def stored_coefficients(
-    calibration: dict[str, Any] | None, backend: str, quant: str
-) -> BackendCoefficients | None:
+def stored_coefficients(calibration: dict[str, Any] | None, backend: str, quant: str) -> BackendCoefficients | None:
     """Coefficients measured for `backend` (same quant preferred, else any quant measured on it)."""
     if not calibration:
         return None
@@ -122,29 +115,33 @@ def fit_coefficients(
     prefill: Sequence[tuple[int, float]],
     layer_overhead_s: float | None,
     runtime_bytes: float | None,
+    attention_peak_gflops: float | None = None,
 ) -> BackendCoefficients:
     """Invert the cost model on measurements.
 
-    decode: (context, seconds per token); prefill: (prompt tokens, seconds). The per-layer overhead
-    comes from a separate measurement (a tiny model with the same layer count, where bytes are negligible),
-    so the bandwidth efficiency is the median of bytes / ((t - overhead) * BW) over the decode points.
+    decode: (context, seconds per token); prefill: (prompt tokens, seconds). The per-layer overhead comes from
+    a separate measurement (a tiny model with the same layer count, where bytes are negligible). The compute
+    efficiency is the median over the prefill points; the bandwidth efficiency is then the median of
+    bytes / ((t - overhead - attention compute) * BW) over the decode points.
     """
     base = default_coefficients(backend, "cpu")
     layer_ovh = base.layer_overhead_s if layer_overhead_s is None else layer_overhead_s
     fixed = config.num_layers * layer_ovh
-    effs = []
-    for context, seconds in decode:
-        moved = weight_sizes(config, q).streamed_bytes + kv_read_bytes(
-            config, context, q.kv_bytes, config.has_sparse_layers
-        )
-        effs.append(moved / (max(seconds - fixed, 1e-6) * bandwidth_gbs * 1e9))
-    bw_eff = statistics.median(effs) if effs else base.bandwidth_efficiency
+    sparse = config.has_sparse_layers
     ceffs = []
     if peak_gflops:
         for prompt, seconds in prefill:
-            flops = prefill_flops(config, prompt, config.has_sparse_layers)
+            flops = prefill_flops(config, prompt, sparse)
             ceffs.append(flops / (max(seconds - fixed, 1e-6) * peak_gflops * 1e9))
     c_eff = statistics.median(ceffs) if ceffs else base.compute_efficiency
+    effs = []
+    for context, seconds in decode:
+        moved = weight_sizes(config, q).streamed_bytes + kv_read_bytes(config, context, q.kv_bytes, sparse)
+        attn = 0.0
+        if attention_peak_gflops:
+            attn = decode_attention_flops(config, context, sparse) / (attention_peak_gflops * 1e9 * c_eff)
+        effs.append(moved / (max(seconds - fixed - attn, 1e-6) * bandwidth_gbs * 1e9))
+    bw_eff = statistics.median(effs) if effs else base.bandwidth_efficiency
     return BackendCoefficients(
         round(bw_eff, 4),
         round(c_eff, 4),

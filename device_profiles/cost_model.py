@@ -208,14 +208,7 @@ def kv_read_bytes(config: ModelConfig, context: int, kv_bytes: float, sparse: bo
     read = per_token * float(attended_tokens(config, context, sparse))
     sc = config.sparse
     if sparse and sc is not None and (sc.dense_len < 0 or context > sc.dense_len):
-        read += (
-            _softmax_layers(config)
-            * config.num_kv_heads
-            * config.head_dim
-            * kv_bytes
-            * context
-            / sc.kernel_stride
-        )
+        read += _softmax_layers(config) * config.num_kv_heads * config.head_dim * kv_bytes * context / sc.kernel_stride
     return read + config.recurrent_state_bytes()
 
 
@@ -224,14 +217,7 @@ def kv_cache_bytes(config: ModelConfig, context: int, kv_bytes: float, sparse: b
     total = config.kv_bytes_per_token(kv_bytes) * context + config.recurrent_state_bytes()
     sc = config.sparse
     if sparse and sc is not None:
-        total += (
-            _softmax_layers(config)
-            * config.num_kv_heads
-            * config.head_dim
-            * kv_bytes
-            * context
-            / sc.kernel_stride
-        )
+        total += _softmax_layers(config) * config.num_kv_heads * config.head_dim * kv_bytes * context / sc.kernel_stride
     return total
 
 
@@ -294,6 +280,12 @@ class Prediction:
         return d
 
 
+def decode_attention_flops(config: ModelConfig, context: int, sparse: bool) -> float:
+    """FLOPs of one decoded token's attention (QK and PV over the attended tokens)."""
+    attended = float(attended_tokens(config, context, sparse))
+    return 4.0 * _softmax_layers(config) * config.num_heads * config.head_dim * attended
+
+
 def decode_seconds(
     config: ModelConfig,
     q: QuantSpec,
@@ -301,10 +293,17 @@ def decode_seconds(
     sparse: bool,
     bandwidth_gbs: float,
     coeffs: BackendCoefficients,
+    peak_gflops: float | None = None,
 ) -> tuple[float, float]:
-    """(seconds per decoded token, bytes moved per token) at `context` tokens already cached."""
+    """(seconds per decoded token, bytes moved per token) at `context` tokens already cached.
+
+    Matmuls stream weights (bandwidth bound); attention over a long context also costs compute on a CPU, a
+    separate kernel, so its time is added (with the backend's compute efficiency) when the peak is known.
+    """
     moved = weight_sizes(config, q).streamed_bytes + kv_read_bytes(config, context, q.kv_bytes, sparse)
     seconds = moved / (bandwidth_gbs * 1e9 * coeffs.bandwidth_efficiency)
+    if peak_gflops:
+        seconds += decode_attention_flops(config, context, sparse) / (peak_gflops * 1e9 * coeffs.compute_efficiency)
     return seconds + config.num_layers * coeffs.layer_overhead_s + coeffs.token_overhead_s, moved
 
 
@@ -363,9 +362,10 @@ def predict(
             coeffs,
             notes,
         )
-    t_dec, moved = decode_seconds(config, q, context, sparse, bw, coeffs)
-    t_dense, _ = decode_seconds(config, q, context, False, bw, coeffs)
     peak = device.peak_compute(q.compute)
+    attn_peak = device.peak_compute("fp32_gflops") if device.engine == "cpu" else None
+    t_dec, moved = decode_seconds(config, q, context, sparse, bw, coeffs, attn_peak)
+    t_dense, _ = decode_seconds(config, q, context, False, bw, coeffs, attn_peak)
     if peak is None:
         notes.append(f"{device.name} has no known {q.compute} peak: prefill cannot be predicted")
     t_pre, bound = prefill_seconds(config, q, prompt, sparse, bw, peak, coeffs)

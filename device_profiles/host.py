@@ -128,6 +128,19 @@ def gpu_info() -> dict[str, Any] | None:
     return None
 
 
+def recommended_threads(cores: int) -> int:
+    """Threads for this host now: the cores other processes leave idle (1-minute load average).
+
+    OpenMP-style thread pools collapse when oversubscribed (llama.cpp #21763: 28 -> 0.26 tok/s with more
+    threads than free cores; on a shared 2-core box torch decode ran 9x slower with 2 threads than with 1).
+    """
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
 def host_id(cpu: dict[str, Any] | None = None, mem: dict[str, int] | None = None) -> str:
     """Stable id of this machine's shape (CPU model, usable cores, RAM): calibration is stored under it."""
     cpu = cpu or cpu_info()
@@ -195,10 +208,12 @@ def probe(measure: bool = True) -> dict[str, Any]:
         "memory": mem,
         "gpu": gpu_info(),
         "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        "threads": recommended_threads(cpu["cores"]),
     }
     if measure:
-        data["bandwidth"] = measure_bandwidth(threads=cpu["cores"])
-        data["compute"] = measure_compute(threads=cpu["cores"])
+        data["bandwidth"] = measure_bandwidth(threads=data["threads"])
+        data["compute"] = measure_compute(threads=data["threads"])
     return data
 
 
@@ -233,15 +248,13 @@ def profile_from_probe(data: dict[str, Any], backends: list[str] | None = None) 
         display_name=f"this machine: {cpu['model']} ({cpu['cores']} cores)",
         kind="host",
         engine="cpu",
-        memory_gib=Fact(
-            mem["total_bytes"] / 2**30, f"/proc/meminfo or cgroup limit ({probe_src})", "measured"
-        ),
+        memory_gib=Fact(mem["total_bytes"] / 2**30, f"/proc/meminfo or cgroup limit ({probe_src})", "measured"),
         app_share=Fact(round(share, 3), f"MemAvailable / MemTotal at probe time ({probe_src})", "measured"),
         bandwidth_spec_gbs=Fact(None, "the host's DRAM spec is not probed", "unknown"),
         bandwidth_measured_gbs=measured,
         compute=compute,
         cpu_cores=cpu["cores"],
-        threads=cpu["cores"],
+        threads=int(data.get("threads") or cpu["cores"]),
         cpu=cpu["model"],
         isa=tuple(cpu["isa"]),
         backends=tuple(b for b in backends if b != "auto"),

@@ -92,9 +92,7 @@ class Candidate:
             "total_bytes": int(p.total_bytes),
             "weights_bytes": int(p.weights_bytes),
             "decode_tokens_per_s": None if p.decode_tokens_per_s is None else round(p.decode_tokens_per_s, 2),
-            "prefill_tokens_per_s": None
-            if p.prefill_tokens_per_s is None
-            else round(p.prefill_tokens_per_s, 2),
+            "prefill_tokens_per_s": None if p.prefill_tokens_per_s is None else round(p.prefill_tokens_per_s, 2),
             "rejected": self.rejected,
         }
 
@@ -215,9 +213,7 @@ def resolve_model(model: Any) -> ModelInfo:
     if not p.exists():
         from ..config import PRESET_HF_CONFIGS
 
-        raise EdgecpmError(
-            f"model {str(model)!r} is neither a path nor a preset ({', '.join(PRESET_HF_CONFIGS)})"
-        )
+        raise EdgecpmError(f"model {str(model)!r} is neither a path nor a preset ({', '.join(PRESET_HF_CONFIGS)})")
     if p.is_dir() and is_artifact(p):
         m = read_manifest(p)
         size = sum(f.stat().st_size for f in (p / n for n in m.model_files) if f.is_file())
@@ -264,8 +260,7 @@ def _attention(config: ModelConfig, context: int, sparse: bool | None) -> tuple[
     if sc is None or not config.has_sparse_layers:
         if sparse:
             raise EdgecpmError(
-                "sparse attention was requested but the model has no sparse_config (it was not "
-                "trained with InfLLM v2)"
+                "sparse attention was requested but the model has no sparse_config (it was not trained with InfLLM v2)"
             )
         return {
             "kind": "dense",
@@ -323,7 +318,7 @@ def _validate(
 
 def _quants_for(info: ModelInfo, fmt: str, backend: str, request_quant: str | None) -> list[QuantSpec]:
     if info.fixed_format is not None:
-        if backend == "torch" and info.fixed_format == "gguf":  # the reference backend dequantizes to fp32
+        if backend == "torch" and info.kind == "gguf":  # the reference backend dequantizes a .gguf to fp32
             quants = [FORMAT_QUANTS["hf"]["f32"]]
         elif fmt != info.fixed_format:
             return []
@@ -361,8 +356,7 @@ def plan(
         profile = replace(profile, memory_gib=Fact(float(memory_gb), "--memory-gb request", "guidance"))
     if backend is not None and backend not in profile.backends:
         raise EdgecpmError(
-            f"backend {backend!r} does not run on {profile.name}; it runs "
-            f"{', '.join(profile.backends) or 'none'}"
+            f"backend {backend!r} does not run on {profile.name}; it runs {', '.join(profile.backends) or 'none'}"
         )
     if quant is not None:
         known = {q for fmt in FORMAT_QUANTS.values() for q in fmt}
@@ -373,8 +367,7 @@ def plan(
         spec = next((f[quant.lower()] for f in FORMAT_QUANTS.values() if quant.lower() in f), None)
         if spec is not None and spec.ternary_only and not info.ternary:
             raise EdgecpmError(
-                f"quant {quant} stores ternary weights; this model's weights are not ternary "
-                "(use a BitCPM4 checkpoint)"
+                f"quant {quant} stores ternary weights; this model's weights are not ternary (use a BitCPM4 checkpoint)"
             )
     attention, use_sparse = _attention(config, context, sparse)
     budget = profile.memory_budget_bytes
@@ -382,9 +375,7 @@ def plan(
     for b in [backend] if backend else list(profile.backends):
         fmt = BACKEND_FORMAT[b]
         for q in _quants_for(info, fmt, b, quant):
-            pred = predict(
-                config, q, b, profile, context, prompt_tokens, _coefficients(profile, b, q.name), use_sparse
-            )
+            pred = predict(config, q, b, profile, context, prompt_tokens, _coefficients(profile, b, q.name), use_sparse)
             fits = pred.total_bytes <= budget
             rejected = (
                 None
@@ -395,9 +386,7 @@ def plan(
                 )
             )
             candidates.append(
-                Candidate(
-                    b, fmt if info.fixed_format is None or b != "torch" else "gguf", q, pred, fits, rejected
-                )
+                Candidate(b, fmt if info.fixed_format is None or b != "torch" else "gguf", q, pred, fits, rejected)
             )
     request = {
         "context": context,
@@ -418,9 +407,7 @@ def plan(
     suggestions: list[str] = []
     if fits:
         p = choice.prediction
-        speed = (
-            "" if p.decode_tokens_per_s is None else f", predicted {p.decode_tokens_per_s:.1f} decode tok/s"
-        )
+        speed = "" if p.decode_tokens_per_s is None else f", predicted {p.decode_tokens_per_s:.1f} decode tok/s"
         reason = (
             f"{choice.quant.name} via {choice.backend} fits in {p.total_bytes / GIB:.2f} of "
             f"{budget / GIB:.2f} GiB{speed}; " + _why(choice, candidates, min_decode_tokens_per_s)
@@ -474,12 +461,8 @@ def _choose(fitting: list[Candidate], order: list[str], min_decode: float) -> Ca
     fast_enough = [c for c in fitting if speed(c) >= min_decode]
     if fast_enough:
         return min(fast_enough, key=lambda c: (c.quant.quality, -speed(c), rank.get(c.backend, 99)))
-    if all(
-        c.prediction.decode_tokens_per_s is None for c in fitting
-    ):  # speed unknown: most faithful that fits
-        return min(
-            fitting, key=lambda c: (c.quant.quality, c.prediction.total_bytes, rank.get(c.backend, 99))
-        )
+    if all(c.prediction.decode_tokens_per_s is None for c in fitting):  # speed unknown: most faithful that fits
+        return min(fitting, key=lambda c: (c.quant.quality, c.prediction.total_bytes, rank.get(c.backend, 99)))
     return max(fitting, key=lambda c: (speed(c), -c.quant.quality, -rank.get(c.backend, 99)))
 
 
@@ -570,10 +553,7 @@ def _suggestions(
         )
         if small.fits:
             c = small.choice
-            out.append(
-                f"minicpm4-0.5b fits: {c.quant.name} via {c.backend}, "
-                f"{c.prediction.total_bytes / GIB:.2f} GiB"
-            )
+            out.append(f"minicpm4-0.5b fits: {c.quant.name} via {c.backend}, {c.prediction.total_bytes / GIB:.2f} GiB")
     return out
 
 
@@ -625,7 +605,5 @@ def format_plan(plan_: Plan) -> str:
         dec = "-" if c["decode_tokens_per_s"] is None else f"{c['decode_tokens_per_s']:.1f}"
         pre = "-" if c["prefill_tokens_per_s"] is None else f"{c['prefill_tokens_per_s']:.0f}"
         verdict = "fits" if c["fits"] else f"REFUSED: {c['rejected']}"
-        lines.append(
-            f"{c['backend']:<12} {c['quant']:<8} {c['total_bytes'] / GIB:>7.2f} {dec:>9} {pre:>10}  {verdict}"
-        )
+        lines.append(f"{c['backend']:<12} {c['quant']:<8} {c['total_bytes'] / GIB:>7.2f} {dec:>9} {pre:>10}  {verdict}")
     return "\n".join(lines)

@@ -186,9 +186,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> DeviceProfile:
     cpu = _req(d, "cpu", dict, where)
     mem = parse_fact(memory.get("total_gib"), "memory.total_gib", where)
     if not mem.known:
-        raise _fail(
-            where, "field 'memory.total_gib' must be known (the planner cannot fit a model otherwise)"
-        )
+        raise _fail(where, "field 'memory.total_gib' must be known (the planner cannot fit a model otherwise)")
     share = parse_fact(memory.get("app_share"), "memory.app_share", where)
     if share.known and not 0 < share.value <= 1:
         raise _fail(where, f"field 'memory.app_share' is {share.value}; expected a fraction in (0, 1]")
@@ -274,7 +272,5 @@ def load_profile(name: str | Path) -> DeviceProfile:
         names = profile_names()
         close = difflib.get_close_matches(key.lower(), names, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise EdgecpmError(
-            f"unknown device {key!r}{hint}; expected one of {', '.join(names)} or a .toml file"
-        )
+        raise EdgecpmError(f"unknown device {key!r}{hint}; expected one of {', '.join(names)} or a .toml file")
     return read_profile_file(path)

@@ -1,0 +1,391 @@
+"""`edgecpm profile`: measure a model on this host with every backend that can run it, then report.
+
+Per backend: load time, prefill tokens/s and decode tokens/s at several context lengths (prefill the first N
+tokens of real text, then decode greedily; decode speed is the median step), peak RSS while it runs, and
+fidelity against the torch reference on the same tokens (top-1 agreement, perplexity delta). Beside each
+measurement sits the cost model's prediction with its rule-of-thumb coefficients; the measurements then
+calibrate this host's coefficients (stored, reused by `plan --device host`) and the report shows the
+calibrated predictions too. Backends come from the registry at run time: torch always, llama.cpp for a
+`.gguf`, an artifact's own runtime for an artifact.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EdgecpmError
+from ..progress import progress_bar
+from .calibration import fit_coefficients, save_coefficients
+from .cost_model import FORMAT_QUANTS, QuantSpec, default_coefficients, predict
+from .host import probe, profile_from_probe
+from .planner import ModelInfo, resolve_model
+
+SCHEMA = "edgecpm.profile/1"
+DEFAULT_CONTEXTS = (128, 512, 1024)
+DEFAULT_DECODE_TOKENS = 16
+DEFAULT_FIDELITY_TOKENS = 256
+
+
+class RssSampler:
+    """Peak resident set size of this process while a block runs (sampled every 10 ms from /proc)."""
+
+    def __init__(self) -> None:
+        self.peak = current_rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, current_rss())
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss())
+
+
+def current_rss() -> int:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def default_text() -> str:
+    """Real English text bundled with the package (WikiText-2 validation excerpt)."""
+    from importlib import resources
+
+    return resources.files("edgecpm").joinpath("data/wikitext2_excerpt.txt").read_text(encoding="utf-8")
+
+
+def backends_for(info: ModelInfo, requested: Sequence[str] | None) -> list[str]:
+    """The backends that can open this model here (torch first: it is the fidelity reference)."""
+    from ..backends.base import available_backends
+    from ..exporters.manifest import FORMAT_BACKENDS
+
+    registered = available_backends()
+    if info.kind == "artifact":
+        runnable = [FORMAT_BACKENDS[info.fixed_format]]
+    elif info.kind == "gguf":
+        runnable = ["torch", "llama.cpp"]
+    else:
+        runnable = ["torch"]
+    runnable = [b for b in runnable if b in registered]
+    if requested:
+        bad = [b for b in requested if b not in runnable]
+        if bad:
+            raise EdgecpmError(
+                f"backend {bad[0]!r} cannot run this model here; available for it: {', '.join(runnable) or 'none'}"
+            )
+        runnable = [b for b in runnable if b in requested]
+    if not runnable:
+        raise EdgecpmError("no installed backend can run this model on this host")
+    return runnable
+
+
+def measured_quant(info: ModelInfo, backend: str, dtype: str | None) -> QuantSpec:
+    if backend == "torch":
+        return FORMAT_QUANTS["hf"]["bf16" if dtype in ("bf16", "bfloat16") else "f32"]
+    assert info.fixed_quant is not None
+    return info.fixed_quant
+
+
+def _log_softmax_stats(logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """(perplexity of `targets` under row-wise `logits`, argmax per row)."""
+    x = logits.astype(np.float64)
+    x -= x.max(axis=1, keepdims=True)
+    logz = np.log(np.exp(x).sum(axis=1))
+    nll = logz - x[np.arange(len(targets)), targets]
+    return float(np.exp(nll.mean())), logits.argmax(axis=1)
+
+
+def _time_backend(
+    backend: Any, ids: list[int], contexts: Sequence[int], decode_tokens: int, bar: Any
+) -> list[dict[str, Any]]:
+    rows = []
+    for c in contexts:
+        t0 = time.perf_counter()
+        logits = backend.prefill(ids[:c])
+        t_prefill = time.perf_counter() - t0
+        steps = []
+        token = int(np.argmax(logits))
+        for _ in range(decode_tokens):
+            t1 = time.perf_counter()
+            out = backend.decode([token])
+            steps.append(time.perf_counter() - t1)
+            token = int(np.argmax(out[-1]))
+        median = statistics.median(steps)
+        rows.append(
+            {
+                "context": c,
+                "prefill_seconds": t_prefill,
+                "prefill_tokens_per_s": c / t_prefill,
+                "decode_step_seconds_median": median,
+                "decode_tokens_per_s": 1.0 / median,
+                "decode_tokens_per_s_mean": len(steps) / sum(steps),
+            }
+        )
+        bar.update(1)
+    return rows
+
+
+def layer_overhead_probe(config: Any, threads: int | None, dtype: str | None, steps: int = 24) -> float:
+    """Per-layer dispatch cost of the torch backend: decode a tiny model of the same depth (bytes negligible)."""
+    import torch
+
+    from ..backends.torch_backend import TorchBackend, resolve_dtype
+    from ..model import Model
+
+    tiny = replace(
+        config,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        vocab_size=256,
+        rope_scaling=None,
+        lightning=None,
+        tie_word_embeddings=True,
+        sparse=None,
+        layers=tuple(replace(s, attention="dense") for s in config.layers),
+    )
+    torch.manual_seed(0)
+    model = Model(tiny).to(resolve_dtype(dtype or "float32")).eval()
+    backend = TorchBackend(model, threads=threads)
+    backend.prefill(list(range(8)))
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        backend.decode([i % 256])
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[4:]) / config.num_layers
+
+
+def profile(
+    model: Any = None,
+    device: str = "host",
+    out: Any = None,
+    *,
+    contexts: Sequence[int] = DEFAULT_CONTEXTS,
+    decode_tokens: int = DEFAULT_DECODE_TOKENS,
+    fidelity_tokens: int = DEFAULT_FIDELITY_TOKENS,
+    backends: Sequence[str] | None = None,
+    threads: int | None = None,
+    dtype: str | None = None,
+    text: str | None = None,
+    calibrate: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure `model` (default: the bundled SmolLM2-135M) on this host; write report.{html,json,md} to `out`."""
+    from .. import load
+
+    if device != "host":
+        raise EdgecpmError(
+            f"profile measures this machine: use --device host (got {device!r}); "
+            "use `edgecpm plan` to predict other devices"
+        )
+    contexts = sorted({int(c) for c in contexts})
+    if not contexts or contexts[0] < 1:
+        raise EdgecpmError(f"contexts must be positive token counts, got {list(contexts)}")
+    if decode_tokens < 2 or fidelity_tokens < 2:
+        raise EdgecpmError("decode_tokens and fidelity_tokens must be at least 2")
+    if isinstance(model, str) and model.lower().startswith("minicpm4-") and not Path(model).exists():
+        raise EdgecpmError(f"{model!r} is a shape preset without weights: profile a checkpoint, .gguf or artifact")
+    info = resolve_model(model)
+    names = backends_for(info, backends)
+    config = info.config
+    if max(contexts) + decode_tokens > config.max_position_embeddings:
+        raise EdgecpmError(
+            f"context {max(contexts)} + {decode_tokens} decode tokens exceeds the model's "
+            f"{config.max_position_embeddings} positions"
+        )
+    started = time.time()
+    steps = 2 + len(names) * (len(contexts) + 2)
+    with progress_bar(total=steps, desc="profiling", enabled=progress, unit="step") as bar:
+        bar.set_postfix_str("probing host")
+        host = probe(measure=True)
+        threads = threads or host["threads"]
+        hprofile = profile_from_probe(host)
+        bar.update(1)
+        results: list[dict[str, Any]] = []
+        tokenizer = None
+        reference_logits: np.ndarray | None = None
+        ids: list[int] = []
+        for name in names:
+            bar.set_postfix_str(f"{name}: loading")
+            gc.collect()
+            with RssSampler() as rss:
+                baseline = current_rss()
+                t0 = time.perf_counter()
+                loaded = load(info.path, backend=name, threads=threads, dtype=dtype if name == "torch" else None)
+                load_s = time.perf_counter() - t0
+                bar.update(1)
+                if tokenizer is None:
+                    tokenizer = loaded.tokenizer
+                    ids = tokenizer.encode(text if text is not None else default_text())
+                    need = max(max(contexts), fidelity_tokens + 1) + decode_tokens
+                    if len(ids) < need:
+                        raise EdgecpmError(f"the profiling text has {len(ids)} tokens; {need} are needed")
+                bar.set_postfix_str(f"{name}: timing")
+                rows = _time_backend(loaded.backend, ids, contexts, decode_tokens, bar)
+                bar.set_postfix_str(f"{name}: fidelity")
+                logits = np.asarray(loaded.backend.prefill(ids[:fidelity_tokens], all_logits=True))
+                bar.update(1)
+                close = getattr(loaded.backend, "close", None)
+                del loaded
+                if close is not None:
+                    close()
+                gc.collect()
+            targets = np.asarray(ids[1:fidelity_tokens])
+            ppl, top1 = _log_softmax_stats(logits[:-1], targets)
+            if name == "torch":
+                reference_logits = logits
+            results.append(
+                {
+                    "backend": name,
+                    "quant": measured_quant(info, name, dtype).name,
+                    "load_seconds": load_s,
+                    "peak_rss_bytes": rss.peak,
+                    "baseline_rss_bytes": baseline,
+                    "timings": rows,
+                    "perplexity": ppl,
+                    "_top1": top1,
+                }
+            )
+        if "torch" in names and reference_logits is not None:
+            ref_ppl, ref_top1 = _log_softmax_stats(reference_logits[:-1], np.asarray(ids[1:fidelity_tokens]))
+            for r in results:
+                r["fidelity"] = {
+                    "reference": "torch",
+                    "tokens": fidelity_tokens - 1,
+                    "top1_agreement": float(np.mean(r["_top1"] == ref_top1)),
+                    "perplexity": r["perplexity"],
+                    "reference_perplexity": ref_ppl,
+                    "perplexity_delta": r["perplexity"] - ref_ppl,
+                }
+        else:
+            for r in results:
+                r["fidelity"] = {
+                    "reference": None,
+                    "perplexity": r["perplexity"],
+                    "note": "no torch reference can open this model (artifact without its source)",
+                }
+        for r in results:
+            r.pop("_top1")
+        bar.set_postfix_str("calibrating")
+        overhead = layer_overhead_probe(config, threads, dtype) if "torch" in names else None
+        bar.update(1)
+    calibration = _calibrate(info, hprofile, host, results, contexts, overhead, dtype, calibrate)
+    report = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_seconds": round(time.time() - started, 1),
+        "model": info.to_dict(),
+        "host": {"profile": hprofile.to_dict(), "probe": host},
+        "threads": threads,
+        "settings": {
+            "contexts": contexts,
+            "decode_tokens": decode_tokens,
+            "fidelity_tokens": fidelity_tokens,
+            "dtype": dtype or "float32",
+            "text": "custom" if text is not None else "WikiText-2 validation excerpt (bundled)",
+        },
+        "backends": results,
+        "calibration": calibration,
+    }
+    if out is not None:
+        from .report import write_report
+
+        report["files"] = write_report(report, Path(out))
+    return report
+
+
+def _calibrate(
+    info: ModelInfo,
+    hprofile: Any,
+    host: dict[str, Any],
+    results: list[dict[str, Any]],
+    contexts: Sequence[int],
+    overhead: float | None,
+    dtype: str | None,
+    store: bool,
+) -> dict[str, Any]:
+    """Predictions before and after fitting this host's coefficients; stores them unless `store` is False."""
+    config = info.config
+    bw, _ = hprofile.effective_bandwidth()
+    fitted: dict[str, dict[str, Any]] = {}
+    out: dict[str, Any] = {"stored": False, "bandwidth_gbs": bw, "layer_overhead_s_torch": overhead, "backends": {}}
+    for r in results:
+        name = r["backend"]
+        q = measured_quant(info, name, dtype)
+        rows = r["timings"]
+        before = default_coefficients(name, "cpu")
+        peak = hprofile.peak_compute(q.compute)
+        kv_est = predict(config, q, name, hprofile, max(contexts), max(contexts), before)
+        # what the process held beyond weights, KV and buffers; the interpreter baseline counts for torch only
+        # (a C++ runtime does not need Python, and the baseline may hold the previous backend's leftovers)
+        own = r["peak_rss_bytes"] - (0 if name == "torch" else r["baseline_rss_bytes"])
+        runtime = max(0.0, own - kv_est.weights_bytes - kv_est.kv_bytes - kv_est.activation_bytes)
+        after = fit_coefficients(
+            config,
+            q,
+            name,
+            bw,
+            peak,
+            [(row["context"], row["decode_step_seconds_median"]) for row in rows],
+            [(row["context"], row["prefill_seconds"]) for row in rows],
+            overhead if name == "torch" else None,
+            runtime,
+            hprofile.peak_compute("fp32_gflops"),
+        )
+        preds = []
+        for row in rows:
+            c = row["context"]
+            p0 = predict(config, q, name, hprofile, c, c, before)
+            p1 = predict(config, q, name, hprofile, c, c, after)
+            preds.append(
+                {
+                    "context": c,
+                    "measured_decode": row["decode_tokens_per_s"],
+                    "predicted_decode_default": p0.decode_tokens_per_s,
+                    "predicted_decode_calibrated": p1.decode_tokens_per_s,
+                    "measured_prefill": row["prefill_tokens_per_s"],
+                    "predicted_prefill_default": p0.prefill_tokens_per_s,
+                    "predicted_prefill_calibrated": p1.prefill_tokens_per_s,
+                    "predicted_memory_bytes": p1.total_bytes,
+                    "predicted_memory_default": p0.total_bytes,
+                }
+            )
+        out["backends"][name] = {
+            "quant": q.name,
+            "default": before.to_dict(),
+            "calibrated": after.to_dict(),
+            "predictions": preds,
+        }
+        fitted[f"{name}/{q.name}"] = {
+            "coefficients": after.to_dict(),
+            "quant": q.name,
+            "model": config.name or Path(info.path or "").name,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    if store and fitted:
+        out["stored"] = str(save_coefficients(host, fitted))
+    return out
