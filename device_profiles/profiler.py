@@ -202,6 +202,8 @@ def profile(
             f"profile measures this machine: use --device host (got {device!r}); "
             "use `edgecpm plan` to predict other devices"
         )
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise EdgecpmError(f"--out {out} exists and is not a directory")
     contexts = sorted({int(c) for c in contexts})
     if not contexts or contexts[0] < 1:
         raise EdgecpmError(f"contexts must be positive token counts, got {list(contexts)}")
