@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-import edgecpm
 import numpy as np
 import pytest
+
+import edgecpm
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
 
@@ -219,6 +220,7 @@ def test_artifact_manifest_load_and_inspect(tiny_tied, outdir) -> None:
     assert json.loads((outdir / "single.gguf.edgecpm.json").read_text())["quant"] == "q8_0"
 
 
+@pytest.mark.slow  # ~30 s: dequantizes and re-quantizes all of SmolLM2, two 512-token evals
 def test_smollm2_gguf_to_q8_0_agrees_with_original(smollm2_path, tmp_path, wikitext) -> None:
     art = edgecpm.export(smollm2_path, format="gguf", out=tmp_path / "smol", quant="q8_0", progress=False)
     llm = llama_cpp.Llama(str(smollm2_path), n_ctx=64, vocab_only=True, verbose=False)
