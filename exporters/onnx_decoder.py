@@ -102,23 +102,22 @@ class DecoderGraph:
         init = f"{key}.{'q' + str(bits) if bits else opts.quant}"
         if bits is None:
             if not g.has(init):
-                w = (
-                    np.concatenate([self.get(n) for n in names], axis=0)
-                    if len(names) > 1
-                    else self.get(names[0])
-                )
-                g.initializer(init, np.ascontiguousarray(w.T).astype(opts.float_storage))
+                w = self.fetch(names)
+                g.initializer(init, np.ascontiguousarray(w.T, dtype=opts.float_storage))
+                del w
                 self.tick()
             weight = init
             if opts.float_storage != np.float32:
                 weight = g.op("Cast", [init], to=TensorProto.FLOAT, name=f"{key}/cast")
             return g.op("MatMul", [x, weight], name=g.fresh(f"{key}/MatMul"))
         if not g.has(init + ".B"):
-            w = np.concatenate([self.get(n) for n in names], axis=0) if len(names) > 1 else self.get(names[0])
+            w = self.fetch(names)
+            self.shapes[init] = w.shape
             bq = quantize(w, bits, opts.block_size)
+            del w
             g.initializer(init + ".B", bq.packed)
             g.initializer(init + ".scales", bq.scales)
-            self.shapes[init] = w.shape
+            del bq
             self.tick()
         n, k = self.shapes[init]
         return g.op(
@@ -132,6 +131,12 @@ class DecoderGraph:
             block_size=opts.block_size,
             accuracy_level=opts.accuracy_level,
         )
+
+    def fetch(self, names: list[str]) -> np.ndarray:
+        """float32 `[N, K]`: one weight, or the row-concatenation of several (packed q/k/v, gate/up)."""
+        if len(names) == 1:
+            return self.get(names[0])
+        return np.concatenate([self.get(n) for n in names], axis=0)
 
     def norm_weight(self, name: str, divisor: float = 1.0) -> str:
         if not self.g.has(name):
@@ -157,9 +162,7 @@ class DecoderGraph:
         g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
         for i in range(cfg.num_layers):
             for kv in ("key", "value"):
-                g.add_output(
-                    f"present.{i}.{kv}", TensorProto.FLOAT, ["batch_size", hkv, "total_sequence_length", d]
-                )
+                g.add_output(f"present.{i}.{kv}", TensorProto.FLOAT, ["batch_size", hkv, "total_sequence_length", d])
 
         cos, sin, _ = rope_caches(cfg)
         g.initializer("cos_cache", cos)
@@ -174,7 +177,8 @@ class DecoderGraph:
 
         emb_name = "model.embed_tokens.weight"
         emb = self.get(emb_name)
-        g.initializer("embed_tokens", emb.astype(self.opts.float_storage))
+        g.initializer("embed_tokens", emb.astype(self.opts.float_storage, copy=False))
+        del emb  # stream: never hold more than the tensor being written
         self.tick()
         h = g.op("Gather", ["embed_tokens", "input_ids"], axis=0, name="/embed/Gather")
         if self.opts.float_storage != np.float32:
@@ -216,22 +220,16 @@ class DecoderGraph:
         head = "lm_head.weight" if not cfg.tie_word_embeddings else emb_name
         if cfg.tie_word_embeddings and self.opts.quant == "fp32":
             # reuse the embedding table: logits = x @ E^T without a second copy
-            g.op(
-                "FusedMatMul", [xn, "embed_tokens"], domain=MS, transB=1, outputs=["logits"], name="/lm_head"
-            )
+            g.op("FusedMatMul", [xn, "embed_tokens"], domain=MS, transB=1, outputs=["logits"], name="/lm_head")
         else:
             out = self.linear(xn, [head], "lm_head", is_head=True)
             g.op("Identity", [out], outputs=["logits"], name="/lm_head/out")
 
-    def add_norm(
-        self, h: str, branch: str | None, weight: str, name: str, need_sum: bool = True
-    ) -> tuple[str, str]:
+    def add_norm(self, h: str, branch: str | None, weight: str, name: str, need_sum: bool = True) -> tuple[str, str]:
         """RMSNorm(h + branch) and the new residual stream h + branch (fused when there is a branch)."""
         g, eps = self.g, self.cfg.rms_norm_eps
         if branch is None:
-            return g.op(
-                "SimplifiedLayerNormalization", [h, weight], epsilon=eps, axis=-1, stash_type=1, name=name
-            ), h
+            return g.op("SimplifiedLayerNormalization", [h, weight], epsilon=eps, axis=-1, stash_type=1, name=name), h
         outs = [f"{name}/out0", "", "", f"{name}/sum" if need_sum else ""]
         g.op(
             "SkipSimplifiedLayerNormalization",
@@ -277,17 +275,13 @@ class DecoderGraph:
             )
         return self.linear(out, [f"{a}.o_proj.weight"], f"{a}.o_proj")
 
-    def explicit_attention(
-        self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str, pres_v: str
-    ) -> str:
+    def explicit_attention(self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str, pres_v: str) -> str:
         """Rotary and cache growth in standard ops, then the custom InfLLM v2 node (sparse layers) or causal
         softmax attention in standard ops, on `[B,H,T,D]` tensors."""
         cfg, g = self.cfg, self.g
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         n = f"/layers.{index}/attn"
-        q, k, v = g.op(
-            "Split", [qkv, g.const([hq * d, hkv * d, hkv * d])], n_out=3, axis=-1, name=f"{n}/Split"
-        )
+        q, k, v = g.op("Split", [qkv, g.const([hq * d, hkv * d, hkv * d])], n_out=3, axis=-1, name=f"{n}/Split")
 
         def heads(x: str, h: int, tag: str) -> str:
             r = g.op("Reshape", [x, g.const([0, 0, h, d])], name=f"{n}/{tag}/Reshape")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..progress import progress_bar
-from .manifest import make_manifest, source_checksum, write_json_atomic
+from .manifest import Manifest, make_manifest, source_checksum, write_json_atomic
 from .onnx_decoder import MS, QUANT_BITS, SPARSE_DOMAIN, DecoderGraph, OnnxOptions, rope_caches
 from .onnx_genai import genai_config
 from .onnx_graph import GraphBuilder, save_model
@@ -27,6 +28,15 @@ from .onnx_quant import check_block_size
 QUANTS = tuple(QUANT_BITS)
 SUPPORTED_OPSETS = range(18, 24)  # ai.onnx; the InfLLM v2 function body is traced at the same opset
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What an export produced: the artifact folder, its graph file and its manifest."""
+
+    path: Path
+    model_file: Path
+    manifest: Manifest
 
 
 def export(
@@ -42,22 +52,29 @@ def export(
     sparse: bool = True,
     max_length: int | None = None,
     threads: int | None = None,
+    genai_threads: int | None = None,
     overwrite: bool = False,
-    **_: Any,
-) -> Any:
-    """Export `src` (HF checkpoint dir or .gguf) to an ONNX artifact folder `out`; returns its Manifest.
+    **options: Any,
+) -> Artifact:
+    """Export `src` (HF checkpoint dir or .gguf) to an ONNX artifact folder `out`.
 
-    `sparse=False` exports InfLLM v2 layers as dense GQA (what the model computes below `dense_len`).
+    Options: `block_size` (int4/int8 group size along K, a power of two >= 16; K need not be a multiple),
+    `accuracy_level` (MatMulNBits: 0 = fp32 activations, 4 = int8 activations, faster on CPU), `lm_head_bits`
+    (4 or 8; default 8 for int4/int8, as llama.cpp keeps the output matrix at >= 6 bits), `opset` (ai.onnx,
+    18..23), `sparse=False` (export InfLLM v2 layers as dense attention), `max_length` and `genai_threads`
+    (written to genai_config.json), `overwrite`. `threads` is accepted for the generic CLI and unused
+    (quantization is vectorized numpy).
     """
     from ..weights import open_checkpoint
 
+    if options:
+        raise EdgecpmError(f"unknown ONNX export option(s): {', '.join(sorted(options))}")
     quant = quant or "fp32"
     if quant not in QUANTS:
         raise EdgecpmError(f"unknown quant {quant!r} for onnx; expected one of {', '.join(QUANTS)}")
     if opset not in SUPPORTED_OPSETS:
         raise EdgecpmError(
-            f"ONNX opset {opset} is not supported; expected {SUPPORTED_OPSETS.start}.."
-            f"{SUPPORTED_OPSETS.stop - 1}"
+            f"ONNX opset {opset} is not supported; expected {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
         )
     check_block_size(block_size)
     if accuracy_level not in (0, 1, 2, 3, 4):
@@ -79,11 +96,7 @@ def export(
         raise EdgecpmError(f"output {out_path} already exists and is not empty; remove it or pass overwrite")
     config, source = open_checkpoint(src_path)
     use_sparse = bool(sparse and config.has_sparse_layers)
-    if (
-        use_sparse
-        and config.sparse.use_nope
-        and any(s.use_rope for s in config.layers if s.attention == "infllmv2")
-    ):
+    if use_sparse and config.sparse.use_nope and any(s.use_rope for s in config.layers if s.attention == "infllmv2"):
         raise EdgecpmError(
             "sparse_config.use_nope (block selection on pre-RoPE keys) is not supported by the ONNX "
             "exporter; export with sparse=False (dense attention) instead"
@@ -98,16 +111,14 @@ def export(
     except OSError as exc:
         raise EdgecpmError(f"cannot write the ONNX artifact to {out_path}: {exc.strerror or exc}") from None
     try:
-        manifest = _write_artifact(
-            tmp, src_path, config, source, opts, use_sparse, max_length, threads, progress
-        )
+        manifest = _write_artifact(tmp, src_path, config, source, opts, use_sparse, max_length, genai_threads, progress)
         if out_path.exists():
             shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
         os.replace(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return manifest
+    return Artifact(out_path, out_path / MODEL_FILE, manifest)
 
 
 def _write_artifact(

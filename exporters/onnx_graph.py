@@ -62,7 +62,7 @@ class GraphBuilder:
         if pad:
             self._data.write(b"\0" * pad)
             self._offset += pad
-        self._data.write(array.tobytes())
+        self._data.write(array.reshape(-1).view(np.uint8).data)  # no copy
         t = TensorProto(name=name, data_type=_NP_TO_ONNX[array.dtype], dims=list(array.shape))
         t.data_location = TensorProto.EXTERNAL
         for key, value in (
@@ -96,9 +96,7 @@ class GraphBuilder:
         """Append a node; returns its output name (or a list when n_out > 1)."""
         base = name or self.fresh(op_type)
         outs = list(outputs) if outputs is not None else [f"{base}/out{i}" for i in range(n_out)]
-        self.nodes.append(
-            helper.make_node(op_type, list(inputs), outs, name=base, domain=domain or None, **attrs)
-        )
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=base, domain=domain or None, **attrs))
         return outs[0] if len(outs) == 1 else outs
 
     def add_input(self, name: str, elem_type: int, shape: Sequence[Any]) -> str:

@@ -132,9 +132,7 @@ def _as_branch(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
     def rename(name: str) -> str:
         return name if (not name or name in outer) else prefix + name
 
-    nodes = [
-        helper.make_node("Constant", [], [rename(init.name)], value=init) for init in model.graph.initializer
-    ]
+    nodes = [helper.make_node("Constant", [], [rename(init.name)], value=init) for init in model.graph.initializer]
     for node in model.graph.node:
         n = onnx.NodeProto()
         n.CopyFrom(node)
@@ -172,9 +170,7 @@ def sparse_function(
     sparse_branch = _as_branch(sparse_model, "sparse/")
     opsets = {o.domain: o.version for o in sparse_model.opset_import}
     if sparse.dense_len <= 0:  # always sparse
-        body = list(sparse_branch.node) + [
-            helper.make_node("Identity", [sparse_branch.output[0].name], ["out"])
-        ]
+        body = list(sparse_branch.node) + [helper.make_node("Identity", [sparse_branch.output[0].name], ["out"])]
         return helper.make_function(
             SPARSE_DOMAIN,
             SPARSE_OP,
@@ -190,9 +186,7 @@ def sparse_function(
     dense_branch = _as_branch(dense_model, "dense/")
     body = [
         helper.make_node("Shape", ["k"], ["k_shape"]),
-        helper.make_node(
-            "Constant", [], ["two"], value=helper.make_tensor("two", onnx.TensorProto.INT64, [], [2])
-        ),
+        helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", onnx.TensorProto.INT64, [], [2])),
         helper.make_node("Gather", ["k_shape", "two"], ["s_len"], axis=0),
         helper.make_node(
             "Constant",

@@ -39,11 +39,23 @@ def check_block_size(block_size: int) -> None:
         raise EdgecpmError(f"group size {block_size} is invalid; MatMulNBits needs a power of two >= 16")
 
 
-def quantize(weight: np.ndarray, bits: int, block_size: int) -> BlockQuantized:
+def quantize(weight: np.ndarray, bits: int, block_size: int, chunk_elements: int = 1 << 22) -> BlockQuantized:
+    """Quantize `[N, K]` a few rows at a time (float32 temporaries stay ~chunk_elements * 4 bytes each)."""
     if bits not in VALID_BITS:
         raise EdgecpmError(f"{bits}-bit weights are not supported; expected one of {VALID_BITS}")
     check_block_size(block_size)
-    w = np.asarray(weight, dtype=np.float32)
+    n, k = weight.shape
+    kb = -(-k // block_size)
+    packed = np.empty((n, kb, block_size * bits // 8), dtype=np.uint8)
+    scales = np.empty((n, kb), dtype=np.float32)
+    step = max(1, chunk_elements // max(k, 1))
+    for r0 in range(0, n, step):
+        packed[r0 : r0 + step], scales[r0 : r0 + step] = _quantize_rows(weight[r0 : r0 + step], bits, block_size)
+    return BlockQuantized(packed, scales, bits, block_size, k)
+
+
+def _quantize_rows(rows: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    w = np.asarray(rows, dtype=np.float32)
     n, k = w.shape
     kb = -(-k // block_size)
     if kb * block_size != k:
@@ -54,13 +66,10 @@ def quantize(weight: np.ndarray, bits: int, block_size: int) -> BlockQuantized:
     extreme = np.take_along_axis(blocks, idx, axis=-1)[..., 0]
     scale = (extreme / -half).astype(np.float32)
     inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
-    q = np.clip(np.rint(blocks * inv[..., None]), -half, half - 1).astype(np.int16) + half
-    q = q.astype(np.uint8)
+    q = (np.clip(np.rint(blocks * inv[..., None]), -half, half - 1) + half).astype(np.uint8)
     if bits == 4:
-        packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
-    else:
-        packed = q
-    return BlockQuantized(np.ascontiguousarray(packed), scale, bits, block_size, k)
+        return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8), scale
+    return q, scale
 
 
 def dequantize(bq: BlockQuantized) -> np.ndarray:

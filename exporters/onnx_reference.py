@@ -33,9 +33,7 @@ LINEAR_SUFFIXES = (
 )
 
 
-def effective_weights(
-    config: ModelConfig, source: Any, opts: OnnxOptions
-) -> tuple[ModelConfig, MemorySource]:
+def effective_weights(config: ModelConfig, source: Any, opts: OnnxOptions) -> tuple[ModelConfig, MemorySource]:
     tensors: dict[str, torch.Tensor] = {}
     emb = "model.embed_tokens.weight"
     for name in source.names():

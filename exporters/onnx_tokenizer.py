@@ -76,15 +76,11 @@ def write_tokenizer_files(src: Path, config: ModelConfig, out: Path) -> list[str
         if (src / "tokenizer.json").exists():
             shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
         elif (src / "tokenizer.model").exists():
-            special = {
-                info["content"]: int(tid) for tid, info in (cfg.get("added_tokens_decoder") or {}).items()
-            }
+            special = {info["content"]: int(tid) for tid, info in (cfg.get("added_tokens_decoder") or {}).items()}
             special.update({k: int(v) for k, v in _read_json(src / "added_tokens.json").items()})
             bos = cfg.get("bos_token")
             bos = bos.get("content") if isinstance(bos, dict) else bos
-            tk = spm_to_hf(
-                (src / "tokenizer.model").read_bytes(), special, bool(cfg.get("add_bos_token", True)), bos
-            )
+            tk = spm_to_hf((src / "tokenizer.model").read_bytes(), special, bool(cfg.get("add_bos_token", True)), bos)
             (out / "tokenizer.json").write_text(tk.to_str(), encoding="utf-8")
         else:
             raise EdgecpmError(f"no tokenizer.json or tokenizer.model in {src}")
@@ -105,9 +101,7 @@ def _gguf_tokenizer(path: Path, config: ModelConfig, out: Path) -> dict[str, Any
     kind = field_value(reader, "tokenizer.ggml.model")
     tokens = field_value(reader, "tokenizer.ggml.tokens") or []
     types = field_value(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
-    special = {
-        t: i for i, (t, ty) in enumerate(zip(tokens, types, strict=False)) if ty in (CONTROL, USER_DEFINED)
-    }
+    special = {t: i for i, (t, ty) in enumerate(zip(tokens, types, strict=False)) if ty in (CONTROL, USER_DEFINED)}
     bos_id = field_value(reader, "tokenizer.ggml.bos_token_id")
     eos_id = field_value(reader, "tokenizer.ggml.eos_token_id")
     bos = tokens[int(bos_id)] if bos_id is not None else None

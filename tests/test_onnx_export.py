@@ -6,11 +6,12 @@ import json
 import os
 from pathlib import Path
 
-import edgecpm
 import numpy as np
 import onnx
 import pytest
 import torch
+
+import edgecpm
 from edgecpm.backends.onnx_backend import OnnxBackend
 from edgecpm.errors import EdgecpmError
 from edgecpm.exporters.onnx_exporter import export
@@ -93,9 +94,7 @@ def test_load_runs_onnxruntime_backend_with_truncate(tied_fp32: Path, tiny_tied:
     lm = edgecpm.load(tied_fp32)
     assert lm.backend.name == "onnxruntime"
     ref = edgecpm.load(tiny_tied)
-    ids = ref.tokenizer.encode(
-        "The tower is 324 metres tall, about the same height as an 81-storey building."
-    )
+    ids = ref.tokenizer.encode("The tower is 324 metres tall, about the same height as an 81-storey building.")
     b, r = lm.backend, ref.backend
     np.testing.assert_allclose(b.prefill(ids[:10]), r.prefill(ids[:10]), atol=1e-3)
     b.decode(ids[10:16])
@@ -156,9 +155,7 @@ def test_unwritable_or_occupied_output(tiny_tied: Path, tmp_path: Path) -> None:
             ro.chmod(0o700)
 
 
-def test_interrupted_export_leaves_nothing(
-    tiny_tied: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupted_export_leaves_nothing(tiny_tied: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from edgecpm.exporters import onnx_quant
 
     def boom(*args: object, **kwargs: object) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import edgecpm
 import numpy as np
 import pytest
+
+import edgecpm
 from edgecpm.exporters.onnx_exporter import export
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
@@ -42,9 +43,7 @@ def _genai_greedy(artifact: Path, ids: list[int], n: int) -> list[int]:
 # init_std 0.8: random weights large enough that greedy decoding does not collapse onto one repeated token
 SPECS = [
     SyntheticSpec(init_std=0.8, seed=5),
-    SyntheticSpec(
-        tied=False, num_layers=3, num_heads=8, num_kv_heads=2, hidden_size=64, init_std=0.8, seed=6
-    ),
+    SyntheticSpec(tied=False, num_layers=3, num_heads=8, num_kv_heads=2, hidden_size=64, init_std=0.8, seed=6),
 ]
 
 
@@ -63,9 +62,7 @@ def test_genai_greedy_32_tokens_equal_torch_backend(spec: SyntheticSpec, tmp_pat
     assert len(set(expected)) > 8  # a varied sequence, so equality means something
 
 
-def test_genai_tokenizer_reads_exported_tokenizer_json(
-    tiny_tied: Path, tmp_path: Path, wikitext: str
-) -> None:
+def test_genai_tokenizer_reads_exported_tokenizer_json(tiny_tied: Path, tmp_path: Path, wikitext: str) -> None:
     out = tmp_path / "art"
     export(tiny_tied, out, "fp32", progress=False)
     tok = og.Tokenizer(og.Model(str(out)))

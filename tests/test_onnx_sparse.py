@@ -10,6 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import helper
+
 from edgecpm.backends.onnx_backend import OnnxBackend
 from edgecpm.config import SparseConfig
 from edgecpm.exporters.onnx_exporter import export
@@ -18,7 +20,6 @@ from edgecpm.model import Model
 from edgecpm.runtime_kernels import dense_attention, infllmv2_attention
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
-from onnx import helper
 
 SPARSE = {
     "kernel_size": 8,
@@ -48,10 +49,7 @@ def _function_model(artifact: Path) -> onnx.ModelProto:
     """The artifact's custom node alone, with its local function, as a runnable model."""
     model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
     node = next(n for n in model.graph.node if n.domain == "ai.edgecpm")
-    io = [
-        helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["b", "h", "t", "d"])
-        for n in ("q", "k", "v")
-    ]
+    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["b", "h", "t", "d"]) for n in ("q", "k", "v")]
     out = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["b", "h", "t", "d"])
     single = helper.make_node(node.op_type, ["q", "k", "v"], ["out"], domain=node.domain)
     single.attribute.extend(node.attribute)
@@ -72,9 +70,7 @@ def test_graph_has_custom_node_with_local_function(sparse_artifact: Path) -> Non
     assert attrs == sparse_attributes(SparseConfig(**SPARSE))
     (fn,) = model.functions
     assert (fn.domain, fn.name) == ("ai.edgecpm", "InfLLMv2Attention")
-    body_ops = {n.op_type for n in fn.node} | {
-        n.op_type for b in fn.node for a in b.attribute if a.g for n in a.g.node
-    }
+    body_ops = {n.op_type for n in fn.node} | {n.op_type for b in fn.node for a in b.attribute if a.g for n in a.g.node}
     assert {"TopK", "If", "Softmax"} <= body_ops  # block selection, dense fallback, attention
 
 

@@ -35,10 +35,7 @@ class OnnxBackend:
         self.vocab_size = config.vocab_size
         self.threads = threads
         self._kv_names = [
-            f"{kind}.{i}.{kv}"
-            for i in range(config.num_layers)
-            for kind in ("present",)
-            for kv in ("key", "value")
+            f"{kind}.{i}.{kv}" for i in range(config.num_layers) for kind in ("present",) for kv in ("key", "value")
         ]
         self._out_names = ["logits", *self._kv_names]
         self._past: list[ort.OrtValue] | None = None
@@ -91,9 +88,7 @@ class OnnxBackend:
             self.reset()
             return
         assert self._past is not None
-        self._past = [
-            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n])) for v in self._past
-        ]
+        self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n])) for v in self._past]
         self._n = n
 
     def reset(self) -> None:
