@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from edgecpm.model import Model
 from edgecpm.synthetic import SyntheticSpec, cache_root, cached_checkpoint
 from edgecpm.tokenizer import load_tokenizer_dir
@@ -32,7 +33,7 @@ def llamacpp_logits(gguf_path: Path, ids: list[int], n_ctx: int | None = None) -
     import llama_cpp
 
     n = n_ctx or max(64, len(ids))
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=2,
+    llm = llama_cpp.Llama(str(gguf_path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=1,
                           verbose=False)
     try:
         llm.eval(ids)

@@ -3,9 +3,10 @@ path, against the torch reference, and for decode / truncate consistency (specul
 
 from __future__ import annotations
 
-import edgecpm
 import numpy as np
 import pytest
+
+import edgecpm
 from edgecpm.backends.base import Backend, resolve_backend
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
@@ -22,7 +23,7 @@ def artifact(tiny_untied, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(artifact):
-    return edgecpm.load(artifact.path, threads=2)
+    return edgecpm.load(artifact.path, threads=1)
 
 
 def test_artifact_opens_on_llamacpp_with_its_tokenizer(loaded, tiny_untied) -> None:
