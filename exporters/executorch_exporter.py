@@ -69,7 +69,10 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
     _check_lengths(config, max_seq_len, ctx)
     if config.has_lightning_layers:
         raise EdgecpmError("the ExecuTorch exporter does not support lightning-attention (SALA) layers yet")
-    if config.has_sparse_layers:
+    from .executorch_module import sparse_mode
+
+    attn_mode = sparse_mode(config.sparse, ctx) if config.has_sparse_layers else "dense"
+    if attn_mode != "dense":
         _require_sparse_op()
 
     tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
@@ -88,7 +91,7 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
             bar.update(2)
             bar.set_postfix_str("export + lower (XNNPACK)")
             buffer = lower_to_pte(module, max_seq_len, runner_metadata(config, max_seq_len, ctx),
-                                  quantized=quant != "fp32", has_sparse=config.has_sparse_layers,
+                                  quantized=quant != "fp32", has_sparse=attn_mode != "dense",
                                   sparse_mode=sparse_kernel)
             bar.update(2)
             (tmp / PTE_NAME).write_bytes(buffer)
@@ -96,7 +99,8 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
                 "executorch", quant, config, [PTE_NAME], source_checksum(_source_files(src_path)),
                 tokenizer_files=tok_files, max_seq_len=max_seq_len, max_context_len=ctx,
                 logits="all" if all_logits else "last", quantization=asdict(report),
-                sparse_kernel=sparse_kernel if config.has_sparse_layers else None, pte_bytes=len(buffer))
+                sparse_attention=attn_mode if config.has_sparse_layers else None,
+                sparse_kernel=sparse_kernel if attn_mode != "dense" else None, pte_bytes=len(buffer))
             manifest.write(tmp)
             bar.update(1)
         _install(tmp, out_path)
@@ -142,7 +146,7 @@ def _require_sparse_op() -> None:
     try:
         from .. import runtime_kernels
 
-        runtime_kernels.infllmv2_attention  # noqa: B018
+        runtime_kernels.infllmv2_decomposition  # noqa: B018
         torch.ops.edgecpm.infllmv2_attention  # noqa: B018
     except (ImportError, AttributeError, RuntimeError):
         raise EdgecpmError("this checkpoint has InfLLM v2 sparse layers but edgecpm.runtime_kernels does not "

@@ -24,23 +24,48 @@ def import_runtime_ops() -> None:
     import executorch.kernels.quantized  # noqa: F401
 
 
-def sparse_decompositions(mode: str) -> dict[Any, Callable[..., torch.Tensor]]:
-    """How `edgecpm::infllmv2_attention` is lowered: "decompose" = its vectorized body in core ATen ops."""
+def stable_sort_by_rank(x: torch.Tensor, *, stable: bool | None = None, dim: int = -1,
+                        descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """`aten.sort.stable` from comparisons, gather and scatter (ExecuTorch's runtime has no sort kernel).
+
+    Element i goes to rank #{j: x_j before x_i} + #{j < i: x_j == x_i}: ties keep index order, exactly
+    as a stable sort. Quadratic in the sorted length, which for InfLLM v2 block selection is the number of
+    key blocks (context / block_size).
+    """
+    x_last = x.movedim(dim, -1)
+    n = x_last.shape[-1]
+    a, b = x_last[..., :, None], x_last[..., None, :]  # a = x_i, b = x_j
+    before = (b > a) if descending else (b < a)
+    idx = torch.arange(n, device=x.device)
+    ties = (b == a) & (idx[None, :] < idx[:, None])
+    rank = before.sum(-1) + ties.sum(-1)
+    order = torch.zeros_like(rank).scatter(-1, rank, idx.expand_as(rank).contiguous())
+    values = torch.gather(x_last, -1, order)
+    return values.movedim(-1, dim), order.movedim(-1, dim)
+
+
+def sparse_decompositions(mode: str) -> dict[Any, Callable[..., Any]]:
+    """How `edgecpm::infllmv2_attention` is lowered: "decompose" = its vectorized body in core ATen ops.
+
+    The body's stable sort (block selection) is itself decomposed, since ExecuTorch has no sort kernel.
+    """
     if mode == "decompose":
-        return {torch.ops.edgecpm.infllmv2_attention.default: _infllmv2_vectorized}
+        from ..runtime_kernels import infllmv2_decomposition  # the op's one definition
+
+        return {torch.ops.edgecpm.infllmv2_attention.default: infllmv2_decomposition,
+                torch.ops.aten.sort.stable: stable_sort_by_rank}
     raise EdgecpmError(f"sparse kernel mode {mode!r}; expected 'decompose'")
 
 
-def _infllmv2_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_size: int,
-                         kernel_stride: int, init_blocks: int, block_size: int, window_size: int, topk: int,
-                         dense_len: int) -> torch.Tensor:
-    """The op's body: `runtime_kernels.infllmv2_attention` (its one definition), vectorized implementation."""
-    from ..config import SparseConfig
-    from ..runtime_kernels import infllmv2_attention
+def _sparse_safe_configs() -> list[Any]:
+    """XNNPACK op configs for programs with the decomposed sparse op: no permute.
 
-    sparse = SparseConfig(kernel_size=kernel_size, kernel_stride=kernel_stride, init_blocks=init_blocks,
-                          block_size=block_size, window_size=window_size, topk=topk, dense_len=dense_len)
-    return infllmv2_attention(q, k, v, sparse, impl="vectorized")
+    The sparse body's layout permutes of KV-cache slices can end up as a pass-through delegate output,
+    which XNNPACK rejects ("Output node ... is already in the inputs"); the portable kernels run them.
+    """
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+
+    return [c for c in ALL_PARTITIONER_CONFIGS if c.__name__ != "PermuteConfig"]
 
 
 def lower_to_pte(module: nn.Module, max_seq_len: int, metadata: dict[str, Any], *, quantized: bool,
@@ -62,7 +87,8 @@ def lower_to_pte(module: nn.Module, max_seq_len: int, metadata: dict[str, Any], 
         ep = torch.export.export(module, example, dynamic_shapes=({1: seq}, None), strict=True)
     decomps = sparse_decompositions(sparse_mode) if has_sparse else {}
     ep = ep.run_decompositions(decomps)
-    partitioners = ([XnnpackDynamicallyQuantizedPartitioner()] if quantized else []) + [XnnpackPartitioner()]
+    partitioners = ([XnnpackDynamicallyQuantizedPartitioner()] if quantized else []) + [
+        XnnpackPartitioner(configs=_sparse_safe_configs()) if has_sparse else XnnpackPartitioner()]
     edge = to_edge_transform_and_lower(ep, partitioner=partitioners,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                        constant_methods=metadata)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import runtime_kernels  # noqa: F401  (registers torch.ops.edgecpm.infllmv2_attention)
 from ..config import ModelConfig, SparseConfig
 from ..errors import EdgecpmError
 from ..model import Model, RotaryEmbedding
@@ -80,7 +81,8 @@ class ETAttention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
+                total: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
@@ -89,10 +91,13 @@ class ETAttention(nn.Module):
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         torch.ops.llama.update_cache(k, self.k_cache, start)
         torch.ops.llama.update_cache(v, self.v_cache, start)
-        if self.sparse is None:
-            out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)
-        else:
+        mode = sparse_mode(self.sparse, self.max_context)
+        if mode == "sparse":
             out = self._sparse(q, start, s)
+        else:
+            out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)
+            if mode == "switch":  # dense while the context is shorter than dense_len, as published
+                out = torch.where(total < self.sparse.dense_len, out, self._sparse(q, start, s))
         out = out.reshape(b, s, self.num_heads * self.head_dim)
         if "o_gate" in self.projections:
             out = out * torch.sigmoid(self.o_gate(x))
@@ -103,10 +108,21 @@ class ETAttention(nn.Module):
         total = start + s
         k = self.k_cache[:, :total].transpose(1, 2)
         v = self.v_cache[:, :total].transpose(1, 2)
+        # dense_len = -1: the op body is always the sparse algorithm (the dense switch is done above)
         out = torch.ops.edgecpm.infllmv2_attention(
             q.transpose(1, 2), k, v, sc.kernel_size, sc.kernel_stride, sc.init_blocks, sc.block_size,
-            sc.window_size, sc.topk, sc.dense_len)
+            sc.window_size, sc.topk, -1)
         return out.transpose(1, 2)
+
+
+def sparse_mode(sparse: SparseConfig | None, max_context: int) -> str:
+    """How an InfLLM v2 layer is exported: "dense" when no context the program accepts reaches dense_len,
+    "sparse" when every context does, else "switch" (both, selected by the current length)."""
+    if sparse is None or max_context < sparse.dense_len:
+        return "dense"
+    if sparse.dense_len <= 1:
+        return "sparse"
+    return "switch"
 
 
 class ETDecoderLayer(nn.Module):
@@ -118,8 +134,9 @@ class ETDecoderLayer(nn.Module):
         self.post_norm = post_norm
         self.mlp = mlp
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int) -> torch.Tensor:
-        h = h + self.attn(self.input_norm(h), cos, sin, start)
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
+                total: torch.Tensor) -> torch.Tensor:
+        h = h + self.attn(self.input_norm(h), cos, sin, start, total)
         x = self.post_norm(h)
         return h + self.mlp["down_proj"](F.silu(self.mlp["gate_proj"](x)) * self.mlp["up_proj"](x))
 
@@ -148,6 +165,9 @@ class ETDecoder(nn.Module):
         for spec in cfg.layers:
             src = model.layers[str(spec.weight_layer)]
             sparse = cfg.sparse if spec.attention == "infllmv2" else None
+            if sparse is not None and sparse.use_nope:
+                raise EdgecpmError("InfLLM v2 with use_nope (block selection on pre-RoPE keys) has no "
+                                   "ExecuTorch op form yet; export a checkpoint with use_nope=false")
             if spec.weight_layer in shared:
                 proj, n1, n2, mlp = shared[spec.weight_layer]
                 attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj)
@@ -188,6 +208,7 @@ class ETDecoder(nn.Module):
         torch._check_is_size(start)
         torch._check(start + s <= self.max_context)
         positions = torch.arange(s) + input_pos[0]
+        total = input_pos[0] + s  # context length after this call, as a tensor (for the dense_len switch)
         cos, sin = self.cos_short[positions], self.sin_short[positions]
         if self.two_tables:
             use_long = (input_pos[0] + s) > self.switch_len
@@ -195,7 +216,7 @@ class ETDecoder(nn.Module):
             sin = torch.where(use_long, self.sin_long[positions], sin)
         h = self.embed(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, start)
+            h = layer(h, cos, sin, start, total)
         if not self.all_logits:
             h = h[:, -1, :]
         return self.lm_head(self.norm(h))
