@@ -27,6 +27,8 @@ from ..config import SparseConfig
 
 # eager prefill: queries per chunk, and queries sharing one gather of their blocks' union
 QUERY_CHUNK = 256
+SCORE_BYTES = 128 << 20
+UNION_LIMIT = 2  # share one gather per query block while its union is at most this many budgets
 
 
 def num_kernels(length: int, kernel_size: int, kernel_stride: int) -> int:
@@ -110,7 +112,8 @@ def select_blocks(scores: torch.Tensor, sp: SparseConfig) -> tuple[torch.Tensor,
 
 
 def _attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uidx: torch.Tensor,
-                   allowed: torch.Tensor, s: int, block_size: int, scale: float) -> torch.Tensor:
+                   allowed: torch.Tensor, s: int, block_size: int, scale: float,
+                   pos: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of query groups over gathered blocks.
 
     q `[B, Hkv, G, N, Qg, D]` (N groups of Qg consecutive queries), uidx `[B, Hkv, N, U]` block indices,
@@ -121,14 +124,21 @@ def _attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uidx: torc
     bs = block_size
     # token-level gather (indices past the end are clamped; the causal mask below hides them)
     tok = (uidx[..., None] * bs + torch.arange(bs, device=q.device)).clamp(max=s - 1)
-    tok = tok.view(b, hkv, n * u * bs, 1)
-    kg = torch.gather(k, 2, tok.expand(b, hkv, n * u * bs, d)).view(b, hkv, n, u * bs, d)
-    vg = torch.gather(v, 2, tok.expand(b, hkv, n * u * bs, d)).view(b, hkv, n, u * bs, d)
+    tok = tok.view(b, hkv, n * u * bs)
+    # row gathers (index_select copies whole rows, far cheaper than an element-wise gather)
+    if k.is_contiguous() and v.is_contiguous():
+        rows = (tok + torch.arange(b * hkv, device=q.device).view(b, hkv, 1) * s).reshape(-1)
+        kg, vg = k.view(b * hkv * s, d).index_select(0, rows), v.view(b * hkv * s, d).index_select(0, rows)
+    else:  # a slice of a bigger cache: gather per (batch, KV head) instead of copying the cache
+        kg = torch.stack([torch.stack([k[i, h].index_select(0, tok[i, h]) for h in range(hkv)]) for i in range(b)])
+        vg = torch.stack([torch.stack([v[i, h].index_select(0, tok[i, h]) for h in range(hkv)]) for i in range(b)])
+    kg, vg = kg.view(b, hkv, n, u * bs, d), vg.view(b, hkv, n, u * bs, d)
     qq = q.permute(0, 1, 3, 2, 4, 5).reshape(b, hkv, n, g * qg, d)
     att = torch.matmul(qq.float(), kg.float().transpose(-1, -2)).view(b, hkv, n, g, qg, u * bs) * scale
     # token mask: the block was chosen by this query and the key is not in its future
-    t_total = n * qg
-    pos = (torch.arange(t_total, device=q.device) + (s - t_total)).view(n, qg)
+    if pos is None:  # the groups are the last n * qg positions
+        t_total = n * qg
+        pos = (torch.arange(t_total, device=q.device) + (s - t_total)).view(n, qg)
     keypos = (uidx[..., None] * bs + torch.arange(bs, device=q.device)).view(b, hkv, n, 1, u * bs)
     ok = allowed[..., None].expand(b, hkv, n, qg, u, bs).reshape(b, hkv, n, qg, u * bs)
     ok = ok & (keypos <= pos[None, None, :, :, None])
@@ -152,9 +162,22 @@ def sparse_attention_traced(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     return out.reshape(b, hq, t, d)
 
 
-def _sparse_chunk_union(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor, s: int,
+def _attend_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uidx: torch.Tensor, allowed: torch.Tensor,
+                    s: int, block_size: int, scale: float, pos: torch.Tensor) -> torch.Tensor:
+    """`_attend_groups` over batches of groups, each batch's gathered keys and scores about SCORE_BYTES."""
+    b, hkv, g, n, qg, d = q.shape
+    u = uidx.shape[-1]
+    per_group = b * hkv * u * block_size * 4 * (g * qg + 2 * d)
+    step = max(1, SCORE_BYTES // max(per_group, 1))
+    return torch.cat([_attend_groups(q[:, :, :, i:i + step], k, v, uidx[:, :, i:i + step], allowed[:, :, i:i + step],
+                                     s, block_size, scale, pos[i:i + step]) for i in range(0, n, step)], dim=3)
+
+
+def _sparse_chunk_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor, s: int,
                         sp: SparseConfig, scale: float, score_q: torch.Tensor) -> torch.Tensor:
-    """Eager prefill chunk: each query block gathers the union of its queries' blocks once."""
+    """Eager prefill chunk. When the queries of a 64-query block mostly agree on their blocks, the block's
+    union is gathered once and shared (a block-sparse matmul); when they disagree (union much larger than
+    the budget), each query gathers its own blocks, so the cost stays bounded by the budget either way."""
     b, hq, t, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv
@@ -171,12 +194,18 @@ def _sparse_chunk_union(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: t
     sel_g = F.pad(sel, (0, 0, front, 0)).view(b, hkv, n, qg_size, nb)
     union = sel_g.any(3)
     u = int(union.sum(-1).max())
+    if u > UNION_LIMIT * idx.shape[-1]:
+        pos = (torch.arange(t, device=q.device) + (s - t)).view(t, 1)
+        out = _attend_batched(q.view(b, hkv, g, t, 1, d), k, v, idx, valid[:, :, :, None, :], s, sp.block_size,
+                              scale, pos)
+        return out.reshape(b, hq, t, d)
     _, uidx = torch.sort(union.to(torch.int8), dim=-1, descending=True, stable=True)
     uidx = uidx[..., :u]
     allowed = torch.gather(sel_g, -1, uidx[:, :, :, None, :].expand(b, hkv, n, qg_size, u))
     # padded rows get positions before the chunk; they are computed (possibly as NaN rows) and dropped
     qp = F.pad(q, (0, 0, front, 0)).view(b, hkv, g, n, qg_size, d)
-    out = _attend_groups(qp, k, v, uidx, allowed, s, sp.block_size, scale)
+    pos = (torch.arange(n * qg_size, device=q.device) + (s - n * qg_size)).view(n, qg_size)
+    out = _attend_batched(qp, k, v, uidx, allowed, s, sp.block_size, scale, pos)
     return out.reshape(b, hkv, g, n * qg_size, d)[:, :, :, front:].reshape(b, hq, t, d)
 
 
@@ -205,7 +234,7 @@ def infllmv2_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: S
         end = min(t, start + QUERY_CHUNK)
         # the chunk's queries are the last (end) positions of a context of s - t + end keys
         s_c = s - t + end
-        outs.append(_sparse_chunk_union(q[:, :, start:end], k[:, :, :s_c], v[:, :, :s_c],
+        outs.append(_sparse_chunk_eager(q[:, :, start:end], k[:, :, :s_c], v[:, :, :s_c],
                                         ck[:, :, :num_kernels(s_c, sp.kernel_size, sp.kernel_stride)],
                                         s_c, sp, scale, score_q[:, :, start:end]))
     return torch.cat(outs, dim=2)

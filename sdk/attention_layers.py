@@ -97,7 +97,8 @@ class LightningAttention(nn.Module):
         self.use_rope = spec.use_rope
         self.rope_theta = config.rope_theta
         self.scale = lc.head_dim ** -0.5
-        self.register_buffer("log_decay", sala_log_decay(lc.num_heads), persistent=False)
+        # not a buffer: the model is built on the meta device and `to_empty` would leave a buffer uninitialized
+        self._log_decay: torch.Tensor | None = None
 
     def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
         from .model import apply_rotary
@@ -123,7 +124,9 @@ class LightningAttention(nn.Module):
         start = cache.length if cache is not None else 0
         if self.use_rope:
             q, k = self._rope(q, start), self._rope(k, start)
-        log_decay = self.log_decay.to(q.device)
+        if self._log_decay is None or self._log_decay.device != q.device:
+            self._log_decay = sala_log_decay(self.num_heads).to(q.device)
+        log_decay = self._log_decay
         if cache is not None:
             state = cache.layers[layer_index].extras.setdefault("lightning", LightningState())
             out = state.run(q, k, v, log_decay, self.scale)

@@ -54,10 +54,14 @@ def test_vectorized_matches_reference(g: int, s: int, t: int) -> None:
         assert (out - dense_attention(q, k, v)).abs().max().item() > 1e-2
 
 
-def test_vectorized_chunked_prefill_and_batch(monkeypatch) -> None:
-    """Eager prefill walks queries in chunks and shares gathers per query block; batch > 1 too."""
+@pytest.mark.parametrize("union_limit", [0, 100])
+def test_vectorized_chunked_prefill_and_batch(monkeypatch, union_limit: int) -> None:
+    """Eager prefill walks queries in chunks, in score batches, with per-query gathers (limit 0) or one
+    shared gather per query block (limit 100); batch > 1 too."""
     monkeypatch.setattr(vec, "QUERY_CHUNK", 48)
-    q, k, v = _inputs(4, 400, 200, b=2, seed=7)
+    monkeypatch.setattr(vec, "SCORE_BYTES", 1)  # one query group per score batch
+    monkeypatch.setattr(vec, "UNION_LIMIT", union_limit)
+    q, k, v = _inputs(4, 400, 150, b=2, seed=7)
     ref = infllmv2_reference(q, k, v, SMALL)
     assert (vec.infllmv2_vectorized(q, k, v, SMALL) - ref).abs().max().item() < TOL
 
