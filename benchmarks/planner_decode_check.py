@@ -8,8 +8,9 @@
    `--runs` times; decode tokens/s = 1 / the 10th-percentile step (the profiler's calibration statistic: on a
    shared machine a preempted step is only ever slower) and, for reference, 1 / the median step.
 
-Each of `--rounds` rounds is one profile run followed at once by the fresh measurements, so a change of load
-on the shared machine between calibration and check stays small.
+Each of `--rounds` rounds runs, per backend, one `edgecpm.profile` of the default model on that backend and
+then at once the fresh measurement, so a change of load on the shared machine between calibration and check
+stays small.
 
 Prints a Markdown table (predicted, measured, ratio, pass/fail) and writes JSON to `--json-out`. The model was
 never seen by the calibration (different size, vocabulary, architecture), so this is an out-of-sample check.
@@ -72,7 +73,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="profile + fresh measurement rounds")
     ap.add_argument("--runs", type=int, default=3, help="decode runs per fresh measurement")
     ap.add_argument("--context", type=int, default=256)
-    ap.add_argument("--decode-tokens", type=int, default=16)
+    ap.add_argument("--decode-tokens", type=int, default=32, help="in the profile run and the check")
     ap.add_argument("--threads", type=int, default=None, help="default: the host's free cores at start")
     ap.add_argument("--backends", default="torch,llama.cpp")
     ap.add_argument("--json-out", default=None)
@@ -97,9 +98,19 @@ def main() -> int:
         targets.append(("llama.cpp", gguf_dir))
     rows = []
     for rnd in range(args.rounds):
-        with tempfile.TemporaryDirectory() as tmp:  # the calibration itself is stored for `plan --device host`
-            edgecpm.profile(None, device="host", out=tmp, threads=threads, progress=True)
         for backend, path in targets:
+            # one profile run of the default model on this backend, then the check at once: the load of a
+            # shared machine changes within minutes, so calibration and check stay seconds apart
+            with tempfile.TemporaryDirectory() as tmp:  # the calibration itself is stored for `plan`
+                edgecpm.profile(
+                    None,
+                    device="host",
+                    out=tmp,
+                    threads=threads,
+                    backends=[backend],
+                    decode_tokens=args.decode_tokens,
+                    progress=True,
+                )
             quant = "f32" if backend == "torch" else None  # what the torch backend runs by default
             plan = edgecpm.plan(path, "host", context=args.context, backend=backend, quant=quant, threads=threads)
             if plan.choice is None:

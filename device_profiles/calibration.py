@@ -102,6 +102,7 @@ def stored_coefficients(calibration: dict[str, Any] | None, backend: str, quant:
         c["runtime_bytes"],
         f"calibrated on this host ({entry.get('measured_at', '?')}, {entry.get('model', '?')},"
         f" {entry.get('quant', '?')})",
+        c.get("attention_efficiency"),
     )
 
 
@@ -121,9 +122,14 @@ def fit_coefficients(
 
     decode: (context, seconds per token); prefill: (prompt tokens, seconds). The per-layer overhead comes from
     a separate measurement (a tiny model with the same layer count, where bytes are negligible). The compute
-    efficiency is the median over the prefill points; the bandwidth efficiency is then the median of
-    bytes / ((t - overhead - attention compute) * BW) over the decode points.
+    efficiency is the median over the prefill points. Decode time minus overhead is then fitted by least
+    squares as `a * bytes / BW + b * attention_flops / peak` over the context lengths (the context slope is
+    the attention cost, which on a CPU is far above its bytes): bandwidth efficiency 1/a, attention
+    efficiency 1/b. With a single context, or a non-physical fit (noise), the attention efficiency falls back
+    to the prefill compute efficiency and the bandwidth efficiency is the median of the per-point inversions.
     """
+    import numpy as np
+
     base = default_coefficients(backend, "cpu")
     layer_ovh = base.layer_overhead_s if layer_overhead_s is None else layer_overhead_s
     fixed = config.num_layers * layer_ovh
@@ -134,19 +140,32 @@ def fit_coefficients(
             flops = prefill_flops(config, prompt, sparse)
             ceffs.append(flops / (max(seconds - fixed, 1e-6) * peak_gflops * 1e9))
     c_eff = statistics.median(ceffs) if ceffs else base.compute_efficiency
-    effs = []
-    for context, seconds in decode:
-        moved = weight_sizes(config, q).streamed_bytes + kv_read_bytes(config, context, q.kv_bytes, sparse)
-        attn = 0.0
-        if attention_peak_gflops:
-            attn = decode_attention_flops(config, context, sparse) / (attention_peak_gflops * 1e9 * c_eff)
-        effs.append(moved / (max(seconds - fixed - attn, 1e-6) * bandwidth_gbs * 1e9))
-    bw_eff = statistics.median(effs) if effs else base.bandwidth_efficiency
+    streamed = weight_sizes(config, q).streamed_bytes
+    x_bytes = np.array(
+        [(streamed + kv_read_bytes(config, c, q.kv_bytes, sparse)) / (bandwidth_gbs * 1e9) for c, _ in decode]
+    )
+    x_attn = np.array(
+        [
+            decode_attention_flops(config, c, sparse) / (attention_peak_gflops * 1e9) if attention_peak_gflops else 0.0
+            for c, _ in decode
+        ]
+    )
+    y = np.array([max(t - fixed, 1e-6) for _, t in decode])
+    attn_eff: float | None = None
+    bw_eff = base.bandwidth_efficiency
+    if len({c for c, _ in decode}) >= 2 and attention_peak_gflops:
+        (a, b), *_ = np.linalg.lstsq(np.stack([x_bytes, x_attn], axis=1), y, rcond=None)
+        if a > 0 and b > 0:
+            bw_eff, attn_eff = 1.0 / a, 1.0 / b
+    if attn_eff is None and len(y):
+        attn = x_attn / c_eff
+        bw_eff = float(np.median(x_bytes / np.maximum(y - attn, 1e-6)))
     return BackendCoefficients(
-        round(bw_eff, 4),
+        round(float(bw_eff), 4),
         round(c_eff, 4),
         layer_ovh,
         0.0,
         runtime_bytes if runtime_bytes is not None else base.runtime_bytes,
         f"calibrated on this host ({time.strftime('%Y-%m-%d')})",
+        None if attn_eff is None else round(float(attn_eff), 5),
     )

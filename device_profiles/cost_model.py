@@ -119,6 +119,7 @@ class BackendCoefficients:
     token_overhead_s: float  # per forward call (sampling glue, logits copy)
     runtime_bytes: float  # resident runtime (libraries, allocator pools) besides weights and KV
     source: str = "default (rule of thumb, not measured)"
+    attention_efficiency: float | None = None  # decode attention vs peak (None: compute_efficiency)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -303,7 +304,8 @@ def decode_seconds(
     moved = weight_sizes(config, q).streamed_bytes + kv_read_bytes(config, context, q.kv_bytes, sparse)
     seconds = moved / (bandwidth_gbs * 1e9 * coeffs.bandwidth_efficiency)
     if peak_gflops:
-        seconds += decode_attention_flops(config, context, sparse) / (peak_gflops * 1e9 * coeffs.compute_efficiency)
+        eff = coeffs.attention_efficiency or coeffs.compute_efficiency
+        seconds += decode_attention_flops(config, context, sparse) / (peak_gflops * 1e9 * eff)
     return seconds + config.num_layers * coeffs.layer_overhead_s + coeffs.token_overhead_s, moved
 
 
@@ -322,6 +324,17 @@ def prefill_seconds(
     t_memory = weight_sizes(config, q).streamed_bytes / (bandwidth_gbs * 1e9 * coeffs.bandwidth_efficiency)
     bound = "compute" if t_compute >= t_memory else "memory"
     return max(t_compute, t_memory) + config.num_layers * coeffs.layer_overhead_s, bound
+
+
+def compute_key(device: DeviceProfile, backend: str, q: QuantSpec) -> str:
+    """Which peak rate bounds this backend's matmuls.
+
+    The host's rates are torch GEMM measurements; a C++ runtime's kernels relate to those only through its
+    calibrated efficiency, so on the host every non-torch backend is referred to the fp32 rate.
+    """
+    if device.name == "host" and backend != "torch":
+        return "fp32_gflops"
+    return q.compute
 
 
 def predict(
@@ -362,7 +375,7 @@ def predict(
             coeffs,
             notes,
         )
-    peak = device.peak_compute(q.compute)
+    peak = device.peak_compute(compute_key(device, backend, q))
     attn_peak = device.peak_compute("fp32_gflops") if device.engine == "cpu" else None
     t_dec, moved = decode_seconds(config, q, context, sparse, bw, coeffs, attn_peak)
     t_dense, _ = decode_seconds(config, q, context, False, bw, coeffs, attn_peak)

@@ -15,6 +15,7 @@ The JSON form (`Plan.to_dict`, schema `edgecpm.plan/1`) is documented in docs/pl
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -246,13 +247,38 @@ def resolve_model(model: Any) -> ModelInfo:
 
 
 def _coefficients(device: DeviceProfile, backend: str, quant: str) -> Any:
-    if device.name == "host":
-        from .calibration import load_calibration, stored_coefficients
+    """Calibrated coefficients on a profiled host, else the rules of thumb.
 
-        stored = stored_coefficients(load_calibration(device.extra.get("host_id", "")), backend, quant)
-        if stored is not None:
-            return stored
-    return default_coefficients(backend, device.engine)
+    On a host where some backends were measured, an unmeasured backend's defaults are scaled by how far the
+    measured ones (C++ runtimes for a C++ runtime, when there are any) fell short of or beat their own
+    defaults, so a busy or slow host does not make the unmeasured backends look better than the measured ones.
+    """
+    base = default_coefficients(backend, device.engine)
+    if device.name != "host":
+        return base
+    from .calibration import load_calibration, stored_coefficients
+
+    calibration = load_calibration(device.extra.get("host_id", ""))
+    stored = stored_coefficients(calibration, backend, quant)
+    if stored is not None:
+        return stored
+    entries = (calibration or {}).get("backends", {})
+    native = {"llama.cpp", "executorch", "onnxruntime"}  # C++ runtimes resemble each other more than torch
+    family = {k: v for k, v in entries.items() if (k.split("/")[0] in native) == (backend in native)}
+    bw, ce = [], []
+    for key, entry in (family or entries).items():
+        other = default_coefficients(key.split("/")[0], device.engine)
+        bw.append(entry["coefficients"]["bandwidth_efficiency"] / other.bandwidth_efficiency)
+        ce.append(entry["coefficients"]["compute_efficiency"] / other.compute_efficiency)
+    if not bw:
+        return base
+    fb, fc = statistics.median(bw), statistics.median(ce)
+    return replace(
+        base,
+        bandwidth_efficiency=base.bandwidth_efficiency * fb,
+        compute_efficiency=base.compute_efficiency * fc,
+        source=f"default scaled by this host's calibration of other backends (x{fb:.2f} bandwidth, x{fc:.2f} compute)",
+    )
 
 
 def _attention(config: ModelConfig, context: int, sparse: bool | None) -> tuple[dict[str, Any], bool]:

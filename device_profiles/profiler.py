@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import EdgecpmError
 from ..progress import progress_bar
 from .calibration import fit_coefficients, save_coefficients
-from .cost_model import FORMAT_QUANTS, QuantSpec, default_coefficients, predict
+from .cost_model import FORMAT_QUANTS, QuantSpec, compute_key, default_coefficients, predict
 from .host import probe, profile_from_probe
 from .planner import ModelInfo, resolve_model
 
@@ -354,7 +354,7 @@ def _calibrate(
         q = measured_quant(info, name, dtype)
         rows = r["timings"]
         before = default_coefficients(name, "cpu")
-        peak = hprofile.peak_compute(q.compute)
+        peak = hprofile.peak_compute(compute_key(hprofile, name, q))
         kv_est = predict(config, q, name, hprofile, max(contexts), max(contexts), before)
         # what the process held beyond weights, KV and buffers; the interpreter baseline counts for torch only
         # (a C++ runtime does not need Python, and the baseline may hold the previous backend's leftovers)

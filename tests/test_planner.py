@@ -171,3 +171,21 @@ def test_host_plan_uses_stored_calibration(tmp_path, monkeypatch):
     calibration_path(data["host_id"]).write_text("{not json")
     with pytest.raises(EdgecpmError, match="corrupt"):
         edgecpm.plan("minicpm4-0.5b", "host")
+
+
+def test_calibration_fit_recovers_known_coefficients():
+    """Timings generated from known efficiencies (by hand, not by the cost model) are inverted exactly."""
+    from edgecpm.device_profiles.calibration import fit_coefficients
+
+    config = preset_config("minicpm4-0.5b")
+    q = FORMAT_QUANTS["hf"]["f32"]
+    bw, peak, bw_eff, attn_eff, ovh = 20.0, 50.0, 0.6, 0.2, 1e-4
+    streamed = 4 * (24 * (3 * 1024 * 4096 + 2 * 1024 * 1024 + 2 * 1024 * 128) + 73448 * 1024 + 1024)
+    decode = []
+    for c in (128, 512, 1024):
+        kv = 2 * 24 * 2 * 64 * 4 * c
+        flops = 4 * 24 * 16 * 64 * c
+        decode.append((c, (streamed + kv) / (bw * 1e9 * bw_eff) + flops / (peak * 1e9 * attn_eff) + 24 * ovh))
+    fit = fit_coefficients(config, q, "torch", bw, peak, decode, [], ovh, None, peak)
+    assert fit.bandwidth_efficiency == pytest.approx(bw_eff, rel=1e-3)
+    assert fit.attention_efficiency == pytest.approx(attn_eff, rel=1e-3)
