@@ -125,11 +125,14 @@ def llamacpp_quantize(src: str, dst: str, ftype_name: str, threads: int | None =
         raise EdgecpmError("K-quants are produced by llama.cpp's quantizer: pip install llama-cpp-python") \
             from None
     from llama_cpp import _logger
+    from llama_cpp._utils import suppress_stdout_stderr
 
     _logger.set_verbose(False)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, ftype_name)
     params.nthread = int(threads or 0)
-    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
+    # its per-tensor "falling back to ..." notes go straight to stderr; the manifest's tensor_types records them
+    with suppress_stdout_stderr(disable=False):
+        rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     if rc != 0:
         raise EdgecpmError(f"llama.cpp's quantizer failed ({ftype_name}, return code {rc})")
