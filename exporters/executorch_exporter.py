@@ -52,11 +52,13 @@ def runner_metadata(config: ModelConfig, max_seq_len: int, max_context_len: int)
 def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True, *,
            max_seq_len: int = DEFAULT_MAX_SEQ_LEN, max_context_len: int | None = None, group_size: int = 32,
            embedding_bits: int | None = None, all_logits: bool = False, hqq: bool = True,
-           sparse_kernel: str = "decompose", **unknown: Any) -> Manifest:
+           sparse_kernel: str = "decompose", threads: int | None = None, **unknown: Any) -> Manifest:
     """Export `src` (HF checkpoint dir or .gguf) to an ExecuTorch artifact folder `out`."""
     if unknown:
         raise EdgecpmError(f"unknown ExecuTorch export option(s): {', '.join(sorted(unknown))}")
     quant = quant or "fp32"
+    if threads:
+        torch.set_num_threads(int(threads))
     if quant not in QUANTS:
         raise EdgecpmError(f"unknown quant {quant!r} for executorch; expected one of {', '.join(QUANTS)}")
     src_path, out_path = Path(src), Path(out)

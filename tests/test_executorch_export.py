@@ -170,3 +170,32 @@ def test_runner_tokenizer_knows_minicpm_special_tokens(artifact: Path, reference
     assert sp.get_piece_size() == reference.config.vocab_size
     for text, tid in reference.tokenizer.special_tokens.items():
         assert sp.id_to_piece(tid) == text
+
+
+def test_cli_export_and_package_android(artifact: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """`edgecpm package android`: the app's files, checksummed, loadable by the stock kernels; atomic."""
+    import hashlib
+    import json
+
+    from edgecpm.cli import main
+
+    out = tmp_path / "bundle"
+    assert main(["package", "android", str(artifact), "--out", str(out), "--json"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["edgecpm.json", "model.pte", "push.sh", "tokenizer.model"]
+    data = json.loads((out / "edgecpm.json").read_text())
+    android = data["extra"]["android"]
+    files = android["files"]
+    assert files["model"]["sha256"] == hashlib.sha256((artifact / "model.pte").read_bytes()).hexdigest()
+    assert files["tokenizer"]["name"] == "tokenizer.model"
+    assert android["eos_ids"] == list(edgecpm.load(checkpoint).config.eos_token_ids)
+    assert android["special_tokens"]["<|im_end|>"] == android["eos_ids"][1]
+    assert "adb push" in (out / "push.sh").read_text()
+    # the bundle is itself a loadable executorch artifact
+    assert edgecpm.load(out).backend.name == "executorch"
+    # a non-executorch artifact or a foreign folder is refused, nothing written
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("x")
+    assert main(["package", "android", str(artifact), "--out", str(tmp_path / "foreign")]) == 2
+    assert main(["package", "android", str(checkpoint), "--out", str(tmp_path / "b2")]) == 2
+    assert not (tmp_path / "b2").exists()
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -1,0 +1,123 @@
+"""The on-phone bundle of an ExecuTorch artifact: exactly the files the Android demo app pushes and opens.
+
+ExecuTorch's Android `LlmModule(modulePath, tokenizerPath, temperature)` needs a `.pte` and the tokenizer file
+its C++ runner loads; the app also reads `edgecpm.json` (prompt template, stop tokens, limits). The bundle
+folder holds those three files plus `push.sh` (the `adb push` to the app's model folder). Before anything is
+written the program is loaded by the ExecuTorch runtime with only the kernel libraries the stock Android
+library links (XNNPACK, `llama::*` cache/SDPA ops, `quantized_decomposed::*`), so a program the phone cannot
+run is refused here rather than on the device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import EdgecpmError
+from .manifest import read_manifest, write_json_atomic
+
+DEVICE_DIR = "/data/local/tmp/edgecpm"
+RUNNER_TOKENIZERS = ("tokenizer.json", "tokenizer.model", "tokenizer.bin")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_loads(pte: Path) -> None:
+    """Load `forward` with the stock kernel set; missing operators mean the phone cannot run it either."""
+    from executorch.runtime import Runtime
+
+    from .executorch_lower import import_runtime_ops
+
+    import_runtime_ops()
+    try:
+        Runtime.get().load_program(pte).load_method("forward")
+    except (RuntimeError, ValueError) as exc:
+        raise EdgecpmError(f"{pte} does not load with ExecuTorch's stock kernels ({exc}); the Android "
+                           "library could not run it") from None
+
+
+def package_android(artifact: str | Path, out: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Write the bundle for `artifact` into `out` (replaced only when complete); return its manifest dict
+    (the app's section is `extra["android"]`)."""
+    src, dst = Path(artifact), Path(out)
+    manifest = read_manifest(src)
+    if manifest.format != "executorch":
+        raise EdgecpmError(f"{src} is a {manifest.format} artifact; the Android app runs ExecuTorch artifacts "
+                           "(export with --format executorch)")
+    pte = src / manifest.model_files[0]
+    if not pte.is_file():
+        raise EdgecpmError(f"ExecuTorch program {pte} is missing")
+    tok_name = next((t for t in manifest.tokenizer_files if t in RUNNER_TOKENIZERS), None)
+    if tok_name is None or not (src / tok_name).is_file():
+        raise EdgecpmError(f"{src} has no tokenizer file ExecuTorch's runner loads ({', '.join(RUNNER_TOKENIZERS)})")
+    if dst.exists() and (not dst.is_dir() or (any(dst.iterdir()) and not (dst / "edgecpm.json").is_file())):
+        raise EdgecpmError(f"output {dst} exists and is not an earlier Android bundle; refusing to replace it")
+    if verify:
+        verify_loads(pte)
+
+    from executorch.version import __version__ as et_version
+
+    config = manifest.model_config
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        files = {"model": "model.pte", "tokenizer": tok_name}
+        shutil.copyfile(pte, tmp / "model.pte")
+        shutil.copyfile(src / tok_name, tmp / tok_name)
+        tokenizer = _tokenizer_info(src, config)
+        android = {
+            "device_dir": DEVICE_DIR,
+            "files": {role: {"name": name, "bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                      for role, name in files.items()},
+            "executorch_version": et_version,  # the AAR must match: .pte files are not forward compatible
+            "max_seq_len": manifest.extra.get("max_seq_len"),
+            "max_context_len": manifest.extra.get("max_context_len"),
+            "bos_id": config.bos_token_id,
+            "eos_ids": list(config.eos_token_ids),
+            **tokenizer,
+        }
+        data = {**_manifest_dict(manifest), "model_files": ["model.pte"], "tokenizer_files": [tok_name]}
+        data["extra"] = {**data["extra"], "android": android}  # the bundle stays a loadable artifact
+        write_json_atomic(tmp / "edgecpm.json", data)
+        names = " ".join(["model.pte", tok_name, "edgecpm.json"])
+        (tmp / "push.sh").write_text(
+            "#!/bin/sh\n# Push this bundle to the folder the edgecpm Android app reads.\nset -e\n"
+            f'cd "$(dirname "$0")"\nadb shell mkdir -p {DEVICE_DIR}\n'
+            f"for f in {names}; do adb push \"$f\" {DEVICE_DIR}/; done\n", encoding="utf-8")
+        os.chmod(tmp / "push.sh", 0o755)
+        old = None
+        if dst.exists():
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
+        os.replace(tmp, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return data
+
+
+def _manifest_dict(manifest: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(manifest)
+
+
+def _tokenizer_info(src: Path, config: Any) -> dict[str, Any]:
+    """Chat template and special-token ids the app needs to build prompts and stop."""
+    from ..tokenizer import load_tokenizer_dir
+
+    tok = load_tokenizer_dir(src, bos_id=config.bos_token_id, eos_ids=config.eos_token_ids)
+    return {"chat_template": tok.chat_template, "add_bos": tok.add_bos,
+            "special_tokens": dict(sorted(tok.special_tokens.items(), key=lambda kv: kv[1]))}
