@@ -5,7 +5,8 @@ and one prefill chunk (the last `--chunk` queries of an S-token prefill). "dense
 vectorized code with a budget covering every block (the issue's baseline); "dense SDPA" is torch's fused dense
 attention for decode. Ratios are taken within one run; each timing is the median of `--runs`.
 
-    python benchmarks/kernels_attention.py --lengths 8192 16384 32768 65536 --runs 5
+    python benchmarks/kernels_attention.py --lengths 8192 16384 32768 65536 --runs 7 --threads 1
+    python benchmarks/kernels_attention.py --device cuda --impl triton      # on a GPU
 """
 
 from __future__ import annotations
@@ -51,10 +52,13 @@ def bench_length(s: int, sp: SparseConfig, args: argparse.Namespace, dev: torch.
                 torch.cuda.synchronize()
         return median_time(call, runs)
 
-    dec_sparse = timed(lambda: infllmv2_vectorized(q1, k, v, sp, ck=ck), args.runs)
+    sparse_fn = infllmv2_vectorized
+    if args.impl == "triton":
+        from edgecpm.runtime_kernels.infllmv2_triton import infllmv2_triton as sparse_fn
+    dec_sparse = timed(lambda: sparse_fn(q1, k, v, sp, ck=ck), args.runs)
     dec_dense_same = timed(lambda: infllmv2_vectorized(q1, k, v, all_blocks, ck=ck), args.runs)
     dec_sdpa = timed(lambda: dense_attention(q1, k, v), args.runs)
-    pre_sparse = timed(lambda: infllmv2_vectorized(qc, k, v, sp, ck=ck), args.prefill_runs)
+    pre_sparse = timed(lambda: sparse_fn(qc, k, v, sp, ck=ck), args.prefill_runs)
     pre_dense_same = timed(lambda: infllmv2_vectorized(qc, k, v, all_blocks, ck=ck), args.prefill_runs)
     return {"S": s, "decode_sparse_ms": dec_sparse * 1e3, "decode_dense_same_path_ms": dec_dense_same * 1e3,
             "decode_dense_sdpa_ms": dec_sdpa * 1e3, "decode_speedup_vs_same_path": dec_dense_same / dec_sparse,
@@ -71,6 +75,8 @@ def main() -> None:
     ap.add_argument("--prefill-runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--impl", choices=["vectorized", "triton"], default="vectorized",
+                    help="implementation timed as 'sparse' (the dense baselines stay the same)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -91,7 +97,8 @@ def main() -> None:
                   f"{row['prefill_dense_same_path_ms']:8.1f} ms ({row['prefill_speedup_vs_same_path']:.1f}x)",
                   flush=True)
     if args.json:
-        print(json.dumps({"device": str(dev), "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        print(json.dumps({"device": str(dev), "impl": args.impl, "threads": torch.get_num_threads(), "rows": rows},
+                         indent=2))
 
 
 if __name__ == "__main__":
