@@ -28,7 +28,7 @@ from edgecpm.weights import open_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 TEXT = ROOT / "tests" / "data" / "wikitext2_test_excerpt.txt"
 
-ONNX_VARIANTS = [  # (label, quant, block_size, accuracy_level)
+ONNX_VARIANTS = [  # (label, quant, block_size, accuracy_level[, lm_head_bits])
     ("onnx fp32", "fp32", 32, 0),
     ("onnx fp16", "fp16", 32, 0),
     ("onnx int8 (block 32)", "int8", 32, 0),
@@ -37,6 +37,7 @@ ONNX_VARIANTS = [  # (label, quant, block_size, accuracy_level)
     ("onnx int4 (block 32, acc 4) [default]", "int4", 32, 4),
     ("onnx int4 (block 128, K=576 padded)", "int4", 128, 0),
     ("onnx int4 (block 128, acc 4)", "int4", 128, 4),
+    ("onnx int4 (block 32, acc 4, 4-bit head)", "int4", 32, 4, 4),
 ]
 GGUF_VARIANTS = ["f32", "q8_0", "q4_0"]
 
@@ -74,10 +75,11 @@ def main() -> None:
     print(f"SmolLM2-135M ({src.name}), {len(wins)} windows x {args.window} tokens = {len(ref)} positions")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for label, quant, block, acc in ONNX_VARIANTS:
+        for label, quant, block, acc, *head in ONNX_VARIANTS:
             out = Path(tmp) / label.replace(" ", "_")
             t0 = time.perf_counter()
-            export(src, out, quant, progress=False, block_size=block, accuracy_level=acc)
+            export(src, out, quant, progress=False, block_size=block, accuracy_level=acc,
+                   lm_head_bits=head[0] if head else None)
             dt = time.perf_counter() - t0
             backend = OnnxBackend(out / "model.onnx", config)
             got = np.concatenate([backend.prefill(w, all_logits=True) for w in wins])

@@ -166,3 +166,37 @@ def test_interrupted_export_leaves_nothing(tiny_tied: Path, tmp_path: Path, monk
     with pytest.raises(KeyboardInterrupt):
         export(tiny_tied, tmp_path / "out", "int4", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_onnx_and_errors(tiny_tied: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgecpm.cli import main
+
+    out = tmp_path / "cli_int4"
+    rc = main(
+        [
+            "export",
+            str(tiny_tied),
+            "--format",
+            "onnx",
+            "--quant",
+            "int4",
+            "--out",
+            str(out),
+            "--option",
+            "block_size=64",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "onnx" and info["quant"] == "int4" and info["extra"]["block_size"] == 64
+    assert edgecpm.load(out).backend.name == "onnxruntime"
+    rc = main(["export", str(tiny_tied), "--format", "onnx", "--quant", "int3", "--out", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "int3" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_threads_reach_the_session(tied_fp32: Path) -> None:
+    lm = edgecpm.load(tied_fp32, threads=1)
+    assert lm.backend.session.get_session_options().intra_op_num_threads == 1

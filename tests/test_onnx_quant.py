@@ -91,3 +91,33 @@ def test_int4_graph_uses_matmulnbits(tiny_tied: Path, tmp_path: Path) -> None:
     assert {a.i for n in nbits for a in n.attribute if a.name == "block_size"} == {64}
     inits = {t.name: t for t in model.graph.initializer}
     assert all(inits[n.input[1]].data_type == TensorProto.UINT8 for n in nbits)
+
+
+def _kl_top1(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64) - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(got)
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean()), float((ref.argmax(-1) == got.argmax(-1)).mean())
+
+
+@pytest.mark.slow
+def test_smollm2_int4_quantizes_as_well_as_llamacpp_q4_0(smollm2_path: Path, wikitext: str, tmp_path: Path) -> None:
+    """Real weights (SmolLM2-135M, hidden 576), 512 positions of real text, default int4 export vs the same
+    weights quantized by edgecpm's GGUF exporter to q4_0 and run by llama.cpp; reference = fp32 torch."""
+    import edgecpm
+
+    config, source = open_checkpoint(smollm2_path)
+    lm = edgecpm.load(smollm2_path)
+    ids = lm.tokenizer.encode(wikitext)[:512]
+    with torch.no_grad():
+        ref = Model.from_source(config, source)(torch.as_tensor(ids)[None])[0].numpy()
+    export(smollm2_path, tmp_path / "onnx", "int4", progress=False)  # defaults: block 32, acc 4, int8 head
+    onnx_logits = OnnxBackend(tmp_path / "onnx" / "model.onnx", config).prefill(ids, all_logits=True)
+    art = edgecpm.export(smollm2_path, format="gguf", out=tmp_path / "gguf", quant="q4_0", progress=False)
+    llama = edgecpm.load(art.model_file, backend="llama.cpp").backend.prefill(ids, all_logits=True)
+    kl_onnx, top1_onnx = _kl_top1(ref, onnx_logits)
+    kl_q4, top1_q4 = _kl_top1(ref, llama)
+    assert kl_q4 > 0.01  # q4_0 really is lossy on this model
+    assert kl_onnx <= 1.1 * kl_q4, (kl_onnx, kl_q4, top1_onnx, top1_q4)
