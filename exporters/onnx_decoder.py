@@ -110,15 +110,7 @@ class DecoderGraph:
             if opts.float_storage != np.float32:
                 weight = g.op("Cast", [init], to=TensorProto.FLOAT, name=f"{key}/cast")
             return g.op("MatMul", [x, weight], name=g.fresh(f"{key}/MatMul"))
-        if not g.has(init + ".B"):
-            w = self.fetch(names)
-            self.shapes[init] = w.shape
-            bq = quantize(w, bits, opts.block_size)
-            del w
-            g.initializer(init + ".B", bq.packed)
-            g.initializer(init + ".scales", bq.scales)
-            del bq
-            self.tick()
+        init = self.quantized(names, key, bits)
         n, k = self.shapes[init]
         return g.op(
             "MatMulNBits",
@@ -131,6 +123,51 @@ class DecoderGraph:
             block_size=opts.block_size,
             accuracy_level=opts.accuracy_level,
         )
+
+    def quantized(self, names: list[str], key: str, bits: int) -> str:
+        """Write `<key>.q<bits>.B` / `.scales` (MatMulNBits layout) once; returns the `<key>.q<bits>` stem."""
+        g, init = self.g, f"{key}.q{bits}"
+        if not g.has(init + ".B"):
+            w = self.fetch(names)
+            self.shapes[init] = w.shape
+            bq = quantize(w, bits, self.opts.block_size)
+            del w
+            g.initializer(init + ".B", bq.packed)
+            g.initializer(init + ".scales", bq.scales)
+            del bq
+            self.tick()
+        return init
+
+    def embedding(self, name: str) -> str:
+        """`Embed(input_ids)` in fp32. A tied table that the head quantizes is stored once: the lookup is a
+        `GatherBlockQuantized` over the head's MatMulNBits bytes (as llama.cpp shares its q8_0 token_embd)."""
+        g, opts, bits = self.g, self.opts, self.opts.linear_bits(True)
+        if self.cfg.tie_word_embeddings and bits is not None:
+            init = self.quantized([name], "lm_head", bits)
+            n, k = self.shapes[init]
+            width = -(-k // opts.block_size) * opts.block_size
+            data = g.alias(init + ".B", "embed_tokens.q", [n, width * bits // 8])
+            h = g.op(
+                "GatherBlockQuantized",
+                [data, "input_ids", init + ".scales"],
+                domain=MS,
+                name="/embed/GatherBlockQuantized",
+                gather_axis=0,
+                quantize_axis=1,
+                block_size=opts.block_size,
+                bits=bits,
+            )
+            if width != k:
+                h = g.op("Slice", [h, g.const([0]), g.const([k]), g.const([-1])], name="/embed/unpad")
+            return h
+        emb = self.get(name)
+        g.initializer("embed_tokens", emb.astype(opts.float_storage, copy=False))
+        del emb  # stream: never hold more than the tensor being written
+        self.tick()
+        h = g.op("Gather", ["embed_tokens", "input_ids"], axis=0, name="/embed/Gather")
+        if opts.float_storage != np.float32:
+            h = g.op("Cast", [h], to=TensorProto.FLOAT, name="/embed/Cast")
+        return h
 
     def fetch(self, names: list[str]) -> np.ndarray:
         """float32 `[N, K]`: one weight, or the row-concatenation of several (packed q/k/v, gate/up)."""
@@ -176,14 +213,7 @@ class DecoderGraph:
         self.total_len = g.op("Cast", [total], to=TensorProto.INT32, name="/mask/total_i32")
 
         emb_name = "model.embed_tokens.weight"
-        emb = self.get(emb_name)
-        g.initializer("embed_tokens", emb.astype(self.opts.float_storage, copy=False))
-        del emb  # stream: never hold more than the tensor being written
-        self.tick()
-        h = g.op("Gather", ["embed_tokens", "input_ids"], axis=0, name="/embed/Gather")
-        if self.opts.float_storage != np.float32:
-            h = g.op("Cast", [h], to=TensorProto.FLOAT, name="/embed/Cast")
-        h = g.op("Mul", [h, g.const(cfg.scale_emb, np.float32)], name="/embed/scale")
+        h = g.op("Mul", [self.embedding(emb_name), g.const(cfg.scale_emb, np.float32)], name="/embed/scale")
 
         rs = g.const(cfg.residual_scale, np.float32, name="residual_scale")
         branch: str | None = None

@@ -76,6 +76,18 @@ class GraphBuilder:
         self.initializers.append(t)
         return name
 
+    def alias(self, name: str, new_name: str, shape: Sequence[int]) -> str:
+        """A second initializer over the same bytes with another shape (external data is not duplicated)."""
+        src = next(t for t in self.initializers if t.name == name)
+        t = TensorProto()
+        t.CopyFrom(src)
+        t.name = new_name
+        del t.dims[:]
+        t.dims.extend(int(d) for d in shape)
+        self.initializers.append(t)
+        self._names.add(new_name)
+        return new_name
+
     def const(self, values: Any, dtype: Any = np.int64, name: str | None = None) -> str:
         return self.initializer(name or self.fresh("const"), np.asarray(values, dtype=dtype))
 

@@ -2,10 +2,10 @@
 
 A quantized graph is only checkable if we know exactly which numbers it multiplies by: each linear weight the
 export plan stores in int4/int8 is replaced by `dequantize(quantize(W))` (the same `onnx_quant` code the
-exporter packs with), fp16-stored tensors by their fp16 rounding. A tied head that the export quantizes
-separately from the fp16 embedding table is untied here, as in the graph. Running the reference `Model` on
-this
-source and comparing with onnxruntime checks the graph (the math), independently of quantization error.
+exporter packs with), fp16-stored tensors by their fp16 rounding. A tied table under an int8/int4 export is
+the head's quantized matrix for both lookup and head; under fp16 the head is a separate fp16 matrix (untied
+here, as in the graph). Running the reference `Model` on this source and comparing with onnxruntime checks
+the graph (the math), independently of quantization error.
 """
 
 from __future__ import annotations
@@ -43,9 +43,13 @@ def effective_weights(config: ModelConfig, source: Any, opts: OnnxOptions) -> tu
         elif name == "lm_head.weight":
             w = _as_stored(w, opts.linear_bits(True), opts)
         elif name == emb:
+            head_bits = opts.linear_bits(True)
             if config.tie_word_embeddings and opts.quant != "fp32":
-                tensors["lm_head.weight"] = _as_stored(w, opts.linear_bits(True), opts)
-            w = w.to(torch.float16).float() if opts.float_storage == np.float16 else w
+                tensors["lm_head.weight"] = _as_stored(w, head_bits, opts)
+            if config.tie_word_embeddings and head_bits is not None:
+                w = tensors["lm_head.weight"]  # the lookup reads the head's quantized bytes
+            else:
+                w = w.to(torch.float16).float() if opts.float_storage == np.float16 else w
         tensors[name] = w
     if "lm_head.weight" in tensors and config.tie_word_embeddings:
         config = replace(config, tie_word_embeddings=False)

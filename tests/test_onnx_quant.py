@@ -57,15 +57,20 @@ def test_packing_is_what_matmulnbits_computes(bits: int, block: int, k: int) -> 
     np.testing.assert_allclose(y, a @ deq.T, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("quant,block", [("int4", 32), ("int4", 128), ("int8", 32), ("fp16", 32)])
+@pytest.mark.parametrize(
+    "quant,block,head",
+    [("int4", 32, None), ("int4", 128, None), ("int4", 32, 4), ("int8", 32, None), ("fp16", 32, None)],
+)
 def test_quantized_graph_reproduces_reference_on_stored_weights(
-    quant: str, block: int, tiny_untied: Path, tiny_tied: Path, tmp_path: Path
+    quant: str, block: int, head: int | None, tiny_untied: Path, tiny_tied: Path, tmp_path: Path
 ) -> None:
     for ckpt in (tiny_tied, tiny_untied):
         out = tmp_path / ckpt.name
-        export(ckpt, out, quant, progress=False, block_size=block, accuracy_level=0)
+        export(ckpt, out, quant, progress=False, block_size=block, accuracy_level=0, lm_head_bits=head)
         config, source = open_checkpoint(ckpt)
-        eff_config, eff_source = effective_weights(config, source, OnnxOptions(quant=quant, block_size=block))
+        eff_config, eff_source = effective_weights(
+            config, source, OnnxOptions(quant=quant, block_size=block, lm_head_bits=head)
+        )
         ref_model = Model.from_source(eff_config, eff_source)
         orig_model = Model.from_source(config, source)
         ids = np.random.default_rng(5).integers(0, config.vocab_size, 40)
@@ -89,6 +94,8 @@ def test_int4_graph_uses_matmulnbits(tiny_tied: Path, tmp_path: Path) -> None:
     bits = sorted({a.i for n in nbits for a in n.attribute if a.name == "bits"})
     assert bits == [4, 8]  # blocks at 4 bits, the (tied) head at 8 bits like llama.cpp's q4_0 output
     assert {a.i for n in nbits for a in n.attribute if a.name == "block_size"} == {64}
+    gather = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert len(gather) == 1 and gather[0].input[2] == nbits[-1].input[2]  # tied table shared with the head
     inits = {t.name: t for t in model.graph.initializer}
     assert all(inits[n.input[1]].data_type == TensorProto.UINT8 for n in nbits)
 
