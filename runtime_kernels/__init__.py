@@ -14,7 +14,11 @@ from . import ops  # noqa: F401  (registers torch.ops.edgecpm.*)
 from .dense import dense_attention
 from .infllmv2 import infllmv2_attention
 from .infllmv2_state import InfLLMv2State
+from .lightning import LightningState, lightning_attention, sala_log_decay
 from .ops import infllmv2_decomposition
 from .registry import resolve as resolve_impl
+from .ternary import TernaryLinear, TernaryWeight, quantize_ternary, ternary_matmul
 
-__all__ = ["dense_attention", "infllmv2_attention", "InfLLMv2State", "infllmv2_decomposition", "resolve_impl"]
+__all__ = ["dense_attention", "infllmv2_attention", "InfLLMv2State", "infllmv2_decomposition", "resolve_impl",
+           "lightning_attention", "LightningState", "sala_log_decay", "TernaryWeight", "TernaryLinear",
+           "quantize_ternary", "ternary_matmul"]

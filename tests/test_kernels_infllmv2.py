@@ -111,7 +111,8 @@ def test_decode_with_incremental_state_equals_recompute(impl: str) -> None:
     q, k, v = q.to(DEVICE), k.to(DEVICE), v.to(DEVICE)
     full = infllmv2_attention(q, k, v, SMALL, impl="vectorized")
     state = InfLLMv2State(SMALL)
-    pre = infllmv2_attention(q[:, :, :260], k[:, :, :260], v[:, :, :260], SMALL, state=state, impl=impl)
+    # (Triton prefill is covered above; prefilling with it here would only slow the interpreter down)
+    pre = infllmv2_attention(q[:, :, :260], k[:, :, :260], v[:, :, :260], SMALL, state=state, impl="vectorized")
     assert (pre - full[:, :, :260]).abs().max().item() < TOL
     computed = []
     steps = range(260, 400) if impl == "vectorized" else range(260, 280)
