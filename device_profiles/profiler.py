@@ -17,7 +17,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,16 +39,41 @@ DEFAULT_FIDELITY_TOKENS = 256
 
 
 class RssSampler:
-    """Peak resident set size of this process while a block runs (sampled every 10 ms from /proc)."""
+    """Peak resident set size of this process while a block runs (sampled every 10 ms from /proc).
+
+    Timed decode loops run `paused()`: a sampling thread waking every 10 ms slowed single-threaded torch
+    decode steps by up to 2x on a loaded 2-core machine (context switches, GIL hand-offs), so there the RSS is
+    sampled between steps by the caller instead. The process's `ru_maxrss` is checked at the end as well.
+    """
 
     def __init__(self) -> None:
         self.peak = current_rss()
+        self._maxrss0 = _ru_maxrss()
         self._stop = threading.Event()
+        self._active = threading.Event()
+        self._active.set()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            self.peak = max(self.peak, current_rss())
+        while not self._stop.is_set():
+            self._active.wait()
+            if self._stop.wait(0.01):
+                break
+            if self._active.is_set():
+                self.sample()
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, current_rss())
+
+    @contextmanager
+    def paused(self) -> Iterator[RssSampler]:
+        self.sample()
+        self._active.clear()
+        try:
+            yield self
+        finally:
+            self.sample()
+            self._active.set()
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -55,8 +81,18 @@ class RssSampler:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
+        self._active.set()
         self._thread.join()
-        self.peak = max(self.peak, current_rss())
+        self.sample()
+        maxrss = _ru_maxrss()
+        if maxrss > self._maxrss0:  # the process peak rose during this block: that peak is this block's
+            self.peak = max(self.peak, maxrss)
+
+
+def _ru_maxrss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def current_rss() -> int:
@@ -118,13 +154,14 @@ def _log_softmax_stats(logits: np.ndarray, targets: np.ndarray) -> tuple[float, 
 
 
 def _time_backend(
-    backend: Any, ids: list[int], contexts: Sequence[int], decode_tokens: int, bar: Any
+    backend: Any, ids: list[int], contexts: Sequence[int], decode_tokens: int, bar: Any, rss: RssSampler
 ) -> list[dict[str, Any]]:
     rows = []
     for c in contexts:
         t0 = time.perf_counter()
         logits = backend.prefill(ids[:c])
         t_prefill = time.perf_counter() - t0
+        rss.sample()
         steps = []
         token = int(np.argmax(logits))
         for _ in range(decode_tokens):
@@ -191,6 +228,42 @@ def layer_overhead_probe(config: Any, threads: int | None, dtype: str | None, st
         backend.decode([i % 256])
         times.append(time.perf_counter() - t0)
     return fast_step(times[4:]) / config.num_layers
+
+
+def llamacpp_overhead_probe(num_layers: int, threads: int | None, steps: int = 24) -> float | None:
+    """Per-layer fixed cost of the llama.cpp backend (graph build, thread sync, Python glue per call).
+
+    A tiny random checkpoint of the same depth is exported to an f32 GGUF and decoded: its bytes are
+    negligible, so a step is all overhead. None when the GGUF exporter is not installed.
+    """
+    import tempfile
+
+    from .. import export, load
+    from ..synthetic import SyntheticSpec, cached_checkpoint
+
+    try:
+        import edgecpm.exporters.gguf_exporter  # noqa: F401
+    except ImportError:
+        return None
+    ckpt = cached_checkpoint(
+        SyntheticSpec(
+            hidden_size=64, intermediate_size=128, num_layers=num_layers, num_heads=4, num_kv_heads=2, shards=1, seed=11
+        )
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        export(ckpt, format="gguf", out=Path(tmp) / "tiny", quant="f32", progress=False)
+        loaded = load(Path(tmp) / "tiny", backend="llama.cpp", threads=threads)
+        backend = loaded.backend
+        backend.prefill(list(range(3, 11)))
+        times = []
+        for i in range(steps):
+            t0 = time.perf_counter()
+            backend.decode([3 + i % 200])
+            times.append(time.perf_counter() - t0)
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+    return fast_step(times[4:]) / num_layers
 
 
 def profile(
@@ -261,7 +334,8 @@ def profile(
                     if len(ids) < need:
                         raise EdgecpmError(f"the profiling text has {len(ids)} tokens; {need} are needed")
                 bar.set_postfix_str(f"{name}: timing")
-                rows = _time_backend(loaded.backend, ids, contexts, decode_tokens, bar)
+                with rss.paused():
+                    rows = _time_backend(loaded.backend, ids, contexts, decode_tokens, bar, rss)
                 bar.set_postfix_str(f"{name}: fidelity")
                 logits = np.asarray(loaded.backend.prefill(ids[:fidelity_tokens], all_logits=True))
                 bar.update(1)
@@ -307,7 +381,10 @@ def profile(
         for r in results:
             r.pop("_top1")
         bar.set_postfix_str("calibrating")
-        overhead = layer_overhead_probe(config, threads, dtype) if "torch" in names else None
+        overhead = {
+            "torch": layer_overhead_probe(config, threads, dtype) if "torch" in names else None,
+            "llama.cpp": llamacpp_overhead_probe(config.num_layers, threads) if "llama.cpp" in names else None,
+        }
         bar.update(1)
     calibration = _calibrate(info, hprofile, host, results, contexts, overhead, dtype, calibrate)
     report = {
@@ -340,7 +417,7 @@ def _calibrate(
     host: dict[str, Any],
     results: list[dict[str, Any]],
     contexts: Sequence[int],
-    overhead: float | None,
+    overhead: dict[str, float | None],
     dtype: str | None,
     store: bool,
 ) -> dict[str, Any]:
@@ -348,7 +425,7 @@ def _calibrate(
     config = info.config
     bw, _ = hprofile.effective_bandwidth()
     fitted: dict[str, dict[str, Any]] = {}
-    out: dict[str, Any] = {"stored": False, "bandwidth_gbs": bw, "layer_overhead_s_torch": overhead, "backends": {}}
+    out: dict[str, Any] = {"stored": False, "bandwidth_gbs": bw, "layer_overhead_s": overhead, "backends": {}}
     for r in results:
         name = r["backend"]
         q = measured_quant(info, name, dtype)
@@ -368,7 +445,7 @@ def _calibrate(
             peak,
             [(row["context"], row["decode_step_seconds_p10"]) for row in rows],
             [(row["context"], row["prefill_seconds"]) for row in rows],
-            overhead if name == "torch" else None,
+            overhead.get(name),
             runtime,
             hprofile.peak_compute("fp32_gflops"),
         )
