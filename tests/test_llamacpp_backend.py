@@ -101,3 +101,12 @@ def open_config(path):
     from edgecpm.weights import open_checkpoint
 
     return open_checkpoint(path)[0]
+
+
+def test_thread_count_comes_from_the_device_profile(artifact) -> None:
+    profiles = pytest.importorskip("edgecpm.device_profiles")
+    profile = profiles.load_profile("raspberry-pi-5")
+    want = getattr(profile, "threads", None) or profile.cpu_cores
+    m = edgecpm.load(artifact.path, device="raspberry-pi-5")
+    assert m.backend.llm.context_params.n_threads == want
+    assert m.backend.llm.context_params.n_threads_batch == want
