@@ -5,8 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import edgecpm
 import pytest
+
+import edgecpm
 from edgecpm.exporters import gguf_exporter
 
 pytest.importorskip("llama_cpp")

@@ -3,9 +3,10 @@ with a message naming the tensor otherwise."""
 
 from __future__ import annotations
 
-import edgecpm
 import numpy as np
 import pytest
+
+import edgecpm
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
 
