@@ -12,8 +12,8 @@ Two stages per query token (see docs/kernels.md for the exact rules):
 
 Written in export-friendly ops (unfold, matmul, sort, gather, masking): no `.item()`, no numpy and no Python
 loop over data-dependent sizes on the traced path. Eager prefill additionally (a) walks the queries in chunks
-to bound memory and (b) gathers the union of the blocks chosen by one query block once, instead of once
-per query.
+to bound memory and (b) gathers the union of the blocks chosen by a 64-query block once when its queries
+mostly agree, else each query's own blocks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..config import SparseConfig
 
-# eager prefill: queries per chunk, and queries sharing one gather of their blocks' union
+# eager prefill: queries per chunk, bytes per batch of score/gather tensors
 QUERY_CHUNK = 256
 SCORE_BYTES = 128 << 20
 UNION_LIMIT = 2  # share one gather per query block while its union is at most this many budgets
