@@ -7,13 +7,15 @@ Usage: python benchmarks/gguf_fidelity.py --model smollm2|0.5b [--quants ...] [-
   0.5b:    random weights with the published MiniCPM4-0.5B shapes (bf16); TQ rows use the same checkpoint with
            row-scaled ternary weights (and that checkpoint's own reference).
 Text: /work/shared/data/wikitext2-test.txt when present, else tests/data/wikitext2_test_excerpt.txt.
-llama.cpp logits come from llama-cpp-python with logits_all; decode tok/s is the median of 3 runs of 32 greedy
+llama.cpp logits come from llama-cpp-python with logits_all. Decode tok/s is measured after all exports,
+round-robin over the files (so background load hits every quant alike): median of 3 rounds of 32 greedy
 single-token evals after a 16-token prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -62,7 +64,7 @@ def mean_kl(ref: np.ndarray, got: np.ndarray) -> float:
     return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
 
 
-def llamacpp_eval(path: Path, ids: list[int], threads: int) -> tuple[np.ndarray, float]:
+def llamacpp_logits(path: Path, ids: list[int], threads: int) -> np.ndarray:
     import llama_cpp
 
     n = max(len(ids), 64)
@@ -70,18 +72,29 @@ def llamacpp_eval(path: Path, ids: list[int], threads: int) -> tuple[np.ndarray,
                           n_threads_batch=threads, verbose=False)
     llm.eval(ids)
     logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
-    speeds = []
-    for _ in range(3):
-        llm.reset()
-        llm.eval(ids[:16])
-        tok = int(logits[15].argmax())
-        t = time.perf_counter()
-        for _ in range(32):
-            llm.eval([tok])
-            tok = int(np.asarray(llm.scores[llm.n_tokens - 1]).argmax())
-        speeds.append(32 / (time.perf_counter() - t))
     llm.close()
-    return logits, statistics.median(speeds)
+    return logits
+
+
+def decode_speeds(paths: dict[str, Path], prompt: list[int], threads: int, rounds: int = 3) -> dict[str, float]:
+    """Round-robin over all files (so background load hits every quant alike); median tok/s per file."""
+    import llama_cpp
+
+    speeds: dict[str, list[float]] = {q: [] for q in paths}
+    for _ in range(rounds):
+        for quant, path in paths.items():
+            llm = llama_cpp.Llama(str(path), n_ctx=128, n_batch=64, n_threads=threads, n_threads_batch=threads,
+                                  verbose=False)
+            v = llm.n_vocab()
+            llm.eval(prompt)
+            tok = int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(v,)).argmax())
+            t = time.perf_counter()
+            for _ in range(32):
+                llm.eval([tok])
+                tok = int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(v,)).argmax())
+            speeds[quant].append(32 / (time.perf_counter() - t))
+            llm.close()
+    return {q: statistics.median(v) for q, v in speeds.items()}
 
 
 def main() -> None:
@@ -114,28 +127,39 @@ def main() -> None:
         ids = load_tokenizer_dir(sources["normal"], bos_id=1).encode(body)[: args.positions]
     print(f"model {args.model}; {len(ids)} positions of {text_path}; threads {args.threads}", flush=True)
     refs: dict[str, tuple[np.ndarray, int]] = {}
-    print("| quant | file (MiB) | bits/weight | top-1 vs f32 ref | mean KL (nats) | decode tok/s |")
-    print("|---|---|---|---|---|---|", flush=True)
-    for quant in args.quants.split(","):
-        kind = "ternary" if quant.startswith("tq") and "ternary" in sources else "normal"
-        src = sources[kind]
-        if kind not in refs:
-            refs[kind] = reference(src, ids)
-        ref, n_params = refs[kind]
-        with tempfile.TemporaryDirectory() as tmp:
+    rows: dict[str, str] = {}
+    files: dict[str, Path] = {}
+    tmp = Path(tempfile.mkdtemp(prefix="gguf-fidelity-"))
+    try:
+        for quant in args.quants.split(","):
+            kind = "ternary" if quant.startswith("tq") and "ternary" in sources else "normal"
+            src = sources[kind]
+            if kind not in refs:
+                refs[kind] = reference(src, ids)
+            ref, n_params = refs[kind]
             try:
-                art = edgecpm.export(src, format="gguf", out=Path(tmp) / "a", quant=quant, progress=False,
+                art = edgecpm.export(src, format="gguf", out=tmp / quant, quant=quant, progress=False,
                                      threads=args.threads)
             except EdgecpmError as exc:
-                print(f"| {quant} | refused: {str(exc)[:90]} | | | | |", flush=True)
+                rows[quant] = f"| {quant} | refused: {str(exc)[:90]} | | | | |"
+                print(rows[quant], flush=True)
                 continue
             size = art.model_file.stat().st_size
-            got, tps = llamacpp_eval(art.model_file, ids, args.threads)
-        top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
-        note = " (ternary ckpt)" if kind == "ternary" else ""
-        print(f"| {quant}{note} | {size / 2**20:.1f} | {size * 8 / n_params:.2f} | {top1:.3f} | "
-              f"{mean_kl(ref, got):.4f} | {tps:.1f} |", flush=True)
-
+            got = llamacpp_logits(art.model_file, ids, args.threads)
+            files[quant] = art.model_file
+            top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
+            note = " (ternary ckpt)" if kind == "ternary" else ""
+            rows[quant] = (f"| {quant}{note} | {size / 2**20:.1f} | {size * 8 / n_params:.2f} | {top1:.3f} | "
+                           f"{mean_kl(ref, got):.4f} | {{tps}} |")
+            print(rows[quant].replace("{tps}", "(later)"), flush=True)
+        speeds = decode_speeds(files, ids[:16], args.threads)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\nfinal table (decode tok/s: round-robin over all files, median of 3 x 32 tokens)")
+    print("| quant | file (MiB) | bits/weight | top-1 vs f32 ref | mean KL (nats) | decode tok/s |")
+    print("|---|---|---|---|---|---|")
+    for quant, row in rows.items():
+        print(row.replace("{tps}", f"{speeds[quant]:.1f}") if quant in speeds else row)
 
 if __name__ == "__main__":
     main()
