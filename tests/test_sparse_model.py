@@ -117,3 +117,22 @@ def test_sala_speculative_rollback(sala_ckpt) -> None:
     be.prefill(ids[:102])
     straight = be.decode(ids[102:110])
     assert np.abs(resumed - straight).max() < 1e-4 * np.abs(straight).max()
+
+
+def test_static_cache_and_bf16(sparse_ckpt) -> None:
+    """Static (preallocated, export-style) cache: keys arrive as strided slices; bf16 runs and stays close."""
+    from edgecpm.model import Model
+    from edgecpm.weights import open_checkpoint
+
+    config, source = open_checkpoint(sparse_ckpt)
+    model = Model.from_source(config, source)
+    ids = torch.tensor(_ids(160, config.vocab_size, 6))[None]
+    with torch.no_grad():
+        full = model(ids)[0]
+        cache = model.new_cache("static", max_len=200)
+        steps = [model(ids[:, :100], cache)[0]] + [model(ids[:, i:i + 1], cache)[0] for i in range(100, 160)]
+        assert (torch.cat(steps) - full).abs().max() < 1e-4 * full.abs().max()
+        bf16 = Model.from_source(config, source, torch.bfloat16)
+        low = bf16(ids)[0]
+    assert torch.isfinite(low).all()
+    assert torch.nn.functional.cosine_similarity(low[-1], full[-1], dim=0) > 0.99
