@@ -5,7 +5,9 @@ topk, dense_len) -> Tensor` is stateless (it recomputes the compressed keys from
 vectorized torch code, its CUDA kernel the Triton one when Triton imports, and the fake kernel returns
 `empty_like(q)`.
 Exporters that need the body (ONNX function, ExecuTorch decomposition) trace `infllmv2_decomposition`, which
-has the op's exact signature and is written in export-friendly torch ops.
+has the op's exact signature and is written in export-friendly torch ops. `edgecpm::lightning_attention`
+(stateless: the recurrent state is an input and an output) and `edgecpm::ternary_matmul` (packed uint8 codes
+and fp32 scales) are defined the same way, with the vectorized code as their CPU kernel.
 """
 
 from __future__ import annotations
@@ -56,3 +58,32 @@ def _infllmv2_cuda(q, k, v, kernel_size, kernel_stride, init_blocks, block_size,
 
         return infllmv2_triton(q, k, v, sp).contiguous()
     return infllmv2_vectorized(q, k, v, sp).contiguous()
+
+
+@torch.library.custom_op("edgecpm::lightning_attention", mutates_args=())
+def lightning_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
+                           state: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lightning attention continuing from `state` `[B, H, Dk, Dv]`: returns (out `[B, H, T, Dv]`, new state)."""
+    from .lightning import lightning_vectorized
+
+    out, new_state = lightning_vectorized(q, k, v, log_decay, scale, state)
+    return out.contiguous(), new_state.contiguous()
+
+
+@lightning_attention_op.register_fake
+def _lightning_fake(q, k, v, log_decay, state, scale):
+    b, h, t, _ = q.shape
+    return q.new_empty(b, h, t, v.shape[-1], dtype=torch.float32), torch.empty_like(state, dtype=torch.float32)
+
+
+@torch.library.custom_op("edgecpm::ternary_matmul", mutates_args=())
+def ternary_matmul_op(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, group: int) -> torch.Tensor:
+    """x `[..., K]` times the packed ternary weight (uint8 `[N, K/4]`, scales `[N, K/group]`) -> `[..., N]` fp32."""
+    from .ternary import TernaryWeight, ternary_matmul_vectorized
+
+    return ternary_matmul_vectorized(x, TernaryWeight(packed, scales, group)).contiguous()
+
+
+@ternary_matmul_op.register_fake
+def _ternary_fake(x, packed, scales, group):
+    return x.new_empty(*x.shape[:-1], packed.shape[0], dtype=torch.float32)

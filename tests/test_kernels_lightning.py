@@ -90,3 +90,20 @@ def test_bad_decay_shape() -> None:
     q, k, v = _inputs(3)
     with pytest.raises(EdgecpmError, match="log_decay"):
         lightning_attention(q, k, v, torch.zeros(3))
+
+
+def test_custom_op_matches_and_exports() -> None:
+    q, k, v = _inputs(70, seed=3)
+    g = sala_log_decay(4)
+    s0 = torch.zeros(2, 4, 32, 32)
+    out, state = torch.ops.edgecpm.lightning_attention(q, k, v, g, s0, 0.2)
+    ref, ref_state = lightning_reference(q, k, v, g, 0.2)
+    assert (out - ref).abs().max().item() < TOL and (state - ref_state).abs().max().item() < TOL
+
+    class M(torch.nn.Module):
+        def forward(self, q, k, v, g, s):
+            return torch.ops.edgecpm.lightning_attention(q, k, v, g, s, 0.2)
+
+    ep = torch.export.export(M(), (q, k, v, g, s0))
+    calls = [n.target for n in ep.graph.nodes if n.op == "call_function" and "edgecpm" in str(n.target)]
+    assert calls == [torch.ops.edgecpm.lightning_attention.default]

@@ -81,3 +81,11 @@ def test_bad_group_raises() -> None:
     w, codes, scales = _bitcpm_weight(4, 64)
     with pytest.raises(EdgecpmError, match="width"):
         ternary_matmul(torch.randn(2, 32), pack_ternary(codes, scales, 32))
+
+
+def test_custom_op_matches() -> None:
+    w, codes, scales = _bitcpm_weight(40, 64, seed=4)
+    tw = pack_ternary(codes, scales, 32)
+    x = torch.randn(3, 64)
+    out = torch.ops.edgecpm.ternary_matmul(x, tw.packed, tw.scales, 32)
+    assert (out - x @ w.T).abs().max().item() < 1e-4
