@@ -157,6 +157,7 @@ def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                     label,
                     _f(c["bandwidth_efficiency"], 3),
                     _f(c["compute_efficiency"], 3),
+                    _f(c.get("attention_efficiency"), 3),
                     f"{c['layer_overhead_s'] * 1e6:.1f}",
                     _f(c["runtime_bytes"] / MB, 0),
                 ]
@@ -201,7 +202,7 @@ def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ),
         (
             "Cost-model coefficients",
-            ["backend", "set", "bandwidth eff.", "compute eff.", "layer overhead µs", "runtime MB"],
+            ["backend", "set", "bandwidth eff.", "compute eff.", "attention eff.", "layer overhead µs", "runtime MB"],
             coeffs,
         ),
     ]
