@@ -279,6 +279,7 @@ def profile(
     dtype: str | None = None,
     text: str | None = None,
     calibrate: bool = True,
+    reference: Any = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure `model` (default: the bundled SmolLM2-135M) on this host; write report.{html,json,md} to `out`."""
@@ -360,7 +361,17 @@ def profile(
                     "_top1": top1,
                 }
             )
-        if "torch" in names and reference_logits is not None:
+        if reference_logits is None and reference is not None:
+            bar.set_postfix_str("reference")
+            ref = load(reference, backend="torch", threads=threads)
+            if ref.config.vocab_size != config.vocab_size:
+                raise EdgecpmError(
+                    f"reference {reference} has a vocabulary of {ref.config.vocab_size}; the "
+                    f"profiled model has {config.vocab_size}"
+                )
+            reference_logits = np.asarray(ref.backend.prefill(ids[:fidelity_tokens], all_logits=True))
+            del ref
+        if reference_logits is not None:
             ref_ppl, ref_top1 = _log_softmax_stats(reference_logits[:-1], np.asarray(ids[1:fidelity_tokens]))
             for r in results:
                 r["fidelity"] = {
@@ -376,7 +387,7 @@ def profile(
                 r["fidelity"] = {
                     "reference": None,
                     "perplexity": r["perplexity"],
-                    "note": "no torch reference can open this model (artifact without its source)",
+                    "note": "no torch reference can open this model (an artifact: pass reference=<source checkpoint>)",
                 }
         for r in results:
             r.pop("_top1")

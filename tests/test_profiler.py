@@ -154,3 +154,16 @@ def test_preset_and_file_out_are_refused(tiny_tied, tmp_path):
     target.write_text("x")
     assert main(["profile", str(tiny_tied), "--out", str(target), "--contexts", "16", "--decode-tokens", "2",
                  "--fidelity-tokens", "16", "--no-calibrate"]) == 2
+
+
+def test_artifact_is_profiled_on_its_runtime_against_a_reference(tiny_tied, tmp_path, monkeypatch):
+    """An ONNX artifact runs on onnxruntime; fidelity is checked against the torch reference of its source."""
+    pytest.importorskip("edgecpm.exporters.onnx_exporter")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("EDGECPM_CALIBRATION_DIR", str(tmp_path / "cal"))
+    edgecpm.export(tiny_tied, format="onnx", out=tmp_path / "onnx", quant="fp32", progress=False)
+    rep = edgecpm.profile(tmp_path / "onnx", reference=tiny_tied, **FAST)
+    (r,) = rep["backends"]
+    assert r["backend"] == "onnxruntime" and r["fidelity"]["reference"] == "torch"
+    assert r["fidelity"]["top1_agreement"] >= 0.9
+    assert abs(r["fidelity"]["perplexity_delta"]) < 0.05 * r["fidelity"]["reference_perplexity"]

@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", action="append", default=None, help="limit to these backends (repeatable)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--dtype", default=None, help="torch backend dtype (float32 default, bfloat16)")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="source checkpoint for fidelity when MODEL is an exported artifact (torch reference)",
+    )
     p.add_argument("--no-calibrate", action="store_true", help="do not store the fitted host coefficients")
     p.add_argument("--json", action="store_true", help="print the report JSON (no progress bar)")
     p.set_defaults(func=run)
@@ -58,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         dtype=args.dtype,
         calibrate=not args.no_calibrate,
+        reference=args.reference,
         progress=not args.json,
     )
     if args.json:
