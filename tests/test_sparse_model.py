@@ -20,6 +20,15 @@ SPARSE = {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 1, "block_size": 
 N = 220
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: a second OpenMP thread only adds barrier waits (ms per op on a loaded box)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def sparse_ckpt():
     return cached_checkpoint(SyntheticSpec(num_layers=2, num_heads=8, num_kv_heads=2, hidden_size=128,
