@@ -8,11 +8,11 @@ Inputs `input_ids [B,S]`, `attention_mask [B,P+S]`, `past_key_values.N.key/value
     logits = lm_head(RMSNorm(h) / logit_scale)      (the divisor is folded into the final norm weight)
 
 Dense layers use `com.microsoft::GroupQueryAttention` with rotary fused in (cos/sin caches are the reference
-`RotaryEmbedding`'s LongRoPE values); residual adds are fused into
-`SkipSimplifiedLayerNormalization`. InfLLM v2
-layers apply rotary and grow the cache with standard ops and call the custom `ai.edgecpm::InfLLMv2Attention`
-node (see `onnx_infllmv2.py`). Linear weights are fp32, fp16 (stored half, computed fp32) or block-quantized
-`MatMulNBits` (int8 / int4); `weight_plan` says which, and the reference checks use the same plan.
+`RotaryEmbedding`'s LongRoPE values; GQA needs head_dim % 16 == 0, other models use standard-op attention);
+residual adds are fused into `SkipSimplifiedLayerNormalization`. InfLLM v2 layers apply rotary and grow the
+cache with standard ops and call the custom `ai.edgecpm::InfLLMv2Attention` node (see `onnx_infllmv2.py`).
+Linear weights are fp32, fp16 (stored half, computed fp32) or block-quantized `MatMulNBits` (int8 / int4);
+`OnnxOptions.linear_bits` says which, and the reference checks (`onnx_reference.py`) use the same rule.
 """
 
 from __future__ import annotations
