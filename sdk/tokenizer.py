@@ -168,6 +168,15 @@ class HFTokenizer(Tokenizer):
         return piece.replace("\u2581", " ").encode()
 
 
+    def decode_bytes(self, ids: Iterable[int], skip_special: bool = True) -> bytes:
+        data = super().decode_bytes(ids, skip_special)
+        # SentencePiece-style (Metaspace) vocabularies carry a dummy prefix "▁" on the first word: drop it as
+        # sentencepiece does; byte-level BPE has no such prefix
+        if self._byte_decoder is None and data.startswith(b" "):
+            return data[1:]
+        return data
+
+
 def _is_byte_level(tk: Any) -> bool:
     try:
         spec = json.loads(tk.to_str())
