@@ -2,8 +2,9 @@
 
 Block selection (stage 1: compressed-key scores, group sum, pooling, top-k) reuses the vectorized torch code, so
 the two implementations choose identical blocks; this kernel replaces the gather + masked matmul. One program
-handles one (batch, KV head, query token): it loads the group's query heads once, walks the chosen blocks and
-keeps a running max / sum per head (FlashAttention style), so no gathered copy of the keys is ever made.
+handles one (batch, KV head, query token, slice of the chosen blocks): it loads the group's query heads once,
+walks its blocks and keeps a running max / sum per head (FlashAttention style), so no gathered copy of the
+keys is ever made; the slices' partial softmax states are merged afterwards (flash-decoding).
 Runs on CUDA, or on CPU tensors under `TRITON_INTERPRET=1` (how the tests run it without a GPU).
 """
 
@@ -21,13 +22,14 @@ from .infllmv2_vectorized import QUERY_CHUNK, block_scores, compress_keys_padded
 
 
 @triton.jit
-def _sparse_block_attn(Q, K, V, IDX, O, T, S, SLOTS, G, D, scale,
+def _sparse_block_attn(Q, K, V, IDX, ACC, ML, T, S, SLOTS, PER_SPLIT, G, D, scale,
                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
-                       stride_ib, stride_ih, stride_it, H_KV,
+                       stride_ib, stride_ih, stride_it, H_KV, SPLITS,
                        BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
                        BLOCK_N: tl.constexpr):
     pid_bh = tl.program_id(0)
     t = tl.program_id(1)
+    split = tl.program_id(2)
     b = pid_bh // H_KV
     h = pid_bh % H_KV
     pos = S - T + t
@@ -44,7 +46,9 @@ def _sparse_block_attn(Q, K, V, IDX, O, T, S, SLOTS, G, D, scale,
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_kb + h * stride_kh
     idx_base = IDX + b * stride_ib + h * stride_ih + t * stride_it
-    for slot in range(0, SLOTS):
+    first = split * PER_SPLIT
+    last = tl.minimum(first + PER_SPLIT, SLOTS)
+    for slot in range(first, last):
         blk = tl.load(idx_base + slot)
         keypos = blk * BLOCK + offs_n
         ok = (offs_n < BLOCK) & (keypos >= 0) & (keypos <= pos)  # blk = -1: unused slot
@@ -60,9 +64,11 @@ def _sparse_block_attn(Q, K, V, IDX, O, T, S, SLOTS, G, D, scale,
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p, vb, input_precision="ieee")
         m_i = m_new
-    out = acc / l_i[:, None]
-    o_ptr = O + b * stride_qb + (h * G + offs_g[:, None]) * stride_qh + t * stride_qt + offs_d[None, :]
-    tl.store(o_ptr, out, mask=mask_g[:, None] & mask_d[None, :])
+    # partial results of this split: unnormalised acc, running max and sum (combined in torch)
+    row = (pid_bh * T + t) * SPLITS + split
+    tl.store(ACC + row * BLOCK_G * BLOCK_D + offs_g[:, None] * BLOCK_D + offs_d[None, :], acc)
+    tl.store(ML + row * 2 * BLOCK_G + offs_g, m_i)
+    tl.store(ML + row * 2 * BLOCK_G + BLOCK_G + offs_g, l_i)
 
 
 def _pow2(n: int) -> int:
@@ -70,21 +76,36 @@ def _pow2(n: int) -> int:
 
 
 def sparse_blocks_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
-                         valid: torch.Tensor, block_size: int, scale: float) -> torch.Tensor:
-    """Stage 2 over chosen blocks: idx/valid `[B, Hkv, T, slots]` from `select_blocks`. Returns fp32."""
+                         valid: torch.Tensor, block_size: int, scale: float, splits: int | None = None) -> torch.Tensor:
+    """Stage 2 over chosen blocks: idx/valid `[B, Hkv, T, slots]` from `select_blocks`. Returns fp32.
+
+    The slots of each query are split over `splits` programs (flash-decoding) so that decode, with only
+    B x Hkv x T rows of work, still fills a GPU; the partial softmax states are merged here.
+    """
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
     g = hq // hkv
+    slots = idx.shape[-1]
+    if splits is None:
+        splits = max(1, min(slots, 256 // max(1, b * hkv * t)))
+    per_split = -(-slots // splits)
+    splits = -(-slots // per_split)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     idx = torch.where(valid, idx, torch.full_like(idx, -1)).to(torch.int32).contiguous()
-    out = torch.empty(b, hq, t, d, dtype=torch.float32, device=q.device)
-    grid = (b * hkv, t)
-    _sparse_block_attn[grid](
-        q, k, v, idx, out, t, s, idx.shape[-1], g, d, scale,
+    bg, bd = _pow2(g), _pow2(d)
+    acc = torch.empty(b * hkv, t, splits, bg, bd, dtype=torch.float32, device=q.device)
+    ml = torch.empty(b * hkv, t, splits, 2, bg, dtype=torch.float32, device=q.device)
+    _sparse_block_attn[(b * hkv, t, splits)](
+        q, k, v, idx, acc, ml, t, s, slots, per_split, g, d, scale,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        idx.stride(0), idx.stride(1), idx.stride(2), hkv,
-        BLOCK=block_size, BLOCK_G=_pow2(g), BLOCK_D=_pow2(d), BLOCK_N=_pow2(block_size))
-    return out
+        idx.stride(0), idx.stride(1), idx.stride(2), hkv, splits,
+        BLOCK=block_size, BLOCK_G=bg, BLOCK_D=bd, BLOCK_N=_pow2(block_size))
+    m, l_sum = ml[:, :, :, 0], ml[:, :, :, 1]  # [B*Hkv, T, splits, BG]
+    m_all = m.amax(2, keepdim=True)
+    w = torch.exp(m - m_all)
+    out = (acc * w[..., None]).sum(2) / (l_sum * w).sum(2)[..., None]  # [B*Hkv, T, BG, BD]
+    out = out[:, :, :g, :d].reshape(b, hkv, t, g, d).permute(0, 1, 3, 2, 4)
+    return out.reshape(b, hq, t, d)
 
 
 def infllmv2_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: SparseConfig,

@@ -241,3 +241,15 @@ def test_bad_shapes_raise() -> None:
         infllmv2_attention(q[0], k, v, SMALL)
     with pytest.raises(EdgecpmError, match="does not fit"):
         infllmv2_attention(q[:, :7], k, v, SMALL)
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_triton_split_slots_merge(splits: int) -> None:
+    """Flash-decoding: the chosen blocks split over several programs, partial softmax states merged."""
+    from edgecpm.runtime_kernels.infllmv2_triton import sparse_blocks_triton
+
+    q, k, v = _inputs(8, 400, 3, seed=21)
+    idx, valid = vec.select_blocks(vec.block_scores(q, vec.compress_keys_padded(k, SMALL), 400, SMALL), SMALL)
+    dev = [x.to(DEVICE) for x in (q, k, v, idx, valid)]
+    out = sparse_blocks_triton(*dev, SMALL.block_size, 1 / math.sqrt(32), splits=splits).cpu()
+    assert (out - infllmv2_reference(q, k, v, SMALL)).abs().max().item() < TOL
