@@ -76,6 +76,11 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=32, help="in the profile run and the check")
     ap.add_argument("--threads", type=int, default=None, help="default: the host's free cores at start")
     ap.add_argument("--backends", default="torch,llama.cpp")
+    ap.add_argument(
+        "--gguf-quants",
+        default="q4_0,q4_1",
+        help="GGUF quants of the 0.5B model to check (q4_1 = the calibration model's quant)",
+    )
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
 
@@ -92,10 +97,11 @@ def main() -> int:
     if "torch" in wanted:
         targets.append(("torch", ckpt))
     if "llama.cpp" in wanted and "llama.cpp" in available_backends():
-        gguf_dir = ckpt.parent / f"{ckpt.name}-gguf-q4_0"
-        if not (gguf_dir / "edgecpm.json").exists():
-            edgecpm.export(ckpt, format="gguf", out=gguf_dir, quant="q4_0")
-        targets.append(("llama.cpp", gguf_dir))
+        for quant in args.gguf_quants.split(","):
+            gguf_dir = ckpt.parent / f"{ckpt.name}-gguf-{quant}"
+            if not (gguf_dir / "edgecpm.json").exists():
+                edgecpm.export(ckpt, format="gguf", out=gguf_dir, quant=quant)
+            targets.append(("llama.cpp", gguf_dir))
     rows = []
     for rnd in range(args.rounds):
         for backend, path in targets:
@@ -138,10 +144,10 @@ def main() -> int:
                 file=sys.stderr,
             )
     summary = {}
-    for backend, _ in targets:
-        mine = [r for r in rows if r["backend"] == backend]
+    for key in dict.fromkeys(f"{r['backend']} {r['quant']}" for r in rows):
+        mine = [r for r in rows if f"{r['backend']} {r['quant']}" == key]
         if mine:
-            summary[backend] = {
+            summary[key] = {
                 "median_ratio_p10": statistics.median(r["ratio_p10"] for r in mine),
                 "rounds_within_35pct": sum(abs(r["ratio_p10"] - 1) <= 0.35 for r in mine),
                 "rounds": len(mine),
