@@ -113,7 +113,11 @@ def default_text() -> str:
 
 
 def backends_for(info: ModelInfo, requested: Sequence[str] | None) -> list[str]:
-    """The backends that can open this model here (torch first: it is the fidelity reference)."""
+    """The backends that can open this model here, torch (the fidelity reference) last.
+
+    Freed torch tensors stay in the process heap, so a backend measured after torch would see its peak RSS
+    inflated by them; the C++ runtimes go first.
+    """
     from ..backends.base import available_backends
     from ..exporters.manifest import FORMAT_BACKENDS
 
@@ -121,7 +125,7 @@ def backends_for(info: ModelInfo, requested: Sequence[str] | None) -> list[str]:
     if info.kind == "artifact":
         runnable = [FORMAT_BACKENDS[info.fixed_format]]
     elif info.kind == "gguf":
-        runnable = ["torch", "llama.cpp"]
+        runnable = ["llama.cpp", "torch"]
     else:
         runnable = ["torch"]
     runnable = [b for b in runnable if b in registered]

@@ -63,7 +63,7 @@ def test_profile_measures_every_backend_and_agrees_with_llamacpp(gguf_report):
     from edgecpm.backends.base import available_backends
 
     names = [r["backend"] for r in rep["backends"]]
-    assert names[0] == "torch" and ("llama.cpp" in names) == ("llama.cpp" in available_backends())
+    assert names[-1] == "torch" and ("llama.cpp" in names) == ("llama.cpp" in available_backends())
     for r in rep["backends"]:
         assert r["load_seconds"] > 0 and r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 0
         assert [t["context"] for t in r["timings"]] == [16, 48]
