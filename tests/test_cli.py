@@ -62,3 +62,21 @@ def test_malformed_config_exit_2(tiny_tied, tmp_path) -> None:
     (d / "config.json").write_text(json.dumps(cfg))
     out = run("generate", str(d), "--prompt", "x")
     assert out.returncode == 2 and "'num_attention_heads'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_quickstart_plans_runs_and_exports(tiny_tied, tmp_path) -> None:
+    """The README's main job on a checkpoint: a plan, a generation on the planned backend, a GGUF that llama.cpp
+    loads (checked by opening it with the llama.cpp backend when it is installed)."""
+    out = run("quickstart", str(tiny_tied), "--out", str(tmp_path / "qs"), "--max-new-tokens", "4", "--skip-report",
+              "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["plan"]["fits"] is True and summary["run"]["new_tokens"] <= 4
+    gguf_path = summary["export"]["path"]
+    pytest.importorskip("llama_cpp")
+    import edgecpm
+
+    m = edgecpm.load(gguf_path, backend="llama.cpp")
+    ref = edgecpm.load(tiny_tied)
+    ids = ref.tokenizer.encode("The game")
+    assert (m.logits(ids).argmax(-1) == ref.logits(ids).argmax(-1)).mean() >= 0.9

@@ -1,6 +1,8 @@
-"""`edgecpm quickstart [PATH]`: the README's main job on the built-in default model (or any model).
+"""`edgecpm quickstart [PATH]`: the README's main job, on the built-in default model (or any model).
 
-Loads the model, generates a short chat answer while streaming it, and prints the measured tokens/s.
+Four steps, each the real feature: plan the model for this host (device profile + cost model), run it on the
+planned backend and report tokens/s, export it (GGUF q8_0), and profile it into a report with predictions set
+beside measurements (`report.html`, `report.json`, `report.md`).
 """
 
 from __future__ import annotations
@@ -8,35 +10,83 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from ..api import load
+from ..default_model import resolve_model_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="load a model (default: bundled SmolLM2-135M), generate, report speed")
+    p = sub.add_parser("quickstart", help="plan, run, export and profile a model (default: bundled SmolLM2-135M)")
     p.add_argument("path", nargs="?", default=None)
     p.add_argument("--prompt", default="Explain in two sentences why small language models matter on phones.")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--out", default="edgecpm-quickstart", help="folder for the export and the report")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--skip-report", action="store_true", help="stop after the export (the profile takes ~1 min)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary (no progress bars)")
     p.set_defaults(func=run)
 
 
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.json:
+        print(text)
+        sys.stdout.flush()
+
+
 def run(args: argparse.Namespace) -> int:
-    model = load(args.path, threads=args.threads, progress=not args.json)
-    messages = [{"role": "user", "content": args.prompt}]
-    result = model.generate_result(messages, max_new_tokens=args.max_new_tokens)
-    summary = {"model": str(model.path), "backend": model.backend.name, "text": result.text,
-               "prompt_tokens": result.prompt_tokens, "new_tokens": len(result.token_ids),
-               "prefill_tokens_per_s": round(result.prefill_tokens_per_s, 1),
-               "decode_tokens_per_s": round(result.decode_tokens_per_s, 1)}
+    from .. import export
+    from ..backends.base import available_backends
+    from ..device_profiles.planner import format_plan, plan
+
+    path = resolve_model_path(args.path)
+    out = Path(args.out)
+    summary: dict[str, Any] = {"model": str(path)}
+
+    _say(args, "== 1/4 plan: this host ==")
+    host_plan = plan(path, "host", context=2048, threads=args.threads)
+    summary["plan"] = host_plan.to_dict()
+    _say(args, format_plan(host_plan))
+
+    backend = "torch"
+    if host_plan.choice is not None and host_plan.choice.backend in available_backends():
+        planned = host_plan.choice.backend
+        # the planned backend runs this file as is when the format matches (a .gguf on llama.cpp)
+        if planned == "torch" or (planned == "llama.cpp" and path.suffix == ".gguf"):
+            backend = planned
+    threads = args.threads or host_plan.threads
+    _say(args, f"\n== 2/4 run: {backend} backend, {threads} threads ==")
+    model = load(path, backend=backend, threads=threads, progress=not args.json)
+    result = model.generate_result([{"role": "user", "content": args.prompt}], max_new_tokens=args.max_new_tokens)
+    summary["run"] = {"backend": model.backend.name, "text": result.text, "prompt_tokens": result.prompt_tokens,
+                      "new_tokens": len(result.token_ids),
+                      "prefill_tokens_per_s": round(result.prefill_tokens_per_s, 1),
+                      "decode_tokens_per_s": round(result.decode_tokens_per_s, 1)}
+    _say(args, f"prompt:  {args.prompt}\nanswer:  {result.text.strip()}")
+    _say(args, f"speed:   prefill {summary['run']['prefill_tokens_per_s']} tokens/s, decode "
+               f"{summary['run']['decode_tokens_per_s']} tokens/s ({len(result.token_ids)} tokens)")
+    del model
+
+    _say(args, "\n== 3/4 export: GGUF q8_0 ==")
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{path.stem.split('.')[0]}-q8_0.gguf"
+    artifact = export(path, format="gguf", quant="q8_0", out=target, progress=not args.json, threads=threads)
+    summary["export"] = {"path": str(artifact.model_file), "bytes": artifact.model_file.stat().st_size}
+    _say(args, f"wrote {artifact.model_file} ({summary['export']['bytes'] / 1e6:.1f} MB)")
+
+    if not args.skip_report:
+        from ..device_profiles.profiler import profile
+
+        _say(args, "\n== 4/4 profile: predictions beside measurements ==")
+        report_dir = out / "report"
+        report = profile(path, device="host", out=report_dir, threads=args.threads, progress=not args.json)
+        summary["report"] = {"dir": str(report_dir), "backends": [
+            {"backend": r["backend"], "quant": r["quant"],
+             "decode_tokens_per_s": r["timings"][0]["decode_tokens_per_s"]} for r in report["backends"]]}
+        for r in summary["report"]["backends"]:
+            _say(args, f"{r['backend']:<10} {r['quant']:<6} decode {r['decode_tokens_per_s']:.1f} tok/s")
+        _say(args, f"report: {report_dir / 'report.html'}")
     if args.json:
-        print(json.dumps(summary))
-        return 0
-    print(f"model:   {summary['model']} ({model.backend.name} backend)")
-    print(f"prompt:  {args.prompt}")
-    print(f"answer:  {result.text.strip()}")
-    print(f"speed:   prefill {summary['prefill_tokens_per_s']} tokens/s, decode {summary['decode_tokens_per_s']} "
-          f"tokens/s ({summary['new_tokens']} tokens)")
-    sys.stdout.flush()
+        print(json.dumps(summary, default=str))
     return 0
