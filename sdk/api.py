@@ -97,6 +97,13 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
     if p.is_dir() and is_artifact(p):
         manifest = read_manifest(p)
         name = FORMAT_BACKENDS[manifest.format] if backend == "auto" else backend
+        if name == "torch":
+            if manifest.format != "gguf":
+                raise EdgecpmError(f"the torch backend cannot run a {manifest.format} artifact; load its source "
+                                   "checkpoint instead")
+            # a GGUF artifact's weights are readable: run them on the reference model (e.g. with sparse attention)
+            return load(p / manifest.model_files[0], backend="torch", dtype=dtype, threads=threads,
+                        progress=progress, **options)
         factory = resolve_backend(name)
         opened = factory(p, manifest.model_config, manifest, dtype=dtype, threads=threads, progress=progress,
                          **options)

@@ -80,3 +80,15 @@ def test_quickstart_plans_runs_and_exports(tiny_tied, tmp_path) -> None:
     ref = edgecpm.load(tiny_tied)
     ids = ref.tokenizer.encode("The game")
     assert (m.logits(ids).argmax(-1) == ref.logits(ids).argmax(-1)).mean() >= 0.9
+
+
+def test_gguf_artifact_runs_on_torch_and_llamacpp(tiny_tied, tmp_path) -> None:
+    pytest.importorskip("llama_cpp")
+    import edgecpm
+
+    art = edgecpm.export(tiny_tied, format="gguf", quant="f32", out=tmp_path / "art", progress=False)
+    ids = [1, 30, 31, 200, 5]
+    on_torch = edgecpm.load(art.path, backend="torch").logits(ids)
+    on_llamacpp = edgecpm.load(art.path).logits(ids)
+    assert edgecpm.load(art.path).backend.name == "llama.cpp"
+    assert abs(on_torch - on_llamacpp).max() < 5e-3
