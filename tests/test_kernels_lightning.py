@@ -23,13 +23,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds barrier waits (ms per op on a loaded box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _inputs(t: int, h: int = 4, dk: int = 32, dv: int = 32, b: int = 2, seed: int = 0):

@@ -24,13 +24,7 @@ from edgecpm.runtime_kernels.ternary import (  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds barrier waits (ms per op on a loaded box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bitcpm_weight(n: int, k: int, group: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,

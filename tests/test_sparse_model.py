@@ -20,13 +20,7 @@ SPARSE = {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 1, "block_size": 
 N = 220
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds barrier waits (ms per op on a loaded box)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
