@@ -167,3 +167,28 @@ def test_artifact_is_profiled_on_its_runtime_against_a_reference(tiny_tied, tmp_
     assert r["backend"] == "onnxruntime" and r["fidelity"]["reference"] == "torch"
     assert r["fidelity"]["top1_agreement"] >= 0.9
     assert abs(r["fidelity"]["perplexity_delta"]) < 0.05 * r["fidelity"]["reference_perplexity"]
+
+
+def test_report_renders_in_headless_chromium(gguf_report, tmp_path):
+    """The page as a person sees it: headless Chromium renders it, and its plots show (coloured pixels of the
+    matplotlib lines), not just text. Skipped where no Chromium is installed (`apt-get install chromium`)."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        pytest.skip("no headless Chromium on this machine")
+    _, out = gguf_report
+    shot = tmp_path / "page.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,4000",
+                    f"--screenshot={shot}", (out / "report.html").as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    import matplotlib.image as mpimg
+
+    page = mpimg.imread(str(shot))[..., :3]
+    # matplotlib's default blue (#1f77b4) and orange (#ff7f0e) appear only inside the rendered plots
+    blue = (np.abs(page - np.array([0x1F, 0x77, 0xB4]) / 255).max(-1) < 0.08).sum()
+    orange = (np.abs(page - np.array([0xFF, 0x7F, 0x0E]) / 255).max(-1) < 0.08).sum()
+    assert blue > 200 and blue + orange > 400, (blue, orange)
