@@ -30,11 +30,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="0.5b", choices=["0.5b", "tiny"])
     args = ap.parse_args()
-    from edgecpm.synthetic import SyntheticSpec
+    from edgecpm.synthetic import MINICPM4_05B_SHAPE, SyntheticSpec
 
     if args.shape == "0.5b":
-        spec = SyntheticSpec(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, num_kv_heads=2,
-                             vocab_size=73448, dim_model_base=256, dtype="float32", shards=4, longrope=True)
+        spec = SyntheticSpec(**MINICPM4_05B_SHAPE, dtype="float32", shards=4, longrope=True)
     else:
         spec = SyntheticSpec(dtype="float32")
     # generate (or find) the checkpoint in its own process: Linux keeps ru_maxrss across fork+exec, so a

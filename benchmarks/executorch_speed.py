@@ -30,11 +30,10 @@ from executorch_peer import export_peer, write_llama_checkpoint  # noqa: E402
 
 from edgecpm.exporters.executorch_lower import import_runtime_ops  # noqa: E402
 from edgecpm.exporters.registry import run_export  # noqa: E402
-from edgecpm.synthetic import SyntheticSpec, cached_checkpoint  # noqa: E402
+from edgecpm.synthetic import MINICPM4_05B_SHAPE, SyntheticSpec, cached_checkpoint  # noqa: E402
 from edgecpm.weights import open_checkpoint  # noqa: E402
 
-SPEC_05B = SyntheticSpec(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, num_kv_heads=2,
-                         vocab_size=73448, dim_model_base=256)
+SPEC_05B = SyntheticSpec(**MINICPM4_05B_SHAPE)
 
 
 class ETProgram:

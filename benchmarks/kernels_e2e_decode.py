@@ -22,11 +22,10 @@ import torch
 
 from edgecpm.config import SparseConfig
 from edgecpm.model import Model
-from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
+from edgecpm.synthetic import MINICPM4_05B_SHAPE, SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
 
-SPEC_05B = SyntheticSpec(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, num_kv_heads=2,
-                         vocab_size=73448, dim_model_base=256)
+SPEC_05B = SyntheticSpec(**MINICPM4_05B_SHAPE)
 
 
 def set_sparse(model: Model, sparse: SparseConfig | None) -> None:

@@ -28,16 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from edgecpm.exporters.onnx_exporter import export
-from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
+from edgecpm.synthetic import MINICPM4_05B_SHAPE, SyntheticSpec, cached_checkpoint
 
 SPEC = SyntheticSpec(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_layers=24,
-    num_heads=16,
-    num_kv_heads=2,
-    vocab_size=73448,
-    dim_model_base=256,
+    **MINICPM4_05B_SHAPE,
     longrope=False,
     init_std=0.02,
     embed_std=0.02,

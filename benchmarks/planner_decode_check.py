@@ -30,15 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-SPEC_05B = dict(
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_layers=24,
-    num_heads=16,
-    num_kv_heads=2,
-    vocab_size=73448,
-    dim_model_base=256,
-)
+from edgecpm.synthetic import MINICPM4_05B_SHAPE  # noqa: E402
+
+SPEC_05B = dict(MINICPM4_05B_SHAPE)
 
 
 def measure_decode(path: Path, backend: str, threads: int, context: int, decode_tokens: int, runs: int) -> dict:
