@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgecpmError
-from .manifest import read_manifest, write_json_atomic
+from .manifest import install_folder, read_manifest, write_json_atomic
 
 DEVICE_DIR = "/data/local/tmp/edgecpm"
 RUNNER_TOKENIZERS = ("tokenizer.json", "tokenizer.model", "tokenizer.bin")
@@ -95,13 +95,7 @@ def package_android(artifact: str | Path, out: str | Path, verify: bool = True) 
             f'cd "$(dirname "$0")"\nadb shell mkdir -p {DEVICE_DIR}\n'
             f"for f in {names}; do adb push \"$f\" {DEVICE_DIR}/; done\n", encoding="utf-8")
         os.chmod(tmp / "push.sh", 0o755)
-        old = None
-        if dst.exists():
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        install_folder(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

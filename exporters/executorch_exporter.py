@@ -23,7 +23,7 @@ from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..progress import progress_bar
 from .executorch_quant import QUANTS, QuantReport, quantize_module
-from .manifest import Manifest, is_artifact, make_manifest, source_checksum
+from .manifest import Manifest, install_folder, is_artifact, make_manifest, source_checksum
 
 __all__ = ["QUANTS", "export", "build_module", "runner_metadata", "PTE_NAME"]
 
@@ -105,7 +105,7 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
                 sparse_kernel=sparse_kernel if attn_mode != "dense" else None, pte_bytes=len(buffer))
             manifest.write(tmp)
             bar.update(1)
-        _install(tmp, out_path)
+        install_folder(tmp, out_path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -159,14 +159,3 @@ def _source_files(src: Path) -> list[Path]:
     if src.is_file():
         return [src]
     return [p for p in src.iterdir() if p.suffix in (".safetensors", ".json")]
-
-
-def _install(tmp: Path, out: Path) -> None:
-    """Put the finished folder in place; an older artifact at `out` is replaced only after success."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import EdgecpmError
+from ..tokenizer import read_added_tokens
 
 _HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                   "generation_config.json", "chat_template.jinja")
@@ -47,18 +48,7 @@ def write_runner_tokenizer(src: Path, config: ModelConfig, out: Path, gguf_reade
 
 def _added_tokens(src: Path) -> dict[str, int]:
     """MiniCPM4's special tokens (`<|im_end|>` ...), which live outside `tokenizer.model`."""
-    added: dict[str, int] = {}
-    cfg_path = src / "tokenizer_config.json"
-    if cfg_path.exists():
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EdgecpmError(f"{cfg_path} is not valid JSON: {exc}") from None
-        for tid, info in (cfg.get("added_tokens_decoder") or {}).items():
-            added[str(info["content"])] = int(tid)
-    if (src / "added_tokens.json").exists():
-        added.update({k: int(v) for k, v in json.loads((src / "added_tokens.json").read_text()).items()})
-    return added
+    return {text: tid for tid, (text, _) in read_added_tokens(src).items()}
 
 
 def with_added_tokens(model: bytes, added: dict[str, int]) -> bytes:

@@ -16,6 +16,7 @@ from gguf import GGUFValueType, GGUFWriter, SpecialVocab, TokenType
 
 from ..chat import MINICPM4_CHATML
 from ..errors import EdgecpmError
+from ..tokenizer import read_added_tokens
 
 
 def write_vocab(writer: GGUFWriter, *, hf_dir: Path | None = None, reader: Any = None, n_vocab: int,
@@ -69,7 +70,7 @@ def write_sentencepiece_vocab(writer: GGUFWriter, directory: Path, n_vocab: int,
         types[i] = int(TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i) else
                        TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else
                        TokenType.NORMAL)
-    for tid, (text, special) in _added_tokens(directory).items():
+    for tid, (text, special) in read_added_tokens(directory).items():
         if tid >= size:
             raise EdgecpmError(f"added token {text!r} has id {tid}, outside the vocabulary of {size}")
         if tid < n_pieces and types[tid] != int(TokenType.UNUSED):
@@ -99,28 +100,6 @@ def write_sentencepiece_vocab(writer: GGUFWriter, directory: Path, n_vocab: int,
     special.add_to_gguf(writer, quiet=True)
     if special.chat_template is None and architecture == "minicpm":
         writer.add_chat_template(MINICPM4_CHATML)
-
-
-def _added_tokens(directory: Path) -> dict[int, tuple[str, bool]]:
-    """id -> (text, is_special) from tokenizer_config.json's added_tokens_decoder and added_tokens.json."""
-    out: dict[int, tuple[str, bool]] = {}
-    cfg_path = directory / "tokenizer_config.json"
-    if cfg_path.is_file():
-        try:
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EdgecpmError(f"{cfg_path.name} is not valid JSON: {exc}") from None
-        for tid, info in (cfg.get("added_tokens_decoder") or {}).items():
-            out[int(tid)] = (str(info["content"]), bool(info.get("special", False)))
-    added_path = directory / "added_tokens.json"
-    if added_path.is_file():
-        try:
-            added = json.loads(added_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EdgecpmError(f"{added_path.name} is not valid JSON: {exc}") from None
-        for text, tid in added.items():
-            out.setdefault(int(tid), (str(text), True))
-    return out
 
 
 def _special_ids(directory: Path, tokens: list[str], sp: Any) -> dict[str, int]:

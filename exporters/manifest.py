@@ -76,6 +76,19 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     return path
 
 
+def install_folder(tmp: Path, out: Path) -> None:
+    """Put a finished temporary folder in place; an older folder at `out` is replaced only after success."""
+    import shutil
+
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def source_checksum(paths: list[Path], max_bytes_per_file: int = 1 << 24) -> str:
     """SHA-256 over each source file's size, head and tail (fast on multi-GB checkpoints, still
     changes when a file is replaced or truncated)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import EdgecpmError
+from ..tokenizer import read_added_tokens
 
 SPIECE_SPACE = "\u2581"
 
@@ -76,8 +77,7 @@ def write_tokenizer_files(src: Path, config: ModelConfig, out: Path) -> list[str
         if (src / "tokenizer.json").exists():
             shutil.copyfile(src / "tokenizer.json", out / "tokenizer.json")
         elif (src / "tokenizer.model").exists():
-            special = {info["content"]: int(tid) for tid, info in (cfg.get("added_tokens_decoder") or {}).items()}
-            special.update({k: int(v) for k, v in _read_json(src / "added_tokens.json").items()})
+            special = {text: tid for tid, (text, _) in read_added_tokens(src).items()}
             bos = cfg.get("bos_token")
             bos = bos.get("content") if isinstance(bos, dict) else bos
             tk = spm_to_hf((src / "tokenizer.model").read_bytes(), special, bool(cfg.get("add_bos_token", True)), bos)

@@ -240,6 +240,28 @@ def _complete_utf8_prefix(data: bytes) -> bytes:
 # Loading
 
 
+def read_added_tokens(directory: str | Path) -> dict[int, tuple[str, bool]]:
+    """id -> (text, is_special) from `tokenizer_config.json`'s added_tokens_decoder and `added_tokens.json`
+    (MiniCPM4's `<|im_end|>` ... live there, outside `tokenizer.model`)."""
+    d = Path(directory)
+    out: dict[int, tuple[str, bool]] = {}
+    for name in ("tokenizer_config.json", "added_tokens.json"):
+        path = d / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise EdgecpmError(f"{name} is not valid JSON: {exc}") from None
+        if name == "tokenizer_config.json":
+            for tid, info in (data.get("added_tokens_decoder") or {}).items():
+                out[int(tid)] = (str(info["content"]), bool(info.get("special", False)))
+        else:
+            for text, tid in data.items():
+                out.setdefault(int(tid), (str(text), True))
+    return out
+
+
 def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_ids: Sequence[int] = ()) -> Tokenizer:
     """A HF checkpoint's tokenizer: `tokenizer.model` (preferred, as MiniCPM4 ships) else `tokenizer.json`."""
     d = Path(directory)
@@ -254,11 +276,7 @@ def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
     if template is None and (d / "chat_template.jinja").exists():
         template = (d / "chat_template.jinja").read_text(encoding="utf-8")
-    special: dict[str, int] = {}
-    for tid, info in (cfg.get("added_tokens_decoder") or {}).items():
-        special[info["content"]] = int(tid)
-    if (d / "added_tokens.json").exists():
-        special.update({k: int(v) for k, v in json.loads((d / "added_tokens.json").read_text()).items()})
+    special = {text: tid for tid, (text, _) in read_added_tokens(d).items()}
     add_bos = bool(cfg.get("add_bos_token", True))
     if (d / "tokenizer.model").exists():
         return SentencePieceTokenizer(d / "tokenizer.model", special_tokens=special, bos_id=bos_id,
