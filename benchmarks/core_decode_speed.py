@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from edgecpm.backends.llamacpp_loader import open_llama
+
 
 def torch_decode_tps(model, prompt_ids: list[int], n: int) -> float:
     backend = model.backend
@@ -37,7 +39,6 @@ def llamacpp_decode_tps(llm, prompt_ids: list[int], n: int) -> float:
 
 
 def main() -> None:
-    import llama_cpp
 
     import edgecpm
     from edgecpm.default_model import resolve_model_path
@@ -51,7 +52,7 @@ def main() -> None:
     path = resolve_model_path(args.model)
     fp32 = edgecpm.load(path, dtype="float32", threads=args.threads)
     bf16 = edgecpm.load(path, dtype="bfloat16", threads=args.threads)
-    llm = llama_cpp.Llama(str(path), n_ctx=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+    llm = open_llama(str(path), n_ctx=512, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
     prompt = fp32.tokenizer.encode("The history of the city begins in the early medieval period, when")
     results: dict[str, list[float]] = {"torch fp32": [], "torch bf16": [], "llama.cpp": []}
     for _ in range(args.runs):

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from executorch_peer import export_peer, write_llama_checkpoint  # noqa: E402
 
+from edgecpm.backends.llamacpp_loader import open_llama
 from edgecpm.exporters.executorch_lower import import_runtime_ops  # noqa: E402
 from edgecpm.exporters.registry import run_export  # noqa: E402
 from edgecpm.synthetic import MINICPM4_05B_SHAPE, SyntheticSpec, cached_checkpoint  # noqa: E402
@@ -58,9 +59,8 @@ class ETProgram:
 
 class LlamaCpp:
     def __init__(self, gguf: Path, threads: int, n_ctx: int, n_batch: int) -> None:
-        import llama_cpp
 
-        self.llm = llama_cpp.Llama(str(gguf), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
+        self.llm = open_llama(str(gguf), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
                                    n_threads_batch=threads, verbose=False)
 
     def prefill(self, ids: list[int]) -> float:

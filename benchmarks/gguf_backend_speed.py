@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from edgecpm.backends.llamacpp_loader import open_llama
+
 
 def direct_run(llm, prompt: list[int], n: int) -> tuple[float, list[int]]:
     import llama_cpp
@@ -44,7 +46,6 @@ def ours_run(backend, prompt: list[int], n: int) -> tuple[float, list[int]]:
 
 
 def main() -> None:
-    import llama_cpp
 
     import edgecpm
     from edgecpm.default_model import default_model_path
@@ -57,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     path = str(args.model or default_model_path())
     n_ctx = 512
-    llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
+    llm = open_llama(path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
                           n_threads_batch=args.threads, verbose=False)
     backend = edgecpm.load(path, backend="llama.cpp", threads=args.threads, n_ctx=n_ctx).backend
     prompt = llm.tokenize(b"The history of the city begins in the Roman period, when", add_bos=True)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecpm.backends.llamacpp_loader import open_llama
+
 ROOT = Path(__file__).resolve().parents[1]
 ALL = "f32,f16,bf16,q8_0,q6_k,q5_k_m,q5_1,q5_0,q4_k_m,q4_1,q4_0,tq2_0,tq1_0"
 SPEC = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, num_kv_heads=2,
@@ -65,10 +67,9 @@ def mean_kl(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def llamacpp_logits(path: Path, ids: list[int], threads: int) -> np.ndarray:
-    import llama_cpp
 
     n = max(len(ids), 64)
-    llm = llama_cpp.Llama(str(path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=threads,
+    llm = open_llama(str(path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=threads,
                           n_threads_batch=threads, verbose=False)
     llm.eval(ids)
     logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
@@ -83,7 +84,7 @@ def decode_speeds(paths: dict[str, Path], prompt: list[int], threads: int, round
     speeds: dict[str, list[float]] = {q: [] for q in paths}
     for _ in range(rounds):
         for quant, path in paths.items():
-            llm = llama_cpp.Llama(str(path), n_ctx=128, n_batch=64, n_threads=threads, n_threads_batch=threads,
+            llm = open_llama(str(path), n_ctx=128, n_batch=64, n_threads=threads, n_threads_batch=threads,
                                   verbose=False)
             v = llm.n_vocab()
             llm.eval(prompt)
@@ -98,7 +99,6 @@ def decode_speeds(paths: dict[str, Path], prompt: list[int], threads: int, round
 
 
 def main() -> None:
-    import llama_cpp
 
     import edgecpm
     from edgecpm.errors import EdgecpmError
@@ -114,7 +114,7 @@ def main() -> None:
         from edgecpm.default_model import default_model_path
 
         sources = {"normal": default_model_path()}
-        tok = llama_cpp.Llama(str(sources["normal"]), vocab_only=True, verbose=False)
+        tok = open_llama(str(sources["normal"]), vocab_only=True, verbose=False)
         ids = tok.tokenize(body.encode(), add_bos=True)[: args.positions]
     else:
         sys.path.insert(0, str(ROOT))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edgecpm.backends.llamacpp_loader import open_llama
 from edgecpm.model import Model
 from edgecpm.synthetic import SyntheticSpec, cache_root, cached_checkpoint
 from edgecpm.tokenizer import load_tokenizer_dir
@@ -30,10 +31,9 @@ def reference_logits(src: Path, ids: list[int]) -> np.ndarray:
 
 
 def llamacpp_logits(gguf_path: Path, ids: list[int], n_ctx: int | None = None) -> np.ndarray:
-    import llama_cpp
 
     n = n_ctx or max(64, len(ids))
-    llm = llama_cpp.Llama(str(gguf_path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=1,
+    llm = open_llama(str(gguf_path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=1,
                           verbose=False)
     try:
         llm.eval(ids)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import edgecpm
+from edgecpm.backends.llamacpp_loader import open_llama
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
 
@@ -190,7 +191,7 @@ def test_llamacpp_tokenizes_like_the_checkpoint_tokenizer(tiny_tied, outdir, wik
     art = export(tiny_tied, outdir, "q8_0", "tok")
     config, _ = open_checkpoint(tiny_tied)
     ours = load_tokenizer_dir(tiny_tied, bos_id=config.bos_token_id, eos_ids=config.eos_token_ids)
-    llm = llama_cpp.Llama(str(art.model_file), n_ctx=64, vocab_only=True, verbose=False)
+    llm = open_llama(str(art.model_file), n_ctx=64, vocab_only=True, verbose=False)
     text = wikitext[:3000] + " <|im_start|>user\nhi<|im_end|>"
     assert llm.tokenize(text.encode(), add_bos=True, special=True) == ours.encode(text)
     im_end = config.eos_token_ids[-1]
@@ -223,7 +224,7 @@ def test_artifact_manifest_load_and_inspect(tiny_tied, outdir) -> None:
 @pytest.mark.slow  # ~30 s: dequantizes and re-quantizes all of SmolLM2, two 512-token evals
 def test_smollm2_gguf_to_q8_0_agrees_with_original(smollm2_path, tmp_path, wikitext) -> None:
     art = edgecpm.export(smollm2_path, format="gguf", out=tmp_path / "smol", quant="q8_0", progress=False)
-    llm = llama_cpp.Llama(str(smollm2_path), n_ctx=64, vocab_only=True, verbose=False)
+    llm = open_llama(str(smollm2_path), n_ctx=64, vocab_only=True, verbose=False)
     ids = llm.tokenize(wikitext.encode(), add_bos=True)[:512]
     assert len(ids) == 512
     original = llamacpp_logits(smollm2_path, ids)

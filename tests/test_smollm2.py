@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import edgecpm
+from edgecpm.backends.llamacpp_loader import open_llama
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -24,7 +25,7 @@ def ours(smollm2_path):
 
 @pytest.fixture(scope="module")
 def llm(smollm2_path):
-    return llama_cpp.Llama(str(smollm2_path), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True,
+    return open_llama(str(smollm2_path), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True,
                            n_threads=2, verbose=False)
 
 

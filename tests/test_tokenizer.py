@@ -6,6 +6,7 @@ import pytest
 import sentencepiece as spm
 
 import edgecpm
+from edgecpm.backends.llamacpp_loader import open_llama
 from edgecpm.tokenizer import StreamDecoder, load_tokenizer_dir
 
 SAMPLES = ["The game 's opening theme was composed by Hitoshi Sakimoto .", "  leading spaces\nand\ttabs",
@@ -47,8 +48,8 @@ def test_stream_decoder_never_splits_characters(tiny_tied, text: str) -> None:
 
 
 def test_gguf_bpe_vocab_matches_llamacpp(smollm2_path, wikitext) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    llm = llama_cpp.Llama(str(smollm2_path), n_ctx=64, vocab_only=True, verbose=False)
+    pytest.importorskip("llama_cpp")
+    llm = open_llama(str(smollm2_path), n_ctx=64, vocab_only=True, verbose=False)
     tok = edgecpm.load(smollm2_path).tokenizer
     for text in SAMPLES + [wikitext[:3000], "<|im_start|>user\nHello<|im_end|>"]:
         assert tok.encode(text) == llm.tokenize(text.encode(), add_bos=False, special=True)

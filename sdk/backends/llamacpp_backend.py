@@ -4,6 +4,8 @@
 logits flags say which positions are wanted, so a prefill returns one row (or every row when asked) without
 llama-cpp-python's `n_ctx x n_vocab` score buffer, and a speculative verify gets a row per draft token.
 `truncate(n)` drops KV entries from position n on (`llama_memory_seq_rm`), which is speculative rollback.
+The model is opened by `llamacpp_loader.open_llama`, which keeps weights out of llama.cpp's AMX path on AMX
+CPUs (it crashes there).
 
 Registered as "llama.cpp"; opens a plain `.gguf` path or a GGUF artifact folder (`edgecpm.json`). llama.cpp
 has no InfLLM v2 kernel: a sparse model runs dense here (the torch backend runs it sparse).
@@ -21,6 +23,7 @@ import numpy as np
 
 from ..errors import EdgecpmError
 from .base import register_backend
+from .llamacpp_loader import open_llama
 
 DEFAULT_N_CTX = 4096
 if importlib.util.find_spec("llama_cpp") is None:  # not registered when llama-cpp-python is missing
@@ -32,17 +35,16 @@ class LlamaCppBackend:
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, threads: int | None = None,
                  n_batch: int = 512) -> None:
-        from llama_cpp import Llama
-
         path = Path(model_path)
         if not path.is_file():
             raise EdgecpmError(f"GGUF file not found: {path}")
         try:
-            self.llm = Llama(str(path), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
-                             n_threads_batch=threads, logits_all=False, verbose=False)
+            self.llm = open_llama(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
+                                  n_threads_batch=threads, logits_all=False)
         except ValueError as exc:
             raise EdgecpmError(f"llama.cpp cannot load {path.name}: {exc}") from None
         self.path = path
+        self.buffer_policy = self.llm.edgecpm_buffer_policy
         self.n_ctx = int(self.llm.n_ctx())
         self.n_batch = int(n_batch)
         self.threads = threads
