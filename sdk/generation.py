@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,9 +34,15 @@ class SamplingParams:
             raise EdgecpmError(f"top_k is {self.top_k}; expected >= 0")
 
 
-def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The distribution `sample` draws from (float64): temperature, top-k, top-p; one-hot at temperature 0.
+
+    Speculative decoding verifies drafts against exactly this distribution, so its output matches `sample`'s.
+    """
     if params.temperature == 0:
-        return int(np.argmax(logits))
+        probs = np.zeros(logits.shape[-1])
+        probs[int(np.argmax(logits))] = 1.0
+        return probs
     x = logits.astype(np.float64) / params.temperature
     if params.top_k and params.top_k < x.size:
         kth = np.partition(x, -params.top_k)[-params.top_k]
@@ -49,7 +56,17 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
         mask = np.zeros_like(probs)
         mask[keep] = probs[keep]
         probs = mask / mask.sum()
+    return probs
+
+
+def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
     return int(rng.choice(probs.size, p=probs))
+
+
+def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    if params.temperature == 0:
+        return int(np.argmax(logits))
+    return draw(probabilities(logits, params), rng)
 
 
 @dataclass
@@ -75,10 +92,13 @@ class GenerationResult:
 class Generator:
     """Runs the decode loop; `stream()` yields text pieces, `run()` returns a `GenerationResult`."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, eos_ids: Sequence[int] = ()) -> None:
+    def __init__(self, backend: Backend, tokenizer: Tokenizer, eos_ids: Sequence[int] = (),
+                 speculator: Any = None) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids) | set(tokenizer.eos_ids)
+        # an `edgecpm.speculative.Speculator`: drafts tokens and verifies them on `backend` (same output)
+        self.speculator = speculator
 
     def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams,
                stop: Sequence[str] = (), result: GenerationResult | None = None) -> Iterator[str]:
@@ -91,12 +111,12 @@ class Generator:
         out = result if result is not None else GenerationResult("", [], len(prompt_ids), "length", 0.0, 0.0)
         out.prompt_tokens = len(prompt_ids)
         t0 = time.perf_counter()
-        logits = self.backend.prefill(prompt_ids)
-        out.prefill_seconds = time.perf_counter() - t0
+        if self.speculator is not None:
+            tokens = self.speculator.tokens(self.backend, prompt_ids, max_new_tokens, params, rng, out)
+        else:
+            tokens = self._plain_tokens(prompt_ids, max_new_tokens, params, rng, out)
         text = ""
-        t1 = time.perf_counter()
-        for step in range(max_new_tokens):
-            token = sample(logits, params, rng)
+        for token in tokens:
             if token in self.eos_ids:
                 out.finish_reason = "eos"
                 break
@@ -113,15 +133,25 @@ class Generator:
                 break
             if piece:
                 yield piece
-            if step + 1 < max_new_tokens:
-                logits = self.backend.decode([token])[-1]
         if out.finish_reason != "stop":
             tail = decoder.flush()
             text += tail
             if tail:
                 yield tail
-        out.decode_seconds = time.perf_counter() - t1
+        out.decode_seconds = time.perf_counter() - t0 - out.prefill_seconds
         out.text = text
+
+    def _plain_tokens(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams,
+                      rng: np.random.Generator, out: GenerationResult) -> Iterator[int]:
+        """One target forward per token; the consumer stops at eos or a stop string."""
+        t0 = time.perf_counter()
+        logits = self.backend.prefill(prompt_ids)
+        out.prefill_seconds = time.perf_counter() - t0
+        for step in range(max_new_tokens):
+            token = sample(logits, params, rng)
+            yield token
+            if step + 1 < max_new_tokens:
+                logits = self.backend.decode([token])[-1]
 
     def run(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams,
             stop: Sequence[str] = ()) -> GenerationResult:

@@ -1,0 +1,148 @@
+"""`Speculator`: the draft-then-verify loop behind `Generator(..., speculator=...)`.
+
+Each round the draft proposes up to k tokens after the context; the target evaluates the pending token and
+the k drafts in ONE `decode` call (k+1 logits rows) and keeps the longest acceptable prefix:
+
+* greedy: draft i is kept while it equals the target's argmax; the first mismatch is replaced by that argmax,
+  so the output equals plain greedy decoding token for token;
+* sampling: draft i (drawn from q) is kept with probability min(1, p(x)/q(x)); on rejection the token is drawn
+  from norm(max(0, p - q)) (Leviathan et al. 2023; Chen et al. 2023), so every emitted token is distributed
+  exactly as the target's `probabilities` (temperature, top-k, top-p) — the same function plain sampling uses.
+
+Either way a round emits accepted + 1 tokens for one target forward. Both decoding states roll back to the
+accepted prefix with `truncate` (the draft's on its next proposal). The target's state never holds the
+pending (last emitted) token: it is the first token of the next verify batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgecpm.backends.base import Backend
+from edgecpm.errors import EdgecpmError
+from edgecpm.generation import GenerationResult, SamplingParams, draw, probabilities, sample
+from edgecpm.speculative.drafts import Draft, Proposal
+
+
+class Speculator:
+    """Drafts with `draft`, `k` tokens per round, verified on the generator's backend."""
+
+    def __init__(self, draft: Draft, k: int = 4) -> None:
+        if not isinstance(k, int) or k < 1:
+            raise EdgecpmError(f"draft_tokens is {k!r}; expected a positive number of tokens per round")
+        self.draft = draft
+        self.k = k
+
+    def tokens(
+        self,
+        target: Backend,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        rng: np.random.Generator,
+        out: GenerationResult,
+    ) -> Iterator[int]:
+        stats = SpeculativeStats(self.draft.name, self.k)
+        out.extra["speculative"] = stats
+        t0 = time.perf_counter()
+        logits = target.prefill(prompt_ids)
+        self.draft.start(prompt_ids)
+        out.prefill_seconds = time.perf_counter() - t0
+        if max_new_tokens <= 0:
+            return
+        context = [int(t) for t in prompt_ids]
+        pending = sample(logits, params, rng)
+        produced = 0
+        while True:
+            yield pending
+            produced += 1
+            stats.tokens = produced
+            context.append(pending)
+            if produced >= max_new_tokens:
+                return
+            k = min(self.k, max_new_tokens - produced - 1)
+            t_draft = time.perf_counter()
+            proposal = self.draft.propose(context, k, params, rng)[:k] if k else []
+            t_verify = time.perf_counter()
+            n_before = target.n_past
+            rows = target.decode([pending] + [t for t, _ in proposal])
+            accepted, pending = verify(rows, proposal, params, rng)
+            if accepted < len(proposal):
+                target.truncate(n_before + 1 + accepted)
+            stats.record(len(proposal), accepted, t_verify - t_draft, time.perf_counter() - t_verify)
+            for token, _ in proposal[:accepted]:
+                yield token
+                produced += 1
+                stats.tokens = produced
+                context.append(token)
+
+
+def verify(rows: np.ndarray, proposal: Proposal, params: SamplingParams, rng: np.random.Generator) -> tuple[int, int]:
+    """(number of drafts accepted, the next token) given the target's logits rows for [pending, *drafts]."""
+    for i, (token, q) in enumerate(proposal):
+        if params.temperature == 0:
+            best = int(np.argmax(rows[i]))
+            if best != token:
+                return i, best
+            continue
+        p = probabilities(rows[i], params)
+        q_token = 1.0 if q is None else float(q[token])
+        if q_token > 0 and rng.random() * q_token < p[token]:  # u < p/q, without dividing
+            continue
+        residual = p.copy()
+        if q is None:
+            residual[token] = 0.0
+        else:
+            residual = np.maximum(residual - q, 0.0)
+        total = residual.sum()
+        return i, draw(residual / total, rng) if total > 0 else draw(p, rng)
+    return len(proposal), sample(rows[len(proposal)], params, rng)
+
+
+class SpeculativeStats:
+    """Acceptance and where the time went; `to_dict()` is what `generate --json` prints."""
+
+    def __init__(self, draft: str, k: int) -> None:
+        self.draft, self.k = draft, k
+        self.rounds = self.drafted = self.accepted = self.tokens = 0
+        self.draft_seconds = self.verify_seconds = 0.0
+        self.accepted_per_round: list[int] = []
+
+    def record(self, drafted: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.draft_seconds += draft_s
+        self.verify_seconds += verify_s
+        self.accepted_per_round.append(accepted)
+
+    @property
+    def acceptance_length(self) -> float:
+        """Tokens emitted per verify round (accepted drafts + the target's own token)."""
+        return (self.accepted + self.rounds) / self.rounds if self.rounds else float("nan")
+
+    @property
+    def tokens_per_target_forward(self) -> float:
+        """New tokens per target forward, counting the prefill that gives the first one."""
+        return self.tokens / (self.rounds + 1) if self.tokens else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        def r(x: float) -> float | None:
+            return None if x != x else round(x, 3)
+
+        return {
+            "draft": self.draft,
+            "draft_tokens": self.k,
+            "rounds": self.rounds,
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "acceptance_rate": r(self.accepted / self.drafted) if self.drafted else None,
+            "acceptance_length": r(self.acceptance_length),
+            "tokens_per_target_forward": r(self.tokens_per_target_forward),
+            "draft_seconds": round(self.draft_seconds, 4),
+            "verify_seconds": round(self.verify_seconds, 4),
+        }
