@@ -80,10 +80,10 @@ def main() -> int:
 
     import edgecpm
     from edgecpm.backends.base import available_backends
-    from edgecpm.device_profiles.host import cpu_info, recommended_threads
+    from edgecpm.device_profiles.host import choose_threads
     from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
-    threads = args.threads or recommended_threads(cpu_info()["cores"])
+    threads = args.threads or choose_threads()["threads"]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     ckpt = cached_checkpoint(SyntheticSpec(**SPEC_05B))
     targets: list[tuple[str, Path]] = []

@@ -1,9 +1,11 @@
 """The `host` device profile, probed live: cores, ISA flags, RAM, GPU, and a measured memory bandwidth.
 
-Spec sheets overstate what a CPU can stream (papers-and-anchors.md Part 2b: a DDR5 laptop measured 33 of
-76.8 GB/s), so the host's bandwidth is measured: a multi-threaded read (sum) and copy of a buffer far larger
-than the last-level cache, median of several runs. Peak fp32/bf16 matmul rates are measured the same way.
-The probe is stored with the host's calibration (calibration.py) so `plan --device host` does not re-measure.
+Spec sheets overstate what a CPU can stream (a DDR5 laptop measured 33 of 76.8 GB/s; docs/planner.md), so
+the host's bandwidth is measured: reads of a buffer far larger than the last-level cache on every usable core,
+best of several methods (one method's kernel can be the bottleneck, not the memory), median of several runs.
+Peak fp32/bf16 matmul rates are measured the same way. The probe is stored with the host's calibration
+(calibration.py) so `plan --device host` does not re-measure the hardware; the thread count, which depends on
+what else runs right now, is decided afresh by a short probe each time (`choose_threads`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ X86_FLAGS = (
     "amx_int8",
     "amx_bf16",
 )
+# 2: bandwidth is the best of several read methods on every usable core (1 was torch's sum alone)
+PROBE_VERSION = 2
 ARM_FLAGS = {
     "asimd": "neon",
     "fphp": "fp16",
@@ -128,17 +132,69 @@ def gpu_info() -> dict[str, Any] | None:
     return None
 
 
-def recommended_threads(cores: int) -> int:
-    """Threads for this host now: the cores other processes leave idle (1-minute load average).
+def usable_cores() -> int:
+    """Cores this process may run on: the affinity mask, capped by a cgroup v2/v1 CPU quota."""
+    return cpu_info()["cores"]
 
-    OpenMP-style thread pools collapse when oversubscribed (llama.cpp #21763: 28 -> 0.26 tok/s with more
-    threads than free cores; on a shared 2-core box torch decode ran 9x slower with 2 threads than with 1).
+
+def _sync_probe_seconds(threads: int, reps: int = 150, give_up_s: float = float("inf")) -> float:
+    """Time of `reps` small multi-threaded matrix-vector products: a barrier per op, as in a decode step.
+
+    Fixed-work, so the time is comparable across thread counts: on idle cores more threads finish sooner; on
+    cores another process is using, a thread pool spins at each barrier waiting for a descheduled thread and
+    one thread is faster (llama.cpp #21763 saw 28 -> 0.26 tok/s oversubscribed).
     """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        load = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return cores
-    return max(1, min(cores, int(cores - load + 0.5)))
+        m = torch.ones(1024, 1024)
+        v = torch.ones(1024)
+        for _ in range(10):
+            torch.mv(m, v)
+        t0 = time.perf_counter()
+        for i in range(reps):
+            torch.mv(m, v)
+            elapsed = time.perf_counter() - t0
+            if elapsed > give_up_s:  # already far slower than another count: extrapolate, stop
+                return elapsed * reps / (i + 1)
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(previous)
+
+
+def choose_threads(cores: int | None = None, rounds: int = 3) -> dict[str, Any]:
+    """Threads for this host now: every usable core, unless a short measured probe shows fewer are faster.
+
+    The probe (well under a second) times the same parallel work at each candidate count, rounds interleaved,
+    medians compared; fewer threads win only when at least 15% faster. The load average never decides: on a
+    2-core machine it stays high for a minute after a compile that has already finished.
+    """
+    cores = cores or usable_cores()
+    if cores <= 1:
+        return {"threads": 1, "cores": cores, "reason": "1 usable core", "probe_ms": {}}
+    candidates = sorted({cores, max(1, cores // 2), 1}, reverse=True)
+    times: dict[int, list[float]] = {n: [] for n in candidates}
+    for _ in range(rounds):
+        for n in reversed(candidates):  # fewest first, so an oversubscribed count is cut short
+            best_so_far = min((min(t) for t in times.values() if t), default=float("inf"))
+            times[n].append(_sync_probe_seconds(n, give_up_s=4 * best_so_far))
+    med = {n: sorted(t)[len(t) // 2] for n, t in times.items()}
+    best = cores
+    for n in candidates[1:]:
+        if med[n] < 0.85 * med[best]:
+            best = n
+    ms = {n: round(t * 1e3, 2) for n, t in med.items()}
+    shown = ", ".join(f"{n} thread{'s' if n > 1 else ''} {ms[n]} ms" for n in candidates)
+    if best == cores:
+        reason = f"all {cores} usable cores (probe: {shown}; fewer threads were not faster)"
+    else:
+        reason = (
+            f"{best} of {cores} usable cores: the probe measured fewer threads faster right now ({shown}); "
+            "other processes are using the cores"
+        )
+    return {"threads": best, "cores": cores, "reason": reason, "probe_ms": ms}
 
 
 def host_id(cpu: dict[str, Any] | None = None, mem: dict[str, int] | None = None) -> str:
@@ -160,24 +216,86 @@ def _median_time(fn: Any, repeats: int) -> float:
     return times[len(times) // 2]
 
 
-def measure_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int | None = None) -> dict[str, float]:
-    """Multi-threaded read and copy bandwidth (GB/s) over a `size_mb` buffer, median of `repeats`."""
+def _last_level_cache_bytes() -> int:
+    """The largest CPU cache (sysfs), 32 MiB when it cannot be read."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = _read(str(f)).strip().upper()
+        m = re.match(r"(\d+)([KMG]?)", text)
+        if m:
+            sizes.append(int(m.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[m.group(2)])
+    return max(sizes) if sizes else 32 * 2**20
+
+
+def _read_methods(threads: int) -> dict[str, Any]:
+    """Ways to stream a buffer once: numpy's sum on one thread per slice, torch's reductions on a pool."""
+    import numpy as np
     import torch
 
+    def numpy_threads(buf: np.ndarray) -> Any:
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts = np.array_split(buf, threads)
+        pool = ThreadPoolExecutor(threads)
+
+        def run() -> None:
+            list(pool.map(np.add.reduce, parts))  # numpy releases the GIL inside the reduction
+
+        return run, pool
+
+    def torch_sum(buf: np.ndarray) -> Any:
+        t = torch.from_numpy(buf)
+        return (lambda: t.sum()), None
+
+    def torch_max(buf: np.ndarray) -> Any:
+        t = torch.from_numpy(buf)
+        return (lambda: t.amax()), None
+
+    return {"numpy-sum x threads": numpy_threads, "torch-sum": torch_sum, "torch-amax": torch_max}
+
+
+def measure_bandwidth(size_mb: int | None = None, repeats: int = 5, threads: int | None = None) -> dict[str, Any]:
+    """Read and copy bandwidth (GB/s): best of several read methods over a buffer far larger than the LLC.
+
+    Each method is timed `repeats` times (median); the best method is what the hardware gives, since the
+    cost model's efficiency coefficients are fractions of it. Copy is torch's multi-threaded copy_.
+    """
+    import numpy as np
+    import torch
+
+    threads = threads or cpu_info()["cores"]
+    if size_mb is None:
+        size_mb = int(min(512, max(256, 8 * _last_level_cache_bytes() / 2**20)))
+    n = size_mb * 2**20 // 4
+    buf = np.ones(n, dtype=np.float32)
+    nbytes = buf.nbytes
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads or cpu_info()["cores"])
+    torch.set_num_threads(threads)
+    reads: dict[str, float] = {}
     try:
-        n = size_mb * 2**20 // 4
-        src = torch.ones(n, dtype=torch.float32)
+        for name, make in _read_methods(threads).items():
+            fn, pool = make(buf)
+            try:
+                fn()  # warm up: touch every page
+                reads[name] = nbytes / _median_time(fn, repeats) / 1e9
+            finally:
+                if pool is not None:
+                    pool.shutdown()
+        src = torch.from_numpy(buf)
         dst = torch.empty_like(src)
-        src.sum()
-        dst.copy_(src)  # touch every page before timing
-        t_read = _median_time(lambda: src.sum(), repeats)
+        dst.copy_(src)
         t_copy = _median_time(lambda: dst.copy_(src), repeats)
     finally:
         torch.set_num_threads(previous)
-    nbytes = n * 4
-    return {"read_gbs": nbytes / t_read / 1e9, "copy_gbs": 2 * nbytes / t_copy / 1e9, "buffer_mb": size_mb}
+    best = max(reads, key=reads.get)
+    return {
+        "read_gbs": reads[best],
+        "read_method": best,
+        "read_methods_gbs": {k: round(v, 2) for k, v in reads.items()},
+        "copy_gbs": 2 * nbytes / t_copy / 1e9,
+        "buffer_mb": size_mb,
+        "threads": threads,
+    }
 
 
 def measure_compute(threads: int | None = None, size: int = 1024, repeats: int = 5) -> dict[str, float]:
@@ -202,18 +320,23 @@ def measure_compute(threads: int | None = None, size: int = 1024, repeats: int =
 def probe(measure: bool = True) -> dict[str, Any]:
     """Everything the host profile is built from; `measure=False` skips the timed parts."""
     cpu, mem = cpu_info(), memory_info()
+    choice = choose_threads(cpu["cores"])
     data: dict[str, Any] = {
+        "version": PROBE_VERSION,
         "host_id": host_id(cpu, mem),
         "cpu": cpu,
         "memory": mem,
         "gpu": gpu_info(),
         "probed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-        "threads": recommended_threads(cpu["cores"]),
+        "threads": choice["threads"],
+        "threads_reason": choice["reason"],
+        "threads_probe_ms": choice["probe_ms"],
     }
     if measure:
-        data["bandwidth"] = measure_bandwidth(threads=data["threads"])
-        data["compute"] = measure_compute(threads=data["threads"])
+        # the hardware's bandwidth and compute: every usable core, whatever the thread choice says now
+        data["bandwidth"] = measure_bandwidth(threads=cpu["cores"])
+        data["compute"] = measure_compute(threads=cpu["cores"])
     return data
 
 
@@ -226,7 +349,9 @@ def profile_from_probe(data: dict[str, Any], backends: list[str] | None = None) 
     measured = (
         Fact(
             round(bw["read_gbs"], 2),
-            f"multi-threaded read of a {bw['buffer_mb']} MB buffer, median ({probe_src})",
+            f"read of a {bw['buffer_mb']} MB buffer on {bw.get('threads', cpu['cores'])} threads, best of "
+            f"{len(bw.get('read_methods_gbs', {})) or 1} methods ({bw.get('read_method', 'torch-sum')}), "
+            f"median ({probe_src})",
             "measured",
         )
         if bw
@@ -263,7 +388,7 @@ def profile_from_probe(data: dict[str, Any], backends: list[str] | None = None) 
         notes=f"host id {data['host_id']}; copy bandwidth "
         f"{round(bw['copy_gbs'], 2) if bw else 'n/a'} GB/s (read+write bytes)",
         path="(probed)",
-        extra={"host_id": data["host_id"], "probe": data},
+        extra={"host_id": data["host_id"], "probe": data, "threads_reason": data.get("threads_reason", "")},
     )
 
 
@@ -273,8 +398,12 @@ def host_profile(remeasure: bool = False) -> DeviceProfile:
 
     hid = host_id()
     stored = None if remeasure else load_calibration(hid)
-    if stored and stored.get("probe", {}).get("bandwidth"):
-        return profile_from_probe(stored["probe"])
+    if stored and stored.get("probe", {}).get("bandwidth") and stored["probe"].get("version") == PROBE_VERSION:
+        # bandwidth and compute are the hardware's and are reused; how many threads pay off is decided now
+        data = dict(stored["probe"])
+        choice = choose_threads(data["cpu"]["cores"])
+        data.update(threads=choice["threads"], threads_reason=choice["reason"], threads_probe_ms=choice["probe_ms"])
+        return profile_from_probe(data)
     data = probe(measure=True)
     save_probe(data)
     return profile_from_probe(data)

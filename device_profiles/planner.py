@@ -116,6 +116,13 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         budget = self.device.memory_budget_bytes
+
+    @property
+    def threads_reason(self) -> str:
+        """Why this many threads: asked for, the host's measured probe, or the device profile's cores."""
+        if self.request.get("threads"):
+            return "as requested"
+        return self.device.extra.get("threads_reason") or f"the profile's {self.device.threads} performance cores"
         bw, basis = self.device.effective_bandwidth()
         choice = None
         if self.choice is not None:
@@ -130,6 +137,7 @@ class Plan:
                 "draft": self.draft,
                 "draft_reason": self.draft_reason,
                 "memory": {
+                "threads_reason": self.threads_reason,
                     "weights_bytes": int(p.weights_bytes),
                     "kv_bytes": int(p.kv_bytes),
                     "runtime_bytes": int(p.runtime_bytes),
@@ -444,6 +452,7 @@ def plan(
             f"nothing fits {profile.name}: the smallest option, "
             f"{smallest.quant.name} via {smallest.backend}, "
             f"needs {smallest.prediction.total_bytes / GIB:.2f} GiB but an app may use "
+        "threads": threads,
             f"{budget / GIB:.2f} GiB ({profile.memory_gib.value:g} GiB x {profile.app_share.value or 1:g})"
         )
         if _suggest:
@@ -629,6 +638,7 @@ def format_plan(plan_: Plan) -> str:
     lines.append(f"{'backend':<12} {'quant':<8} {'GiB':>7} {'decode/s':>9} {'prefill/s':>10}  verdict")
     for c in d["candidates"]:
         dec = "-" if c["decode_tokens_per_s"] is None else f"{c['decode_tokens_per_s']:.1f}"
+            f"threads {c['threads']}: {c['threads_reason']}",
         pre = "-" if c["prefill_tokens_per_s"] is None else f"{c['prefill_tokens_per_s']:.0f}"
         verdict = "fits" if c["fits"] else f"REFUSED: {c['rejected']}"
         lines.append(f"{c['backend']:<12} {c['quant']:<8} {c['total_bytes'] / GIB:>7.2f} {dec:>9} {pre:>10}  {verdict}")

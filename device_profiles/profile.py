@@ -155,7 +155,7 @@ def parse_fact(raw: Any, label: str, where: str) -> Fact:
         if status != "unknown":
             raise _fail(where, f"field '{label}' is unknown but its status is {status!r}")
         return Fact(None, source, status)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e300:  # NaN, inf too
         raise _fail(where, f"field '{label}.value' is {value!r}; expected a positive number or \"unknown\"")
     if status == "unknown":
         raise _fail(where, f"field '{label}' has a value but status 'unknown'")
@@ -222,7 +222,7 @@ def profile_from_dict(d: dict[str, Any], where: str) -> DeviceProfile:
         cpu_cores=cores,
         threads=threads,
         cpu=str(cpu.get("description", "")),
-        isa=tuple(str(x) for x in cpu.get("isa", [])),
+        isa=tuple(str(x) for x in _req({"isa": cpu.get("isa", [])}, "isa", list, where, "cpu.")),
         backends=backends,
         gpu=str(gpu.get("name", "")),
         cuda_cc=str(gpu["cuda_cc"]) if "cuda_cc" in gpu else None,
@@ -240,6 +240,10 @@ def read_profile_file(path: str | Path) -> DeviceProfile:
         raise EdgecpmError(f"device profile file not found: {p}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise EdgecpmError(f"device profile {p}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise EdgecpmError(f"device profile {p}: not valid TOML (nested too deeply)") from None
+    except OSError as exc:
+        raise EdgecpmError(f"cannot read device profile {p}: {exc.strerror or exc}") from None
     profile = profile_from_dict(data, str(p))
     if p.suffix == ".toml" and p.stem != profile.name:
         raise _fail(str(p), f"field 'name' is {profile.name!r}; expected the file name {p.stem!r}")

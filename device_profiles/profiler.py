@@ -296,6 +296,10 @@ def profile(
         )
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise EdgecpmError(f"--out {out} exists and is not a directory")
+    if out is not None:  # fail before a minute of measuring, not after
+        from ..optional import require
+
+        require("matplotlib", "the profiling report's plots")
     contexts = sorted({int(c) for c in contexts})
     if not contexts or contexts[0] < 1:
         raise EdgecpmError(f"contexts must be positive token counts, got {list(contexts)}")
@@ -426,6 +430,33 @@ def profile(
     return report
 
 
+def _fit_rows(rows: Sequence[dict[str, Any]], config: Any, q: QuantSpec, name: str, bw: float, peak: Any,
+              overhead_s: float | None, runtime: float, attention_peak: Any) -> Any:
+    """This host's coefficients fitted on the measured `rows` (one per context)."""
+    return fit_coefficients(
+        config,
+        q,
+        name,
+        bw,
+        peak,
+        [(row["context"], row["decode_step_seconds_p10"]) for row in rows],
+        [(row["context"], row["prefill_seconds"]) for row in rows],
+        overhead_s,
+        runtime,
+        attention_peak,
+    )
+
+
+def held_out_error(preds: Sequence[dict[str, Any]]) -> float | None:
+    """Median relative decode error of leave-one-context-out predictions (None with a single context)."""
+    errs = [
+        abs(p["predicted_decode_held_out"] - p["measured_decode"]) / p["measured_decode"]
+        for p in preds
+        if p.get("predicted_decode_held_out") and p.get("measured_decode")
+    ]
+    return round(statistics.median(errs), 4) if errs else None
+
+
 def _calibrate(
     info: ModelInfo,
     hprofile: Any,
@@ -452,25 +483,20 @@ def _calibrate(
         # (a C++ runtime does not need Python, and the baseline may hold the previous backend's leftovers)
         own = r["peak_rss_bytes"] - (0 if name == "torch" else r["baseline_rss_bytes"])
         runtime = max(0.0, own - kv_est.weights_bytes - kv_est.kv_bytes - kv_est.activation_bytes)
-        after = fit_coefficients(
-            config,
-            q,
-            name,
-            bw,
-            peak,
-            [(row["context"], row["decode_step_seconds_p10"]) for row in rows],
-            [(row["context"], row["prefill_seconds"]) for row in rows],
-            overhead.get(name),
-            runtime,
-            hprofile.peak_compute("fp32_gflops"),
-        )
+        fit_args = (config, q, name, bw, peak, overhead.get(name), runtime, hprofile.peak_compute("fp32_gflops"))
+        after = _fit_rows(rows, *fit_args)
         preds = []
-        for row in rows:
+        for i, row in enumerate(rows):
             c = row["context"]
             p0 = predict(config, q, name, hprofile, c, c, before)
             p1 = predict(config, q, name, hprofile, c, c, after)
+            # held out: coefficients fitted without this context, so its error is not 0 by construction
+            others = rows[:i] + rows[i + 1 :]
+            p_out = predict(config, q, name, hprofile, c, c, _fit_rows(others, *fit_args)) if others else None
             preds.append(
                 {
+                    "predicted_decode_held_out": None if p_out is None else p_out.decode_tokens_per_s,
+                    "predicted_prefill_held_out": None if p_out is None else p_out.prefill_tokens_per_s,
                     "context": c,
                     "measured_decode": row["decode_tokens_per_s_p10"],
                     "measured_decode_median": row["decode_tokens_per_s"],
@@ -488,6 +514,7 @@ def _calibrate(
             "default": before.to_dict(),
             "calibrated": after.to_dict(),
             "predictions": preds,
+            "held_out_decode_error": held_out_error(preds),
         }
         fitted[f"{name}/{q.name}"] = {
             "coefficients": after.to_dict(),

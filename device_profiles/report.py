@@ -32,7 +32,9 @@ def _fig_png(fig: Any) -> bytes:
 
 def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     """The three report plots as PNG bytes."""
-    import matplotlib
+    from ..optional import require
+
+    matplotlib = require("matplotlib", "the profiling report's plots")
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -72,6 +74,10 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
         c = [p["predicted_decode_calibrated"] for p in entry["predictions"]]
         ax.scatter(m, d, marker="x", color=color, label=f"{name} default coefficients")
         ax.scatter(m, c, marker="o", color=color, label=f"{name} calibrated")
+        h = [p.get("predicted_decode_held_out") for p in entry["predictions"]]
+        if any(x is not None for x in h):
+            ax.scatter(m, [x if x is not None else float("nan") for x in h], marker="^", color=color,
+                       facecolors="none", label=f"{name} held out")
         hi = max(hi, *m, *d, *c)
     line = [0, hi * 1.1]
     ax.plot(line, line, "k-", lw=0.8, label="predicted = measured")
@@ -128,11 +134,8 @@ def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
     speed = []
     for name, entry in report["calibration"]["backends"].items():
         for p in entry["predictions"]:
-            err = (
-                p["predicted_decode_calibrated"] / p["measured_decode"] - 1
-                if p["predicted_decode_calibrated"]
-                else None
-            )
+            held = p.get("predicted_decode_held_out")
+            err = held / p["measured_decode"] - 1 if held and p["measured_decode"] else None
             speed.append(
                 [
                     name,
@@ -144,6 +147,7 @@ def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                     _f(p["measured_decode"], 2),
                     _f(p["predicted_decode_default"], 2),
                     _f(p["predicted_decode_calibrated"], 2),
+                    _f(held, 2),
                     "n/a" if err is None else f"{err:+.0%}",
                 ]
             )
@@ -175,6 +179,8 @@ def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         ["fp32 GEMM (GFLOPS)", _f(probe.get("compute", {}).get("fp32_gflops"), 1)],
         ["bf16 GEMM (GFLOPS)", _f(probe.get("compute", {}).get("bf16_gflops"), 1)],
         ["threads used", str(report["threads"])],
+        ["why", probe.get("threads_reason", "n/a")],
+        ["read method", probe.get("bandwidth", {}).get("read_method", "n/a")],
         ["host id", probe["host_id"]],
     ]
     return [
@@ -195,8 +201,9 @@ def _tables(report: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 "decode (median step)",
                 "decode (p10 step)",
                 "pred. default",
-                "pred. calibrated",
-                "decode error (cal.)",
+                "pred. calibrated (in-sample)",
+                "pred. held out",
+                "held-out error",
             ],
             speed,
         ),
@@ -221,8 +228,19 @@ def _intro(report: dict[str, Any]) -> list[str]:
         f"{s['fidelity_tokens']} tokens against the torch reference; peak RSS sampled every 10 ms.",
         "Predictions: roofline cost model (decode = bytes moved per token / bandwidth; prefill = FLOPs / "
         "compute). 'default' uses rule-of-thumb coefficients; 'calibrated' uses the coefficients fitted on "
-        "these measurements (in-sample: it shows the fit, not an independent check).",
+        "all these measurements (in-sample: it shows the fit, not an independent check); 'held out' predicts "
+        "each context with coefficients fitted on the other contexts only, so its error is an honest one.",
     ]
+    errs = {n: e.get("held_out_decode_error") for n, e in cal["backends"].items()}
+    shown = [f"{n} {e:.0%}" for n, e in errs.items() if e is not None]
+    if shown:
+        lines.append(f"Held-out decode prediction error (median over contexts): {', '.join(shown)}.")
+    over = [n for n, e in cal["backends"].items() if (e["calibrated"].get("bandwidth_efficiency") or 0) > 1.0]
+    if over:
+        lines.append(
+            f"Warning: calibrated bandwidth efficiency above 1.0 for {', '.join(over)}: the probe measured less "
+            "bandwidth than decode used (a busy machine during the probe?); rerun on an idle machine."
+        )
     if cal.get("stored"):
         lines.append(f"Calibration stored in {cal['stored']}; `edgecpm plan MODEL --device host` uses it.")
     return lines

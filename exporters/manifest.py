@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import ModelConfig
 from ..errors import EdgecpmError
+from ..jsonfile import read_json, safe_member
 
 MANIFEST_NAME = "edgecpm.json"
 FORMATS = ("gguf", "onnx", "executorch")
@@ -36,7 +37,13 @@ class Manifest:
 
     @property
     def model_config(self) -> ModelConfig:
-        return ModelConfig.from_dict(self.config)
+        try:
+            return ModelConfig.from_dict(self.config)
+        except EdgecpmError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdgecpmError(f"{MANIFEST_NAME}: the stored config is malformed ({exc})") from None
+
 
     def write(self, directory: Path) -> Path:
         return write_json_atomic(Path(directory) / MANIFEST_NAME, asdict(self))
@@ -52,16 +59,36 @@ def make_manifest(fmt: str, quant: str, config: ModelConfig, model_files: list[s
 
 
 def read_manifest(directory: str | Path) -> Manifest:
+    """Read and check an artifact's manifest: field types, the stored config, and that every file it names
+    is a plain name inside the artifact folder (no `..`, absolute paths or symlinks leading out)."""
     path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        raise EdgecpmError(f"{directory} is not an edgecpm artifact (no {MANIFEST_NAME})")
+    d = read_json(path)
+    if not isinstance(d, dict):
+        raise EdgecpmError(f"{path} is malformed: expected a JSON object")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
         m = Manifest(**d)
-    except FileNotFoundError:
-        raise EdgecpmError(f"{directory} is not an edgecpm artifact (no {MANIFEST_NAME})") from None
-    except (json.JSONDecodeError, TypeError) as exc:
+    except TypeError as exc:
         raise EdgecpmError(f"{path} is malformed: {exc}") from None
     if m.format not in FORMATS:
         raise EdgecpmError(f"{path}: format {m.format!r}; expected one of {', '.join(FORMATS)}")
+    for key, kind in (("quant", str), ("config", dict), ("model_files", list), ("source_checksum", str),
+                      ("tool_version", str), ("tokenizer_files", list), ("extra", dict)):
+        if not isinstance(getattr(m, key), kind):
+            raise EdgecpmError(f"{path}: field '{key}' is malformed; expected {kind.__name__}")
+    if m.sparse is not None and not isinstance(m.sparse, dict):
+        raise EdgecpmError(f"{path}: field 'sparse' is malformed; expected an object or null")
+    if not m.model_files:
+        raise EdgecpmError(f"{path}: field 'model_files' is empty")
+    for key in ("max_seq_len", "max_context_len"):  # sizes the runtimes allocate from
+        v = m.extra.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 1 << 31):
+            raise EdgecpmError(f"{path}: field 'extra.{key}' is {v!r}; expected a positive integer")
+    for key in ("model_files", "tokenizer_files"):
+        for name in getattr(m, key):
+            safe_member(directory, name, f"{path} {key} entry")
+    m.model_config  # noqa: B018 - checks the stored config once, here
     return m
 
 

@@ -1,17 +1,24 @@
 """`edgecpm` command line. Subcommands live in `edgecpm.commands` (one module each, discovered here).
 
-Bad input prints one line `edgecpm: error: ...` and exits 2, with no traceback.
+Bad input prints one line `edgecpm: error: ...` and exits 2, with no traceback; so does a missing optional
+dependency (the line names the extra that installs it). Anything else is a bug: one line `edgecpm: internal
+error: ...` naming the log file that holds the full traceback, exit 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import time
+import traceback
+from pathlib import Path
 
 from . import __version__, commands
 from .errors import EdgecpmError
+from .optional import missing_dependency
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +49,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except ModuleNotFoundError as exc:
+        print(f"edgecpm: error: {missing_dependency(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a log file
+        log = write_crash_log(argv if argv is not None else sys.argv[1:])
+        where = f"; full log: {log}" if log else ""
+        print(f"edgecpm: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{where}",
+              file=sys.stderr)
+        return 1
+
+
+def crash_log_dir() -> Path:
+    return Path(os.environ.get("EDGECPM_LOG_DIR") or Path.home() / ".cache" / "edgecpm" / "logs")
+
+
+def write_crash_log(argv: list[str]) -> Path | None:
+    """The current exception's traceback, with the command line and versions, in a new file under the log dir."""
+    try:
+        folder = crash_log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text(f"edgecpm {__version__}, python {sys.version.split()[0]}\nargv: {argv}\n\n"
+                        f"{traceback.format_exc()}", encoding="utf-8")
+        return path
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

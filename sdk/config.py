@@ -8,17 +8,19 @@ checkpoint. Every validation error names the field and what was expected.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
+from dataclasses import MISSING as dataclass_missing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError
+from .errors import ConfigError, EdgecpmError
+from .jsonfile import read_json
 
 AttentionKind = Literal["dense", "infllmv2", "lightning"]
 
+MAX_LAYERS = 10_000  # far above any published model; a bigger count is a corrupt file, not a model
 SUPPORTED_ARCHITECTURES = {
     "MiniCPMForCausalLM": "minicpm",
     "LlamaForCausalLM": "llama",
@@ -193,6 +195,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """The inverse of `to_dict`; the dict comes from a file (a manifest), so every field is checked."""
+        _check_stored_config(d)
         d = dict(d)
         d["layers"] = tuple(LayerSpec(**s) for s in d["layers"])
         d["eos_token_ids"] = tuple(d["eos_token_ids"])
@@ -208,6 +212,90 @@ class ModelConfig:
         return cls(**d)
 
 
+def _check_stored_config(d: Any) -> None:
+    """Type and range checks for a `ModelConfig.to_dict()` read back from an artifact's manifest."""
+
+    def bad(field_name: str, expected: str) -> ConfigError:
+        return ConfigError(f"manifest config field '{field_name}' is malformed; expected {expected}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_pos_num(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1e300 and math.isfinite(v)
+
+    if not isinstance(d, Mapping):
+        raise ConfigError("manifest config is not an object")
+    known = {f.name for f in ModelConfig.__dataclass_fields__.values()} - {"extra"}
+    required = {f.name for f in ModelConfig.__dataclass_fields__.values() if f.default is f.default_factory
+                is dataclass_missing}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"manifest config has unknown field {unknown[0]!r}")
+    missing = sorted(required - set(d))
+    if missing:
+        raise ConfigError(f"manifest config lacks field {missing[0]!r}")
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
+                "max_position_embeddings"):
+        if not is_int(d[key]) or not 0 < d[key] < 1 << 40:
+            raise bad(key, "a positive integer")
+    if not is_int(d["num_layers"]) or not 0 < d["num_layers"] <= MAX_LAYERS:
+        raise bad("num_layers", f"an integer in 1..{MAX_LAYERS}")
+    if not is_int(d.get("trained_layers", 0)) or not 0 <= d.get("trained_layers", 0) <= MAX_LAYERS:
+        raise bad("trained_layers", f"an integer in 0..{MAX_LAYERS}")
+    for key in ("rms_norm_eps", "rope_theta", "scale_emb", "scale_depth", "dim_model_base", "ode_step"):
+        if key in d and not is_pos_num(d[key]):
+            raise bad(key, "a positive finite number")
+    for key in ("architecture", "torch_dtype", "name"):
+        if key in d and not isinstance(d[key], str):
+            raise bad(key, "a string")
+    if not isinstance(d["tie_word_embeddings"], bool):
+        raise bad("tie_word_embeddings", "true/false")
+    if d["bos_token_id"] is not None and not is_int(d["bos_token_id"]):
+        raise bad("bos_token_id", "an integer or null")
+    eos = d["eos_token_ids"]
+    if not isinstance(eos, list) or not eos or not all(is_int(x) for x in eos):
+        raise bad("eos_token_ids", "a list of integers")
+    layers = d["layers"]
+    if not isinstance(layers, list) or len(layers) != d["num_layers"]:
+        raise bad("layers", "one entry per layer")
+    for i, spec in enumerate(layers):
+        if not isinstance(spec, Mapping) or set(spec) - set(LayerSpec.__dataclass_fields__) \
+                or spec.get("attention", "dense") not in ("dense", "infllmv2", "lightning") \
+                or not (is_int(spec.get("weight_layer", 0))
+                        and 0 <= spec.get("weight_layer", 0) <= max(i, d.get("trained_layers", 0) - 1)) \
+                or not is_pos_num(spec.get("step", 1.0)) \
+                or not all(isinstance(spec.get(k, False), bool) for k in ("use_rope", "output_gate", "ternary")):
+            raise bad(f"layers[{i}]", "an attention kind, a stored weight layer, a positive ODE step and "
+                      "true/false flags")
+    rs = d.get("rope_scaling")
+    if rs is not None:
+        if not isinstance(rs, Mapping) or set(rs) != set(RopeScaling.__dataclass_fields__) \
+                or not is_int(rs["original_max_position_embeddings"]) \
+                or not 0 < rs["original_max_position_embeddings"] < 1 << 40:
+            raise bad("rope_scaling", "the LongRoPE fields")
+        for key in ("long_factor", "short_factor"):
+            if not isinstance(rs[key], list) or len(rs[key]) != d["head_dim"] // 2 \
+                    or not all(is_pos_num(x) for x in rs[key]):
+                raise bad(f"rope_scaling.{key}", "head_dim/2 positive numbers")
+    for key, cls_ in (("sparse", SparseConfig), ("lightning", LightningConfig)):
+        block = d.get(key)
+        if block is None:
+            continue
+        fields_ = cls_.__dataclass_fields__
+        if not isinstance(block, Mapping) or set(block) - set(fields_):
+            raise bad(key, f"an object with fields {', '.join(fields_)}")
+        for name, f in fields_.items():
+            if name not in block:
+                if f.default is dataclass_missing:
+                    raise bad(f"{key}.{name}", "a value")
+                continue
+            v = block[name]
+            wants_bool = f.type in ("bool", bool)
+            if wants_bool and not isinstance(v, bool) or not wants_bool and (not is_int(v) or abs(v) >= 1 << 40):
+                raise bad(f"{key}.{name}", "true/false" if wants_bool else "an integer")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parsing the Hugging Face config.json
 
@@ -221,6 +309,8 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default:
         return default
     value = d[key]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > 1e300:
+            raise ConfigError(f"config field '{label}' is {value!r}; expected a finite number")
         value = float(value)
     if kind is int and isinstance(value, float) and value.is_integer():
         value = int(value)
@@ -236,9 +326,11 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _positive(value: int | float, label: str) -> None:
-    if value <= 0:
+def _positive(value: int | float, label: str, limit: int | float | None = None) -> None:
+    if not value > 0 or not math.isfinite(value):  # `not >` also catches NaN
         raise ConfigError(f"config field '{label}' is {value!r}; expected a positive value")
+    if limit is not None and value > limit:
+        raise ConfigError(f"config field '{label}' is {value!r}; expected at most {limit}")
 
 
 def _parse_rope_scaling(d: Mapping[str, Any], head_dim: int) -> RopeScaling | None:
@@ -256,7 +348,8 @@ def _parse_rope_scaling(d: Mapping[str, Any], head_dim: int) -> RopeScaling | No
                 raise ConfigError(
                     f"config field 'rope_scaling.{name}' has {len(lst)} values; expected head_dim/2 = "
                     f"{head_dim // 2}")
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in lst):
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1e300
+                       and math.isfinite(x) for x in lst):
                 raise ConfigError(f"config field 'rope_scaling.{name}' must hold positive numbers")
         orig = _get(rs, "original_max_position_embeddings", int,
                     d.get("max_position_embeddings", 0), where="rope_scaling.")
@@ -346,7 +439,7 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
     num_layers = _get(d, "num_hidden_layers", int)
     for key, value in (("hidden_size", hidden), ("num_attention_heads", num_heads),
                        ("num_hidden_layers", num_layers)):
-        _positive(value, key)
+        _positive(value, key, MAX_LAYERS if key == "num_hidden_layers" else None)
     num_kv = _get(d, "num_key_value_heads", int, num_heads)
     _positive(num_kv, "num_key_value_heads")
     if num_heads % num_kv:
@@ -356,6 +449,7 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
     if head_dim * num_heads != hidden and "head_dim" not in d:
         raise ConfigError(f"config field 'hidden_size' ({hidden}) must be a multiple of num_attention_heads "
                           f"({num_heads})")
+    _positive(head_dim, "head_dim")
     if head_dim % 2:
         raise ConfigError(f"head_dim is {head_dim}; expected an even number (rotary pairs)")
     if d.get("hidden_act", "silu") != "silu":
@@ -394,11 +488,14 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
             num_heads=_get(d, "lightning_nh", int, num_heads),
             num_kv_heads=_get(d, "lightning_nkv", int, num_heads),
             head_dim=_get(d, "lightning_head_dim", int, head_dim),
-            use_rope=_get(d, "lightning_use_rope", bool, True),
+            use_rope=_get(d, "lightning_use_rope", bool, True),  # sizes checked just below
             qk_norm=_get(d, "qk_norm", bool, True),
             output_norm=_get(d, "use_output_norm", bool, True),
             output_gate=_get(d, "use_output_gate", bool, True),
         )
+        for key, value in (("lightning_nh", lightning.num_heads), ("lightning_nkv", lightning.num_kv_heads),
+                           ("lightning_head_dim", lightning.head_dim)):
+            _positive(value, key)
         attn_rope = _get(d, "attn_use_rope", bool, False)
         attn_gate = _get(d, "attn_use_output_gate", bool, True)
         for i, mixer in enumerate(mixers):
@@ -448,9 +545,9 @@ def load_hf_config(path: str | Path, *, has_lm_head: bool | None = None) -> Mode
     if not cfg_path.exists():
         raise ConfigError(f"no config.json in {p}")
     try:
-        d = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{cfg_path} is not valid JSON: {exc}") from None
+        d = read_json(cfg_path)
+    except EdgecpmError as exc:
+        raise ConfigError(str(exc)) from None
     return config_from_hf_dict(d, has_lm_head=has_lm_head, name=p.name if p.is_dir() else p.parent.name)
 
 

@@ -21,6 +21,17 @@ _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 
 
 def tokenizer_from_gguf(reader: Any, eos_ids: tuple[int, ...] = ()) -> Tokenizer:
+    """The GGUF's tokenizer; any malformed vocabulary metadata is one `EdgecpmError`."""
+    try:
+        return _tokenizer_from_gguf(reader, eos_ids)
+    except EdgecpmError:
+        raise
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError, AttributeError, UnicodeError) as exc:
+        raise EdgecpmError(f"GGUF tokenizer metadata is malformed ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:200]})") from None
+
+
+def _tokenizer_from_gguf(reader: Any, eos_ids: tuple[int, ...]) -> Tokenizer:
     model = field_value(reader, "tokenizer.ggml.model")
     tokens = field_value(reader, "tokenizer.ggml.tokens")
     if not tokens:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .chat import render_chat
 from .errors import EdgecpmError
+from .jsonfile import read_json
 
 
 class Tokenizer:
@@ -96,12 +97,13 @@ class SentencePieceTokenizer(Tokenizer):
                 self.sp.LoadFromSerializedProto(model_proto)
             else:
                 self.sp.Load(str(model_file))
-        except (OSError, RuntimeError) as exc:
-            raise EdgecpmError(f"cannot load SentencePiece model {model_file or '<gguf vocab>'}: {exc}") from None
-        self.special_tokens = dict(special_tokens or {})
-        for i in range(self.sp.GetPieceSize()):
-            if self.sp.IsControl(i) and self.sp.IdToPiece(i) not in self.special_tokens:
-                self.special_tokens[self.sp.IdToPiece(i)] = i
+            self.special_tokens = dict(special_tokens or {})
+            for i in range(self.sp.GetPieceSize()):
+                if self.sp.IsControl(i) and self.sp.IdToPiece(i) not in self.special_tokens:
+                    self.special_tokens[self.sp.IdToPiece(i)] = i
+        except (OSError, RuntimeError, UnicodeDecodeError) as exc:  # a damaged proto can hold non-UTF-8 pieces
+            raise EdgecpmError(f"cannot load SentencePiece model {model_file or '<gguf vocab>'}: "
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
         self.bos_id = bos_id if bos_id is not None else (self.sp.bos_id() if self.sp.bos_id() >= 0 else None)
         self.eos_ids = tuple(eos_ids) or ((self.sp.eos_id(),) if self.sp.eos_id() >= 0 else ())
         self.add_bos = add_bos
@@ -249,17 +251,31 @@ def read_added_tokens(directory: str | Path) -> dict[int, tuple[str, bool]]:
         path = d / name
         if not path.is_file():
             continue
+        data = read_json(path, name)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EdgecpmError(f"{name} is not valid JSON: {exc}") from None
-        if name == "tokenizer_config.json":
-            for tid, info in (data.get("added_tokens_decoder") or {}).items():
-                out[int(tid)] = (str(info["content"]), bool(info.get("special", False)))
-        else:
-            for text, tid in data.items():
-                out.setdefault(int(tid), (str(text), True))
+            if name == "tokenizer_config.json":
+                decoder = data.get("added_tokens_decoder") or {}
+                for tid, info in decoder.items():
+                    if not isinstance(info.get("content"), str):
+                        raise TypeError(f"token {tid}: 'content' is not a string")
+                    out[_token_id(tid)] = (info["content"], bool(info.get("special", False)))
+            else:
+                for text, tid in data.items():
+                    out.setdefault(_token_id(tid), (str(text), True))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise EdgecpmError(f"{name} has a malformed added-token table ({exc})") from None
     return out
+
+
+def _token_id(value: Any) -> int:
+    """A token id from a tokenizer file: an integer (or its decimal string, as JSON object keys are) in
+    [0, 2^31)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise TypeError(f"token id {value!r} is not an integer")
+    tid = int(value)
+    if not 0 <= tid < 1 << 31:
+        raise ValueError(f"token id {tid} is out of range")
+    return tid
 
 
 def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_ids: Sequence[int] = ()) -> Tokenizer:
@@ -267,15 +283,20 @@ def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_
     d = Path(directory)
     cfg: dict[str, Any] = {}
     if (d / "tokenizer_config.json").exists():
-        try:
-            cfg = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise EdgecpmError(f"tokenizer_config.json is not valid JSON: {exc}") from None
+        cfg = read_json(d / "tokenizer_config.json", "tokenizer_config.json")
+        if not isinstance(cfg, dict):
+            raise EdgecpmError("tokenizer_config.json must hold a JSON object")
     template = cfg.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
-        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
+                        None)
     if template is None and (d / "chat_template.jinja").exists():
-        template = (d / "chat_template.jinja").read_text(encoding="utf-8")
+        try:
+            template = (d / "chat_template.jinja").read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise EdgecpmError(f"chat_template.jinja cannot be read as UTF-8 text ({exc})") from None
+    if template is not None and not isinstance(template, str):
+        raise EdgecpmError(f"tokenizer_config.json: 'chat_template' is {type(template).__name__}; expected a string")
     special = {text: tid for tid, (text, _) in read_added_tokens(d).items()}
     add_bos = bool(cfg.get("add_bos_token", True))
     if (d / "tokenizer.model").exists():
@@ -284,10 +305,20 @@ def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_
     if (d / "tokenizer.json").exists():
         from tokenizers import Tokenizer as HFBackend
 
-        tk = HFBackend.from_file(str(d / "tokenizer.json"))
-        for tok in json.loads((d / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens", []):
-            if tok.get("special"):
-                special[tok["content"]] = int(tok["id"])
+        spec = read_json(d / "tokenizer.json", "tokenizer.json")
+        try:
+            tk = HFBackend.from_str(json.dumps(spec))
+        except Exception as exc:  # noqa: BLE001 - `tokenizers` raises bare Exception on a bad file
+            raise EdgecpmError(f"tokenizer.json is not a valid tokenizer ({' '.join(str(exc).split())[:200]})") \
+                from None
+        try:
+            for tok in spec.get("added_tokens") or []:
+                if tok.get("special"):
+                    if not isinstance(tok.get("content"), str):
+                        raise TypeError("an added token's 'content' is not a string")
+                    special[tok["content"]] = _token_id(tok.get("id"))
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise EdgecpmError(f"tokenizer.json has a malformed added_tokens list ({exc})") from None
         return HFTokenizer(tk, bos_id=bos_id, eos_ids=eos_ids, add_bos=bool(cfg.get("add_bos_token", False)),
                            chat_template=template, special_tokens=special)
     raise EdgecpmError(f"no tokenizer.model or tokenizer.json in {d}")

@@ -41,6 +41,8 @@ class Backend(Protocol):
 
 
 BackendFactory = Callable[..., Any]
+# backends that register only when their runtime is installed: name -> the module that runtime provides
+OPTIONAL_BACKENDS = {"llama.cpp": "llama_cpp", "onnxruntime": "onnxruntime", "executorch": "executorch"}
 _REGISTRY: dict[str, BackendFactory] = {}
 
 
@@ -54,6 +56,11 @@ def resolve_backend(name: str) -> BackendFactory:
 
     _import_optional_backends()
     if name not in _REGISTRY:
+        if name in OPTIONAL_BACKENDS:
+            from edgecpm.optional import missing_dependency
+
+            module = OPTIONAL_BACKENDS[name]
+            raise missing_dependency(ModuleNotFoundError(name=module), f"the {name} backend")
         raise EdgecpmError(f"unknown backend {name!r}; expected one of {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 

@@ -40,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from ..backends.base import available_backends
     from ..device_profiles.planner import format_plan, plan
 
+    if not args.skip_report:  # fail now, not after three steps
+        from ..optional import require
+
+        require("matplotlib", "the profiling report's plots")
     path = resolve_model_path(args.path)
     out = Path(args.out)
     summary: dict[str, Any] = {"model": str(path)}
@@ -56,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if planned == "torch" or (planned == "llama.cpp" and path.suffix == ".gguf"):
             backend = planned
     threads = args.threads or host_plan.threads
-    _say(args, f"\n== 2/4 run: {backend} backend, {threads} threads ==")
+    _say(args, f"\n== 2/4 run: {backend} backend, {threads} thread{'s' if threads != 1 else ''} ==")
     model = load(path, backend=backend, threads=threads, progress=not args.json)
     result = model.generate_result([{"role": "user", "content": args.prompt}], max_new_tokens=args.max_new_tokens)
     summary["run"] = {"backend": model.backend.name, "text": result.text, "prompt_tokens": result.prompt_tokens,

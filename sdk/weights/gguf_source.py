@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import LayerSpec, ModelConfig, RopeScaling, SparseConfig
-from ..errors import ConfigError, WeightError
+from ..errors import ConfigError, EdgecpmError, WeightError
 
 SUPPORTED_GGUF_ARCHITECTURES = ("minicpm", "llama")
 
@@ -73,6 +73,119 @@ def field_value(reader: Any, key: str, default: Any = None) -> Any:
     return f.contents()
 
 
+_SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value types
+_STRING, _ARRAY = 8, 9
+MAX_TENSOR_DIMS = 4  # GGML_MAX_DIMS
+
+
+def check_gguf_layout(path: Path) -> None:
+    """Bounds-check a GGUF file's header before gguf-py reads it, as llama.cpp's loader does.
+
+    gguf-py trusts every count: an array or string claiming 10^12 items makes it loop or slice for ever, and a
+    tensor offset past the end yields a short view. Here every length is checked against the bytes left, every
+    type code against the known ones, and every tensor's data range against the file size.
+    """
+    import mmap
+    import struct
+
+    import gguf
+
+    name = path.name
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise WeightError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        size = path.stat().st_size
+        if size < 24:
+            raise WeightError(f"{name} is not a GGUF file (only {size} bytes)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            if mm[:4] != b"GGUF":
+                raise WeightError(f"{name} is not a GGUF file (bad magic)")
+            end = "<" if struct.unpack_from("<I", mm, 4)[0] & 0xFFFF else ">"
+            pos = 4
+
+            def take(fmt: str) -> int:
+                nonlocal pos
+                n = struct.calcsize(fmt)
+                if pos + n > size:
+                    raise WeightError(f"{name} is truncated (header ends at byte {size})")
+                (v,) = struct.unpack_from(end + fmt, mm, pos)
+                pos += n
+                return v
+
+            def skip(n: int, what: str) -> None:
+                nonlocal pos
+                if n > size - pos:
+                    raise WeightError(f"{name}: {what} claims {n} bytes but only {size - pos} remain")
+                pos += n
+
+            def string(what: str) -> bytes:
+                n = take("Q")
+                start = pos
+                skip(n, what)
+                return mm[start:pos]
+
+            def value(vtype: int, what: str, depth: int = 0) -> None:
+                if vtype in _SCALAR_SIZES:
+                    skip(_SCALAR_SIZES[vtype], what)
+                elif vtype == _STRING:
+                    string(what)
+                elif vtype == _ARRAY and depth == 0:
+                    itype, count = take("I"), take("Q")
+                    if itype in _SCALAR_SIZES:
+                        skip(count * _SCALAR_SIZES[itype], what)
+                    elif itype in (_STRING, _ARRAY):
+                        if count * 8 > size - pos:  # every item needs at least its 8-byte length
+                            raise WeightError(f"{name}: {what} claims {count} items but only {size - pos} bytes "
+                                              "remain")
+                        for _ in range(count):
+                            value(itype, what, depth + 1)
+                    else:
+                        raise WeightError(f"{name}: {what} has unknown array item type {itype}")
+                else:
+                    raise WeightError(f"{name}: {what} has unknown value type {vtype}")
+
+            version = take("I")
+            if version not in (2, 3):
+                raise WeightError(f"{name}: GGUF version {version} is not supported (expected 2 or 3)")
+            n_tensors, n_kv = take("Q"), take("Q")
+            if n_kv > size or n_tensors > size:
+                raise WeightError(f"{name}: header claims {n_kv} metadata keys and {n_tensors} tensors")
+            alignment = 32
+            for i in range(n_kv):
+                key = string(f"metadata key {i}")
+                vtype = take("I")
+                label = f"metadata {key[:60].decode('utf-8', 'replace')!r}"
+                if key == b"general.alignment" and vtype == 4:
+                    alignment = take("I")
+                    if alignment == 0 or alignment & (alignment - 1):
+                        raise WeightError(f"{name}: general.alignment {alignment} is not a power of two")
+                else:
+                    value(vtype, label)
+            tensors = []
+            for i in range(n_tensors):
+                tname = string(f"tensor {i} name").decode("utf-8", "replace")
+                n_dims = take("I")
+                if not 1 <= n_dims <= MAX_TENSOR_DIMS:
+                    raise WeightError(f"{name}: tensor {tname!r} has {n_dims} dimensions")
+                dims = [take("Q") for _ in range(n_dims)]
+                ttype, offset = take("I"), take("Q")
+                try:
+                    block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
+                except (ValueError, KeyError):
+                    raise WeightError(f"{name}: tensor {tname!r} has unknown type {ttype}") from None
+                n = math.prod(dims)
+                if n == 0 or n > 1 << 50 or dims[0] % block:
+                    raise WeightError(f"{name}: tensor {tname!r} has impossible shape {dims}")
+                tensors.append((tname, offset, n * type_size // block))
+            data_start = pos + (-pos % alignment)
+            for tname, offset, nbytes in tensors:
+                if offset % alignment or data_start + offset + nbytes > size:
+                    raise WeightError(f"{name} is truncated or corrupt: tensor {tname!r} needs bytes "
+                                      f"{data_start + offset}..{data_start + offset + nbytes}, file has {size}")
+
+
 class GGUFSource:
     """Dequantizing, name-mapping view of one GGUF file."""
 
@@ -80,6 +193,11 @@ class GGUFSource:
         import gguf
 
         self.path = Path(path)
+        try:
+            check_gguf_layout(self.path)
+        except WeightError as exc:
+            detail = str(exc).removeprefix(f"{self.path.name}: ").removeprefix(f"{self.path.name} ")
+            raise WeightError(f"{self.path.name} is not a valid GGUF file ({detail})") from None
         try:
             self.reader = gguf.GGUFReader(str(self.path))
         except Exception as exc:  # the reader raises ValueError, struct.error, IndexError... on bad bytes
@@ -94,7 +212,13 @@ class GGUFSource:
             hf = self._to_hf(gname)
             if hf is not None:
                 self._hf_to_gguf[hf] = gname
-        self.config = self._build_config()
+        try:
+            self.config = self._build_config()
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError, IndexError, UnicodeDecodeError) as exc:
+            if isinstance(exc, EdgecpmError):
+                raise
+            raise ConfigError(f"{self.path.name} has malformed model metadata ({type(exc).__name__}: {exc})") \
+                from None
         self._check_tensor_sizes()
 
     # ---- WeightSource ----
@@ -125,11 +249,15 @@ class GGUFSource:
         except NotImplementedError:
             raise WeightError(f"{self.path.name}: tensor {t.name} has type {t.tensor_type.name}, which "
                               "gguf.quants cannot dequantize") from None
-        arr = np.asarray(arr, dtype=np.float32).reshape(self.shape(name))
-        if name.endswith("self_attn.q_proj.weight"):
-            arr = unpermute_from_llamacpp(arr, self.config.num_heads)
-        elif name.endswith("self_attn.k_proj.weight"):
-            arr = unpermute_from_llamacpp(arr, self.config.num_kv_heads)
+        try:
+            arr = np.asarray(arr, dtype=np.float32).reshape(self.shape(name))
+            if name.endswith("self_attn.q_proj.weight"):
+                arr = unpermute_from_llamacpp(arr, self.config.num_heads)
+            elif name.endswith("self_attn.k_proj.weight"):
+                arr = unpermute_from_llamacpp(arr, self.config.num_kv_heads)
+        except ValueError as exc:  # a shape that does not fit the heads the metadata declares
+            raise WeightError(f"{self.path.name}: tensor {t.name} has shape {list(self.shape(name))}, which does "
+                              f"not fit the model metadata ({exc})") from None
         return np.array(arr, dtype=np.float32, order="C", copy=True) if not arr.flags.writeable else \
             np.ascontiguousarray(arr)
 
@@ -179,6 +307,11 @@ class GGUFSource:
         n_head = int(self._meta("attention.head_count"))
         n_kv = int(self._meta("attention.head_count_kv", n_head))
         head_dim = int(self._meta("attention.key_length", hidden // n_head))
+        for key, v in (("block_count", n_layers), ("embedding_length", hidden), ("attention.head_count", n_head),
+                       ("attention.head_count_kv", n_kv), ("attention.key_length", head_dim)):
+            if not 0 < v <= (len(self._tensors) if key == "block_count" else 1 << 32):
+                raise ConfigError(f"GGUF metadata key '{self.arch}.{key}' is {v}; expected a positive count"
+                                  + (" no larger than the number of tensors" if key == "block_count" else ""))
         emb = self._tensors.get("token_embd.weight")
         if emb is None:
             raise WeightError(f"{self.path.name} has no token_embd.weight tensor")
@@ -189,6 +322,11 @@ class GGUFSource:
             dim_model_base = hidden / float(self._meta("logit_scale"))
         else:
             scale_emb, scale_depth, dim_model_base = 1.0, math.sqrt(n_layers), hidden
+        for key, v in (("embedding_scale", scale_emb), ("residual_scale", scale_depth),
+                       ("logit_scale", dim_model_base)):
+            if not 0 < v < 1e300:  # also NaN and inf
+                raise ConfigError(f"GGUF metadata key '{self.arch}.{key}' gives {v}; expected a positive finite "
+                                  "number")
         ctx = int(self._meta("context_length", 4096))
         rope_scaling = None
         long_t = self._tensors.get("rope_factors_long.weight")

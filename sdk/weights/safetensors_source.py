@@ -7,7 +7,7 @@ copy plus one tensor, detects truncated shards before anything is read, and neve
 
 from __future__ import annotations
 
-import json
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..errors import WeightError
+from ..errors import EdgecpmError, WeightError
+from ..jsonfile import parse_json, read_json, safe_member
 
 _DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F32": (torch.float32, 4),
@@ -53,11 +54,13 @@ def read_safetensors_header(path: Path) -> dict[str, _Entry]:
             (header_len,) = struct.unpack("<Q", raw_len)
             if header_len > min(size - 8, 100_000_000):
                 raise WeightError(f"{path.name} is not a safetensors file (header length {header_len})")
-            header = json.loads(f.read(header_len))
+            raw_header = f.read(header_len)
     except OSError as exc:
         raise WeightError(f"cannot read {path}: {exc.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise WeightError(f"{path.name} has a corrupt safetensors header") from None
+    try:
+        header = parse_json(raw_header, f"{path.name}'s safetensors header")
+    except EdgecpmError as exc:
+        raise WeightError(f"{path.name} has a corrupt safetensors header ({exc})") from None
     if not isinstance(header, dict):
         raise WeightError(f"{path.name} has a corrupt safetensors header")
     base = 8 + header_len
@@ -67,17 +70,26 @@ def read_safetensors_header(path: Path) -> dict[str, _Entry]:
             continue
         try:
             dtype, itemsize = _DTYPES[info["dtype"]]
-            shape = tuple(int(x) for x in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
+            shape = tuple(_header_int(x) for x in info["shape"])
+            begin, end = (_header_int(x) for x in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise WeightError(f"{path.name}: tensor {name!r} has a malformed or unsupported header entry") from None
-        if end - begin != itemsize * int(np.prod(shape, dtype=np.int64)):
+        if any(x < 0 for x in shape) or not 0 <= begin <= end:
+            raise WeightError(f"{path.name}: tensor {name!r} has a negative dimension or byte offset")
+        if end - begin != itemsize * math.prod(shape):  # exact integers: a huge shape cannot wrap around
             raise WeightError(f"{path.name}: tensor {name!r} byte range does not match its shape {list(shape)}")
         if base + end > size:
             raise WeightError(
                 f"{path.name} is truncated: tensor {name!r} needs bytes up to {base + end}, file has {size}")
         entries[name] = _Entry(path, dtype, shape, base + begin, end - begin)
     return entries
+
+
+def _header_int(x: object) -> int:
+    """A JSON integer (not a bool, float or string that merely converts to one)."""
+    if isinstance(x, bool) or not isinstance(x, int):
+        raise TypeError(f"{x!r} is not an integer")
+    return x
 
 
 class SafetensorsSource:
@@ -96,10 +108,15 @@ class SafetensorsSource:
         index = directory / "model.safetensors.index.json"
         if index.exists():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+                weight_map = read_json(index, index.name)["weight_map"]
+            except EdgecpmError as exc:
+                raise WeightError(str(exc)) from None
+            except (KeyError, TypeError):
                 raise WeightError(f"{index.name} is malformed: expected a 'weight_map' object") from None
-            files = [directory / f for f in dict.fromkeys(weight_map.values())]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise WeightError(f"{index.name} is malformed: 'weight_map' must map tensor names to shard files")
+            files = [safe_member(directory, f, f"{index.name} shard", follow_symlinks_out=True)  # HF cache links
+                     for f in dict.fromkeys(weight_map.values())]
             source = cls(files)
             missing = [n for n in weight_map if n not in source._entries]
             if missing:
