@@ -533,7 +533,7 @@ def run_worker(targets: list[str], cases: int, seed: int = 0, timeout: float = 6
     cmd = [sys.executable, str(Path(__file__).resolve()), "--cases", str(cases), "--seed", str(seed)]
     for t in targets:
         cmd += ["--target", t]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     results = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
     assert r.returncode == 0 and len(results) == len(targets), f"worker died (rc {r.returncode}): {r.stderr[-3000:]}"
@@ -599,7 +599,7 @@ def test_fuzz_cli_one_line_exit_2(target, command, tmp_path):
             args = ["inspect", str(case / fname if fname.endswith(".gguf") else case)]
         before = _snapshot(tmp_path)
         r = subprocess.run([sys.executable, "-m", "edgecpm", *args], capture_output=True, text=True, timeout=120,
-                           env={**os.environ, "PYTHONPATH": str(ROOT)})
+                           env=dict(os.environ))
         assert r.returncode in (0, 1, 2), f"case {i}: rc {r.returncode}: {r.stderr[-2000:]}"
         assert "Traceback" not in r.stderr, r.stderr[-2000:]
         if r.returncode == 2:
@@ -641,7 +641,7 @@ for name, fn in (("safetensors", lambda: SafetensorsSource([st])), ("gguf_array"
 print(json.dumps(res))
 """
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       env=dict(os.environ))
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     for name in ("safetensors", "gguf_array", "gguf_string"):
