@@ -79,7 +79,7 @@ def main() -> int:
     args = ap.parse_args()
 
     import edgecpm
-    from edgecpm.backends.base import available_backends
+    from edgecpm.backends.registry import available_backends
     from edgecpm.device_profiles.host import choose_threads
     from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 

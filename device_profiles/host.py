@@ -362,7 +362,7 @@ def profile_from_probe(data: dict[str, Any], backends: list[str] | None = None) 
         for k, v in (data.get("compute") or {}).items()
     }
     if backends is None:
-        from ..backends.base import available_backends
+        from ..backends.registry import available_backends
 
         backends = available_backends()
     gpu = data.get("gpu") or {}

@@ -118,7 +118,7 @@ def backends_for(info: ModelInfo, requested: Sequence[str] | None) -> list[str]:
     Freed torch tensors stay in the process heap, so a backend measured after torch would see its peak RSS
     inflated by them; the C++ runtimes go first.
     """
-    from ..backends.base import available_backends
+    from ..backends.registry import available_backends
     from ..exporters.manifest import FORMAT_BACKENDS
 
     registered = available_backends()

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend, resolve_backend
+from .backends.base import Backend
+from .backends.registry import open_backend
 from .config import ModelConfig, is_preset
 from .default_model import resolve_model_path
 from .errors import EdgecpmError
@@ -104,10 +105,9 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
             # a GGUF artifact's weights are readable: run them on the reference model (e.g. with sparse attention)
             return load(p / manifest.model_files[0], backend="torch", dtype=dtype, threads=threads,
                         progress=progress, **options)
-        factory = resolve_backend(name)
-        opened = factory(p, manifest.model_config, manifest, dtype=dtype, threads=threads, progress=progress,
-                         **options)
-        backend_obj, tokenizer = opened if isinstance(opened, tuple) else (opened, None)
+        opened = open_backend(name, p, manifest.model_config, manifest, dtype=dtype, threads=threads,
+                              progress=progress, **options)
+        backend_obj, tokenizer = opened.backend, opened.tokenizer
         if tokenizer is None:
             tokenizer = _artifact_tokenizer(p, manifest.model_config)
         return LoadedModel(p, manifest.model_config, tokenizer, backend_obj, manifest.format)
@@ -128,9 +128,8 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
     name = "torch" if backend == "auto" else backend
     if name == "llama.cpp" and fmt != "gguf":
         raise EdgecpmError("the llama.cpp backend runs .gguf files; export the checkpoint with --format gguf first")
-    factory = resolve_backend(name)
-    backend_obj = factory(p, config, None, source=source, dtype=dtype, threads=threads, progress=progress,
-                          **options)
+    backend_obj = open_backend(name, p, config, None, source=source, dtype=dtype, threads=threads,
+                               progress=progress, **options).backend
     return LoadedModel(p, config, tokenizer, backend_obj, fmt)
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import edgecpm
-from edgecpm.backends.base import Backend, resolve_backend
+from edgecpm.backends.base import Backend
+from edgecpm.backends.registry import open_backend
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
 from .gguf_common import llamacpp_logits, reference_logits, text_ids
@@ -94,7 +95,7 @@ def test_sparse_model_warns_that_llamacpp_runs_dense(tmp_path) -> None:
     src = cached_checkpoint(SyntheticSpec(sparse_config={"topk": 4, "window_size": 128, "dense_len": -1}))
     art = edgecpm.export(src, format="gguf", out=tmp_path / "s", quant="f16", progress=False)
     with pytest.warns(UserWarning, match="runs dense"):
-        resolve_backend("llama.cpp")(art.model_file, open_config(art.model_file), None)
+        open_backend("llama.cpp", art.model_file, open_config(art.model_file), None)
 
 
 def open_config(path):

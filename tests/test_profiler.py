@@ -60,7 +60,7 @@ def gguf_report(tiny_gguf, calib_dir, tmp_path_factory):
 
 def test_profile_measures_every_backend_and_agrees_with_llamacpp(gguf_report):
     rep, _ = gguf_report
-    from edgecpm.backends.base import available_backends
+    from edgecpm.backends.registry import available_backends
 
     names = [r["backend"] for r in rep["backends"]]
     assert names[-1] == "torch" and ("llama.cpp" in names) == ("llama.cpp" in available_backends())

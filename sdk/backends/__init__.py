@@ -1,7 +1,8 @@
-"""Backends run a model behind the `Backend` protocol; formats register how to open their artifacts."""
+"""Backends run a model behind the `Backend` protocol; `registry.BACKENDS` is the one table of them."""
 
 from __future__ import annotations
 
-from .base import Backend, register_backend, resolve_backend
+from edgecpm.backends.base import Backend
+from edgecpm.backends.registry import BACKENDS, Opened, available_backends, open_backend
 
-__all__ = ["Backend", "register_backend", "resolve_backend"]
+__all__ = ["BACKENDS", "Backend", "Opened", "available_backends", "open_backend"]

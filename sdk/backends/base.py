@@ -2,17 +2,16 @@
 
 A backend holds one sequence's decoding state. `prefill` starts a new sequence, `decode` appends tokens (one,
 or several to verify a speculative draft), `truncate` rolls back, `reset` forgets. Logits are float32 numpy.
-Backends register a factory under a name; `edgecpm.load` picks one from the path and the artifact manifest.
+Which backends exist, and how each is opened, is the table in `registry.py`; `edgecpm.load` picks one from the
+path and the artifact manifest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-
-from ..errors import EdgecpmError
 
 
 @runtime_checkable
@@ -38,45 +37,3 @@ class Backend(Protocol):
         ...
 
     def reset(self) -> None: ...
-
-
-BackendFactory = Callable[..., Any]
-# backends that register only when their runtime is installed: name -> the module that runtime provides
-OPTIONAL_BACKENDS = {"llama.cpp": "llama_cpp", "onnxruntime": "onnxruntime", "executorch": "executorch"}
-_REGISTRY: dict[str, BackendFactory] = {}
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """`factory(path, config, manifest, **options) -> (backend, tokenizer)`; later registrations override."""
-    _REGISTRY[name] = factory
-
-
-def resolve_backend(name: str) -> BackendFactory:
-    from . import torch_backend  # noqa: F401  (registers "torch")
-
-    _import_optional_backends()
-    if name not in _REGISTRY:
-        if name in OPTIONAL_BACKENDS:
-            from edgecpm.optional import missing_dependency
-
-            module = OPTIONAL_BACKENDS[name]
-            raise missing_dependency(ModuleNotFoundError(name=module), f"the {name} backend")
-        raise EdgecpmError(f"unknown backend {name!r}; expected one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
-
-
-def available_backends() -> list[str]:
-    resolve_backend("torch")
-    return sorted(_REGISTRY)
-
-
-def _import_optional_backends() -> None:
-    """Backends that live beside their exporter register themselves on import, if installed."""
-    import importlib
-
-    for module in ("edgecpm.backends.llamacpp_backend", "edgecpm.backends.onnx_backend",
-                   "edgecpm.backends.executorch_backend"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError:  # the backend is not built yet or its runtime is not installed
-            continue

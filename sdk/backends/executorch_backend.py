@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgecpm.backends.registry import Opened
+
 from ..errors import EdgecpmError
-from .base import register_backend
 
 
 class ExecuTorchBackend:
@@ -91,9 +92,9 @@ class ExecuTorchBackend:
         self._n_past = 0
 
 
-def open_executorch(path: Any, config: Any, manifest: Any = None, *, source: Any = None,
+def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None,
                     dtype: str | None = None, threads: int | None = None, progress: bool = False,
-                    **_: Any) -> ExecuTorchBackend:
+                    **_: Any) -> Opened:
     if manifest is None or manifest.format != "executorch":
         raise EdgecpmError(f"{path} is not an ExecuTorch artifact; export it with --format executorch first")
     if dtype not in (None, "float32", "fp32", "f32"):
@@ -103,8 +104,6 @@ def open_executorch(path: Any, config: Any, manifest: Any = None, *, source: Any
     if not pte.is_file():
         raise EdgecpmError(f"ExecuTorch program {pte} is missing")
     extra = manifest.extra
-    return ExecuTorchBackend(pte, config.vocab_size, int(extra["max_seq_len"]), int(extra["max_context_len"]),
-                             extra.get("logits", "last"), threads)
+    return Opened(ExecuTorchBackend(pte, config.vocab_size, int(extra["max_seq_len"]), int(extra["max_context_len"]),
+                                    extra.get("logits", "last"), threads))
 
-
-register_backend("executorch", open_executorch)

@@ -7,8 +7,9 @@ llama-cpp-python's `n_ctx x n_vocab` score buffer, and a speculative verify gets
 The model is opened by `llamacpp_loader.open_llama`, which keeps weights out of llama.cpp's AMX path on AMX
 CPUs (it crashes there).
 
-Registered as "llama.cpp"; opens a plain `.gguf` path or a GGUF artifact folder (`edgecpm.json`). llama.cpp
-has no InfLLM v2 kernel: a sparse model runs dense here (the torch backend runs it sparse).
+Listed as "llama.cpp" in `registry.BACKENDS`; opens a plain `.gguf` path or a GGUF artifact folder
+(`edgecpm.json`). llama.cpp has no InfLLM v2 kernel: a sparse model runs dense here (the torch backend runs it
+sparse).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from edgecpm.backends.registry import Opened
+
 from ..errors import EdgecpmError
-from .base import register_backend
 from .llamacpp_loader import open_llama
 
 DEFAULT_N_CTX = 4096
-if importlib.util.find_spec("llama_cpp") is None:  # not registered when llama-cpp-python is missing
+if importlib.util.find_spec("llama_cpp") is None:  # the registry names the extra that installs it
     raise ModuleNotFoundError("llama-cpp-python is not installed", name="llama_cpp")
 
 
@@ -105,7 +107,7 @@ class LlamaCppBackend:
         return np.ctypeslib.as_array(ctx.get_logits_ith(-1), shape=(v,)).copy()
 
 
-def open_llamacpp(path: Any, config: Any, manifest: Any = None, *, source: Any = None,
+def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None,
                   dtype: str | None = None, threads: int | None = None, progress: bool = False,
                   n_ctx: int | None = None, n_batch: int = 512, **_: Any) -> Any:
     """A plain `.gguf` -> backend; an artifact folder -> (backend, tokenizer from the GGUF vocabulary)."""
@@ -126,13 +128,11 @@ def open_llamacpp(path: Any, config: Any, manifest: Any = None, *, source: Any =
         n_ctx = min(int(getattr(config, "max_position_embeddings", DEFAULT_N_CTX)), DEFAULT_N_CTX)
     backend = LlamaCppBackend(model, n_ctx=int(n_ctx), threads=threads, n_batch=int(n_batch))
     if not p.is_dir():
-        return backend
+        return Opened(backend)
     import gguf
 
     from ..gguf_vocab import tokenizer_from_gguf
 
     eos = tuple(getattr(config, "eos_token_ids", ()) or ())
-    return backend, tokenizer_from_gguf(gguf.GGUFReader(str(model)), eos)
+    return Opened(backend, tokenizer_from_gguf(gguf.GGUFReader(str(model)), eos))
 
-
-register_backend("llama.cpp", open_llamacpp)

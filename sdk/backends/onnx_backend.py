@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from edgecpm.backends.registry import Opened
+
 from ..errors import EdgecpmError
-from .base import register_backend
 
 
 class OnnxBackend:
@@ -96,7 +97,7 @@ class OnnxBackend:
         self._n = 0
 
 
-def open_onnx(
+def open_backend(
     path: Any,
     config: Any,
     manifest: Any = None,
@@ -106,7 +107,7 @@ def open_onnx(
     threads: int | None = None,
     progress: bool = False,
     **_: Any,
-) -> OnnxBackend:
+) -> Opened:
     p = Path(path)
     files = getattr(manifest, "model_files", None) or ["model.onnx"]
     model_file = p / files[0] if p.is_dir() else p
@@ -114,7 +115,5 @@ def open_onnx(
         raise EdgecpmError(f"ONNX model file not found: {model_file}")
     if dtype not in (None, "float32", "fp32", "f32"):
         raise EdgecpmError(f"the ONNX backend computes in float32 (dtype {dtype!r} is fixed at export time)")
-    return OnnxBackend(model_file, config, threads=threads)
+    return Opened(OnnxBackend(model_file, config, threads=threads))
 
-
-register_backend("onnxruntime", open_onnx)

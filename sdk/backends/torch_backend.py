@@ -8,9 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgecpm.backends.registry import Opened
+
 from ..errors import EdgecpmError
 from ..model import Model
-from .base import register_backend
 
 
 class TorchBackend:
@@ -53,14 +54,14 @@ class TorchBackend:
         self.cache.reset()
 
 
-def open_torch(path: Any, config: Any, manifest: Any = None, *, source: Any = None, dtype: str | None = None,
-               threads: int | None = None, progress: bool = False, **_: Any) -> TorchBackend:
+def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None, dtype: str | None = None,
+               threads: int | None = None, progress: bool = False, **_: Any) -> Opened:
     from ..progress import progress_bar
 
     torch_dtype = resolve_dtype(dtype or "float32")
     with progress_bar(total=None, desc="loading weights", enabled=progress) as bar:
         model = Model.from_source(config, source, torch_dtype, progress=bar.update)
-    return TorchBackend(model, threads=threads)
+    return Opened(TorchBackend(model, threads=threads))
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -70,5 +71,3 @@ def resolve_dtype(name: str) -> torch.dtype:
         raise EdgecpmError(f"unknown dtype {name!r}; expected one of float32, bfloat16, float16")
     return table[name]
 
-
-register_backend("torch", open_torch)

@@ -37,7 +37,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import export
-    from ..backends.base import available_backends
+    from ..backends.registry import available_backends
     from ..device_profiles.planner import format_plan, plan
 
     if not args.skip_report:  # fail now, not after three steps
