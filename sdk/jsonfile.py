@@ -46,8 +46,15 @@ def safe_member(directory: str | Path, name: Any, what: str, *, follow_symlinks_
     the folder: not a string, empty, absolute, with `..` or a separator, or (unless `follow_symlinks_out`) a
     symlink pointing outside. Source checkpoints allow such symlinks: the Hugging Face cache links every
     snapshot file to a blob outside the snapshot folder; edgecpm's own artifacts never contain them."""
-    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name \
-            or "\0" in name or Path(name).is_absolute():
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or Path(name).is_absolute()
+    ):
         raise EdgecpmError(f"{what} {name!r} is not a plain file name inside {directory}")
     base = Path(directory)
     path = base / name

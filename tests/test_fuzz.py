@@ -93,9 +93,16 @@ def seed_executorch_like() -> Path:
         (d / "model.pte").write_bytes(b"\0" * 64)
         for name in ("tokenizer.model", "tokenizer_config.json"):
             shutil.copyfile(src / name, d / name)
-        make_manifest("executorch", "8da4w", load_hf_config(src), ["model.pte"], "sha256:0",
-                      tokenizer_files=["tokenizer.model", "tokenizer_config.json"], max_seq_len=64,
-                      max_context_len=128).write(d)
+        make_manifest(
+            "executorch",
+            "8da4w",
+            load_hf_config(src),
+            ["model.pte"],
+            "sha256:0",
+            tokenizer_files=["tokenizer.model", "tokenizer_config.json"],
+            max_seq_len=64,
+            max_context_len=128,
+        ).write(d)
 
     return _seed("executorch-like", build)
 
@@ -108,26 +115,53 @@ def seed_device_toml() -> Path:
 # Mutators (all driven by one random.Random, so a (seed, case) pair reproduces exactly)
 
 HUGE_INTS = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1, 10**12, 10**18]
-WEIRD_VALUES = [float("nan"), float("inf"), float("-inf"), -1, 0, 10**12, 10**30, -(10**30), 1.5, "x", "",
-                "\udcff", [], {}, None, True, False, [1, 2], {"a": 1}, "\x00" * 3, "é" * 50, 2**64, -(2**63)]
+WEIRD_VALUES = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    -1,
+    0,
+    10**12,
+    10**30,
+    -(10**30),
+    1.5,
+    "x",
+    "",
+    "\udcff",
+    [],
+    {},
+    None,
+    True,
+    False,
+    [1, 2],
+    {"a": 1},
+    "\x00" * 3,
+    "é" * 50,
+    2**64,
+    -(2**63),
+]
 
 
 def mutate_bytes(data: bytes, rng: random.Random, boundaries: list[int]) -> bytes:
     """Byte-level damage; `boundaries` are the offsets where the file's regions start (header, fields,
     tensor data ...), where truncation and overwrites hurt most."""
     b = bytearray(data)
-    op = rng.choice(["truncate_boundary", "truncate", "bitflip", "huge_u64", "huge_u32", "insert", "delete",
-                     "zero_run", "non_utf8"])
+    op = rng.choice(
+        ["truncate_boundary", "truncate", "bitflip", "huge_u64", "huge_u32", "insert", "delete", "zero_run", "non_utf8"]
+    )
     cut_points = [x for x in boundaries if 0 <= x <= len(b)] or [0]
     if op == "truncate_boundary":
         at = rng.choice(cut_points) + rng.choice([-1, 0, 1])
-        return bytes(b[:max(0, at)])
+        return bytes(b[: max(0, at)])
     if op == "truncate":
-        return bytes(b[:rng.randrange(len(b) + 1)])
+        return bytes(b[: rng.randrange(len(b) + 1)])
     if op == "bitflip":
         for _ in range(rng.randint(1, 8)):
-            i = rng.randrange(len(b)) if rng.random() < 0.5 or not boundaries else \
-                min(len(b) - 1, max(0, rng.choice(cut_points) + rng.randrange(16)))
+            i = (
+                rng.randrange(len(b))
+                if rng.random() < 0.5 or not boundaries
+                else min(len(b) - 1, max(0, rng.choice(cut_points) + rng.randrange(16)))
+            )
             b[i] ^= 1 << rng.randrange(8)
         return bytes(b)
     if op in ("huge_u64", "huge_u32"):
@@ -135,18 +169,18 @@ def mutate_bytes(data: bytes, rng: random.Random, boundaries: list[int]) -> byte
         value = rng.choice(HUGE_INTS) % (1 << (8 * width))
         at = rng.choice(cut_points) + rng.choice([0, 4, 8, 12, 16]) if rng.random() < 0.8 else rng.randrange(len(b))
         at = min(max(0, at), max(0, len(b) - width))
-        b[at:at + width] = struct.pack(fmt, value)
+        b[at : at + width] = struct.pack(fmt, value)
         return bytes(b)
     if op == "insert":
         at = rng.randrange(len(b) + 1)
         return bytes(b[:at] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 16))) + b[at:])
     if op == "delete":
         at = rng.randrange(len(b) + 1)
-        return bytes(b[:at] + b[at + rng.randint(1, 64):])
+        return bytes(b[:at] + b[at + rng.randint(1, 64) :])
     if op == "zero_run":
         at = rng.randrange(len(b) + 1)
         n = rng.randint(1, 256)
-        b[at:at + n] = b"\0" * len(b[at:at + n])
+        b[at : at + n] = b"\0" * len(b[at : at + n])
         return bytes(b)
     at = rng.randrange(len(b) + 1)  # non_utf8
     return bytes(b[:at] + rng.choice([b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\x80\x80"]) + b[at:])
@@ -225,8 +259,24 @@ def _get_path(obj, path):
     return obj
 
 
-TOML_VALUES = ["nan", "inf", "-inf", "-1", "0", "1e400", "99999999999999999999999", '"x"', "[]", "{}", "true",
-               '"unknown"', "[[[[[[[[1]]]]]]]]", "1979-05-27", "0.0", '"\\uD800"']
+TOML_VALUES = [
+    "nan",
+    "inf",
+    "-inf",
+    "-1",
+    "0",
+    "1e400",
+    "99999999999999999999999",
+    '"x"',
+    "[]",
+    "{}",
+    "true",
+    '"unknown"',
+    "[[[[[[[[1]]]]]]]]",
+    "1979-05-27",
+    "0.0",
+    '"\\uD800"',
+]
 
 
 def mutate_toml(text: str, rng: random.Random) -> bytes:
@@ -257,15 +307,37 @@ def mutate_toml(text: str, rng: random.Random) -> bytes:
 
 
 TEMPLATE_SNIPPETS = [
-    "{{ 1/0 }}", "{{ 'a' * 10**10 }}", "{{ 'a' * 1000000000 }}", "{{ [0] * 10**9 }}", "{{ 10 ** 10 ** 10 }}",
-    "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "{{ ''.__class__.__mro__ }}",
-    "{{ cycler.__init__.__globals__ }}", "{% for i in range(10**9) %}x{% endfor %}", "{% for %}", "{{",
-    "{{ messages[99] }}", "{{ raise_exception('no') }}", "{{ messages.append(1) }}", "{{ x.y.z }}",
-    "{% set a = messages.pop() %}", "{{ lipsum.__globals__ }}", "{{ range(10**9) | list }}",
-    "{{ ' ' | center(10**9) }}", "{{ 'x' | indent(10**9) }}", "{{ 'ab' | wordwrap(0) }}", "{{ 'a' ~ 1 }}",
-    "{% for m in messages %}{% for m2 in messages %}{{ m2 }}{% endfor %}{% endfor %}", "{{ (1,2) | join }}",
-    "{{ 'x' | format(1, 2, 3) }}", "{{ '%s %s' % 1 }}", "{{ messages | tojson }}", "{{ [] | first }}",
-    "{{ 99999999999999999999 | int * 'a' }}", "{{ 'a' | replace('', 'b' * 100000) }}", "{{ 'aaa' * 100000 * 100000 }}",
+    "{{ 1/0 }}",
+    "{{ 'a' * 10**10 }}",
+    "{{ 'a' * 1000000000 }}",
+    "{{ [0] * 10**9 }}",
+    "{{ 10 ** 10 ** 10 }}",
+    "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+    "{{ ''.__class__.__mro__ }}",
+    "{{ cycler.__init__.__globals__ }}",
+    "{% for i in range(10**9) %}x{% endfor %}",
+    "{% for %}",
+    "{{",
+    "{{ messages[99] }}",
+    "{{ raise_exception('no') }}",
+    "{{ messages.append(1) }}",
+    "{{ x.y.z }}",
+    "{% set a = messages.pop() %}",
+    "{{ lipsum.__globals__ }}",
+    "{{ range(10**9) | list }}",
+    "{{ ' ' | center(10**9) }}",
+    "{{ 'x' | indent(10**9) }}",
+    "{{ 'ab' | wordwrap(0) }}",
+    "{{ 'a' ~ 1 }}",
+    "{% for m in messages %}{% for m2 in messages %}{{ m2 }}{% endfor %}{% endfor %}",
+    "{{ (1,2) | join }}",
+    "{{ 'x' | format(1, 2, 3) }}",
+    "{{ '%s %s' % 1 }}",
+    "{{ messages | tojson }}",
+    "{{ [] | first }}",
+    "{{ 99999999999999999999 | int * 'a' }}",
+    "{{ 'a' | replace('', 'b' * 100000) }}",
+    "{{ 'aaa' * 100000 * 100000 }}",
 ]
 
 
@@ -278,7 +350,7 @@ def mutate_template(template: str, rng: random.Random) -> str:
     if op < 0.7:
         return snippet
     if op < 0.85:
-        return template[:rng.randrange(len(template) + 1)]
+        return template[: rng.randrange(len(template) + 1)]
     chars = list(template)
     for _ in range(rng.randint(1, 5)):
         if chars:
@@ -308,7 +380,7 @@ def gguf_boundaries(path: Path) -> list[int]:
 def safetensors_boundaries(path: Path) -> list[int]:
     data = path.read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
+    header = json.loads(data[8 : 8 + n])
     out = {0, 8, 8 + n, len(data)}
     for k, v in header.items():
         if k != "__metadata__":
@@ -321,9 +393,9 @@ def mutate_safetensors(data: bytes, rng: random.Random, boundaries: list[int]) -
     if rng.random() < 0.5:
         return mutate_bytes(data, rng, boundaries)
     (n,) = struct.unpack("<Q", data[:8])
-    header = mutate_json(data[8:8 + n].decode(), rng)
+    header = mutate_json(data[8 : 8 + n].decode(), rng)
     length = len(header) if rng.random() < 0.9 else rng.choice(HUGE_INTS)
-    return struct.pack("<Q", length % (1 << 64)) + header + data[8 + n:]
+    return struct.pack("<Q", length % (1 << 64)) + header + data[8 + n :]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -418,8 +490,13 @@ def _device_seed() -> Path:
 TARGETS = {
     # name: (seed folder, file inside it, mutator, boundaries(path) or None, exercise)
     "gguf": (seed_gguf, "model.gguf", _mut_bytes, gguf_boundaries, _exercise_gguf),
-    "safetensors": (seed_checkpoint, "model-00001-of-00002.safetensors", mutate_safetensors, safetensors_boundaries,
-                    _exercise_checkpoint),
+    "safetensors": (
+        seed_checkpoint,
+        "model-00001-of-00002.safetensors",
+        mutate_safetensors,
+        safetensors_boundaries,
+        _exercise_checkpoint,
+    ),
     "shards_index": (seed_checkpoint, "model.safetensors.index.json", _mut_json, None, _exercise_checkpoint),
     "config_json": (seed_checkpoint, "config.json", _mut_json, None, _exercise_checkpoint),
     "tokenizer_model": (seed_checkpoint, "tokenizer.model", _mut_bytes, None, _exercise_tokenizer),
@@ -434,8 +511,11 @@ TARGETS = {
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file() or p.is_dir()}
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() or p.is_dir()
+    }
 
 
 def run_target(name: str, cases: int, seed: int, start: int = 0) -> dict:
@@ -470,8 +550,14 @@ def run_target(name: str, cases: int, seed: int, start: int = 0) -> dict:
                     raise
                 outcome = "other"
                 tb = traceback.extract_tb(exc.__traceback__)
-                where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(tb)
-                              if "edgecpm" in f.filename or "/main/" in f.filename), "?")
+                where = next(
+                    (
+                        f"{Path(f.filename).name}:{f.lineno}"
+                        for f in reversed(tb)
+                        if "edgecpm" in f.filename or "/main/" in f.filename
+                    ),
+                    "?",
+                )
                 failures.append({"case": i, "kind": type(exc).__name__, "error": str(exc)[:300], "where": where})
             elapsed = time.perf_counter() - t0
             slowest = max(slowest, elapsed)
@@ -482,8 +568,11 @@ def run_target(name: str, cases: int, seed: int, start: int = 0) -> dict:
                 counts[outcome] += 1
             bundle = Path(tmp) / "bundle"
             after = _snapshot(Path(tmp))
-            written = sorted(set(after) - set(before) - {"bundle", *(k for k in after if k.startswith("bundle/"))}
-                             if outcome == "ok" else set(after) - set(before))
+            written = sorted(
+                set(after) - set(before) - {"bundle", *(k for k in after if k.startswith("bundle/"))}
+                if outcome == "ok"
+                else set(after) - set(before)
+            )
             if outcome == "ok" and name == "android_manifest":
                 shutil.rmtree(bundle, ignore_errors=True)  # a bundle from a manifest that still parses is fine
             if written:
@@ -491,8 +580,13 @@ def run_target(name: str, cases: int, seed: int, start: int = 0) -> dict:
                 for w in written:
                     p = Path(tmp) / w
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    return {"target": name, **counts, "failures": failures, "slowest_s": round(slowest, 2),
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024}
+    return {
+        "target": name,
+        **counts,
+        "failures": failures,
+        "slowest_s": round(slowest, 2),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+    }
 
 
 def _limit_address_space() -> int:
@@ -547,16 +641,29 @@ def run_worker(targets: list[str], cases: int, seed: int = 0, timeout: float = 6
 def _report(results: list[dict]) -> str:
     lines = []
     for r in results:
-        lines.append(f"{r['target']}: {r['cases']} cases, {r['edgecpm_error']} EdgecpmError, {r['ok']} ok, "
-                     f"slowest {r['slowest_s']} s")
+        lines.append(
+            f"{r['target']}: {r['cases']} cases, {r['edgecpm_error']} EdgecpmError, {r['ok']} ok, "
+            f"slowest {r['slowest_s']} s"
+        )
         for f in r["failures"][:5]:
             lines.append(f"    {f}")
     return "\n".join(lines)
 
 
-DEFAULT_CASES = {"gguf": 60, "safetensors": 60, "shards_index": 40, "config_json": 60, "tokenizer_model": 40,
-                 "tokenizer_config": 40, "chat_template": 60, "tokenizer_json": 30, "device_toml": 60,
-                 "manifest_gguf": 15, "manifest_onnx": 40, "android_manifest": 40}
+DEFAULT_CASES = {
+    "gguf": 60,
+    "safetensors": 60,
+    "shards_index": 40,
+    "config_json": 60,
+    "tokenizer_model": 40,
+    "tokenizer_config": 40,
+    "chat_template": 60,
+    "tokenizer_json": 30,
+    "device_toml": 60,
+    "manifest_gguf": 15,
+    "manifest_onnx": 40,
+    "android_manifest": 40,
+}
 
 
 def test_fuzz_parsers_api_default():
@@ -574,8 +681,13 @@ def test_fuzz_parsers_api_default():
 
 
 CLI_CASES = [
-    ("gguf", "inspect"), ("safetensors", "inspect"), ("config_json", "generate"), ("shards_index", "inspect"),
-    ("manifest_gguf", "inspect"), ("device_toml", "plan"), ("tokenizer_model", "generate"),
+    ("gguf", "inspect"),
+    ("safetensors", "inspect"),
+    ("config_json", "generate"),
+    ("shards_index", "inspect"),
+    ("manifest_gguf", "inspect"),
+    ("device_toml", "plan"),
+    ("tokenizer_model", "generate"),
 ]
 
 
@@ -598,8 +710,9 @@ def test_fuzz_cli_one_line_exit_2(target, command, tmp_path):
         else:
             args = ["inspect", str(case / fname if fname.endswith(".gguf") else case)]
         before = _snapshot(tmp_path)
-        r = subprocess.run([sys.executable, "-m", "edgecpm", *args], capture_output=True, text=True, timeout=120,
-                           env=dict(os.environ))
+        r = subprocess.run(
+            [sys.executable, "-m", "edgecpm", *args], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+        )
         assert r.returncode in (0, 1, 2), f"case {i}: rc {r.returncode}: {r.stderr[-2000:]}"
         assert "Traceback" not in r.stderr, r.stderr[-2000:]
         if r.returncode == 2:
@@ -640,8 +753,9 @@ for name, fn in (("safetensors", lambda: SafetensorsSource([st])), ("gguf_array"
     res[name + "_s"] = time.perf_counter() - t0
 print(json.dumps(res))
 """
-    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ))
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     for name in ("safetensors", "gguf_array", "gguf_string"):
@@ -652,11 +766,14 @@ print(json.dumps(res))
 def _hypothesis_config_strategy():
     from hypothesis import strategies as st
 
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
-                        st.text(max_size=8))
-    return st.recursive(scalars, lambda ch: st.one_of(st.lists(ch, max_size=4),
-                                                      st.dictionaries(st.text(max_size=6), ch, max_size=4)),
-                        max_leaves=12)
+    scalars = st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=8)
+    )
+    return st.recursive(
+        scalars,
+        lambda ch: st.one_of(st.lists(ch, max_size=4), st.dictionaries(st.text(max_size=6), ch, max_size=4)),
+        max_leaves=12,
+    )
 
 
 def test_config_fields_property_hypothesis():
