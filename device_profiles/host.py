@@ -394,7 +394,7 @@ def profile_from_probe(data: dict[str, Any], backends: list[str] | None = None) 
 
 def host_profile(remeasure: bool = False) -> DeviceProfile:
     """The host profile, reusing the stored probe of this machine when there is one (see calibration.py)."""
-    from .calibration import load_calibration, save_probe
+    from .host_store import load_calibration, save_probe
 
     hid = host_id()
     stored = None if remeasure else load_calibration(hid)

@@ -264,7 +264,8 @@ def _coefficients(device: DeviceProfile, backend: str, quant: str) -> Any:
     base = default_coefficients(backend, device.engine)
     if device.name != "host":
         return base
-    from .calibration import load_calibration, stored_coefficients
+    from .calibration import stored_coefficients
+    from .host_store import load_calibration
 
     calibration = load_calibration(device.extra.get("host_id", ""))
     stored = stored_coefficients(calibration, backend, quant)

@@ -27,9 +27,10 @@ import numpy as np
 
 from ..errors import EdgecpmError
 from ..progress import progress_bar
-from .calibration import fit_coefficients, save_coefficients
+from .calibration import fit_coefficients
 from .cost_model import FORMAT_QUANTS, QuantSpec, compute_key, default_coefficients, predict
 from .host import probe, profile_from_probe
+from .host_store import save_coefficients
 from .planner import ModelInfo, resolve_model
 
 SCHEMA = "edgecpm.profile/1"

@@ -153,7 +153,7 @@ def test_predicted_weight_bytes_match_a_real_exported_gguf(tmp_path, quant):
 
 def test_host_plan_uses_stored_calibration(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECPM_CALIBRATION_DIR", str(tmp_path))
-    from edgecpm.device_profiles.calibration import calibration_path, load_calibration, save_coefficients
+    from edgecpm.device_profiles.host_store import calibration_path, load_calibration, save_coefficients
     from edgecpm.device_profiles.host import probe
 
     data = probe(measure=False)
