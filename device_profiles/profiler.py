@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +243,8 @@ def llamacpp_overhead_probe(num_layers: int, threads: int | None, steps: int = 2
     """
     import tempfile
 
-    from .. import export, load
+    from ..api import load
+    from ..exporters.registry import run_export
     from ..synthetic import SyntheticSpec, cached_checkpoint
 
     try:
@@ -256,7 +257,7 @@ def llamacpp_overhead_probe(num_layers: int, threads: int | None, steps: int = 2
         )
     )
     with tempfile.TemporaryDirectory() as tmp:
-        export(ckpt, format="gguf", out=Path(tmp) / "tiny", quant="f32", progress=False)
+        run_export(ckpt, "gguf", Path(tmp) / "tiny", quant="f32", progress=False)
         loaded = load(Path(tmp) / "tiny", backend="llama.cpp", threads=threads)
         backend = loaded.backend
         backend.prefill(list(range(3, 11)))
@@ -271,25 +272,89 @@ def llamacpp_overhead_probe(num_layers: int, threads: int | None, steps: int = 2
     return fast_step(times[4:]) / num_layers
 
 
-def profile(
-    model: Any = None,
-    device: str = "host",
-    out: Any = None,
-    *,
-    contexts: Sequence[int] = DEFAULT_CONTEXTS,
-    decode_tokens: int = DEFAULT_DECODE_TOKENS,
-    fidelity_tokens: int = DEFAULT_FIDELITY_TOKENS,
-    backends: Sequence[str] | None = None,
-    threads: int | None = None,
-    dtype: str | None = None,
-    text: str | None = None,
-    calibrate: bool = True,
-    reference: Any = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Measure `model` (default: the bundled SmolLM2-135M) on this host; write report.{html,json,md} to `out`."""
-    from .. import load
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What `profile` measures and how (every keyword of `edgecpm.profile`)."""
 
+    contexts: tuple[int, ...] = DEFAULT_CONTEXTS
+    decode_tokens: int = DEFAULT_DECODE_TOKENS
+    fidelity_tokens: int = DEFAULT_FIDELITY_TOKENS
+    backends: tuple[str, ...] | None = None
+    threads: int | None = None
+    dtype: str | None = None
+    text: str | None = None
+    calibrate: bool = True
+    reference: Any = None
+    progress: bool = True
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> ProfileSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise EdgecpmError(f"unknown profile option {unknown[0]!r}; expected one of {', '.join(sorted(known))}")
+        values = dict(options)
+        if values.get("contexts") is not None:
+            values["contexts"] = tuple(sorted({int(c) for c in values["contexts"]}))
+        if values.get("backends") is not None:
+            values["backends"] = tuple(values["backends"])
+        return cls(**values)
+
+
+def profile(model: Any = None, device: str = "host", out: Any = None, **options: Any) -> dict[str, Any]:
+    """Measure `model` (default: the bundled SmolLM2-135M) on this host; write report.{html,json,md} to `out`.
+
+    Stages: check the request, probe the host, time each backend, fidelity against the torch reference,
+    per-layer overheads, calibration (held-out errors included), the report.
+    """
+    settings = ProfileSettings.from_options(options)
+    info = _check_request(model, device, out, settings)
+    names = backends_for(info, settings.backends)
+    started = time.time()
+    steps = 2 + len(names) * (len(settings.contexts) + 2)
+    with progress_bar(total=steps, desc="profiling", enabled=settings.progress, unit="step") as bar:
+        bar.set_postfix_str("probing host")
+        host = probe(measure=True)
+        threads = settings.threads or host["threads"]
+        hprofile = profile_from_probe(host)
+        bar.update(1)
+        results, ids, reference_logits = _measure_backends(info, names, threads, settings, bar)
+        if reference_logits is None and settings.reference is not None:
+            bar.set_postfix_str("reference")
+            reference_logits = _reference_logits(settings.reference, info, ids, threads, settings.fidelity_tokens)
+        _add_fidelity(results, ids, reference_logits, settings.fidelity_tokens)
+        bar.set_postfix_str("calibrating")
+        overhead = _overheads(info, names, threads, settings.dtype)
+        bar.update(1)
+    calibration = _calibrate(
+        info, hprofile, host, results, settings.contexts, overhead, settings.dtype, settings.calibrate
+    )
+    report = {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "duration_seconds": round(time.time() - started, 1),
+        "model": info.to_dict(),
+        "host": {"profile": hprofile.to_dict(), "probe": host},
+        "threads": threads,
+        "settings": {
+            "contexts": list(settings.contexts),
+            "decode_tokens": settings.decode_tokens,
+            "fidelity_tokens": settings.fidelity_tokens,
+            "dtype": settings.dtype or "float32",
+            "text": "custom" if settings.text is not None else "WikiText-2 validation excerpt (bundled)",
+        },
+        "backends": results,
+        "calibration": calibration,
+    }
+    if out is not None:
+        from .report import write_report
+
+        report["files"] = write_report(report, Path(out))
+    return report
+
+
+def _check_request(model: Any, device: str, out: Any, settings: ProfileSettings) -> ModelInfo:
+    """Every check that can fail before a second is spent measuring."""
     if device != "host":
         raise EdgecpmError(
             f"profile measures this machine: use --device host (got {device!r}); "
@@ -301,134 +366,126 @@ def profile(
         from ..optional import require
 
         require("matplotlib", "the profiling report's plots")
-    contexts = sorted({int(c) for c in contexts})
+    contexts = settings.contexts
     if not contexts or contexts[0] < 1:
         raise EdgecpmError(f"contexts must be positive token counts, got {list(contexts)}")
-    if decode_tokens < 2 or fidelity_tokens < 2:
+    if settings.decode_tokens < 2 or settings.fidelity_tokens < 2:
         raise EdgecpmError("decode_tokens and fidelity_tokens must be at least 2")
     if isinstance(model, str) and model.lower().startswith("minicpm4-") and not Path(model).exists():
         raise EdgecpmError(f"{model!r} is a shape preset without weights: profile a checkpoint, .gguf or artifact")
     info = resolve_model(model)
-    names = backends_for(info, backends)
-    config = info.config
-    if max(contexts) + decode_tokens > config.max_position_embeddings:
+    if max(contexts) + settings.decode_tokens > info.config.max_position_embeddings:
         raise EdgecpmError(
-            f"context {max(contexts)} + {decode_tokens} decode tokens exceeds the model's "
-            f"{config.max_position_embeddings} positions"
+            f"context {max(contexts)} + {settings.decode_tokens} decode tokens exceeds the model's "
+            f"{info.config.max_position_embeddings} positions"
         )
-    started = time.time()
-    steps = 2 + len(names) * (len(contexts) + 2)
-    with progress_bar(total=steps, desc="profiling", enabled=progress, unit="step") as bar:
-        bar.set_postfix_str("probing host")
-        host = probe(measure=True)
-        threads = threads or host["threads"]
-        hprofile = profile_from_probe(host)
-        bar.update(1)
-        results: list[dict[str, Any]] = []
-        tokenizer = None
-        reference_logits: np.ndarray | None = None
-        ids: list[int] = []
-        for name in names:
-            bar.set_postfix_str(f"{name}: loading")
-            gc.collect()
-            with RssSampler() as rss:
-                baseline = current_rss()
-                t0 = time.perf_counter()
-                loaded = load(info.path, backend=name, threads=threads, dtype=dtype if name == "torch" else None)
-                load_s = time.perf_counter() - t0
-                bar.update(1)
-                if tokenizer is None:
-                    tokenizer = loaded.tokenizer
-                    ids = tokenizer.encode(text if text is not None else default_text())
-                    need = max(max(contexts), fidelity_tokens + 1) + decode_tokens
-                    if len(ids) < need:
-                        raise EdgecpmError(f"the profiling text has {len(ids)} tokens; {need} are needed")
-                bar.set_postfix_str(f"{name}: timing")
-                with rss.paused():
-                    rows = _time_backend(loaded.backend, ids, contexts, decode_tokens, bar, rss)
-                bar.set_postfix_str(f"{name}: fidelity")
-                logits = np.asarray(loaded.backend.prefill(ids[:fidelity_tokens], all_logits=True))
-                bar.update(1)
-                close = getattr(loaded.backend, "close", None)
-                del loaded
-                if close is not None:
-                    close()
-                gc.collect()
-            targets = np.asarray(ids[1:fidelity_tokens])
-            ppl, top1 = _log_softmax_stats(logits[:-1], targets)
-            if name == "torch":
-                reference_logits = logits
-            results.append(
-                {
-                    "backend": name,
-                    "quant": measured_quant(info, name, dtype).name,
-                    "load_seconds": load_s,
-                    "peak_rss_bytes": rss.peak,
-                    "baseline_rss_bytes": baseline,
-                    "timings": rows,
-                    "perplexity": ppl,
-                    "_top1": top1,
-                }
-            )
-        if reference_logits is None and reference is not None:
-            bar.set_postfix_str("reference")
-            ref = load(reference, backend="torch", threads=threads)
-            if ref.config.vocab_size != config.vocab_size:
-                raise EdgecpmError(
-                    f"reference {reference} has a vocabulary of {ref.config.vocab_size}; the "
-                    f"profiled model has {config.vocab_size}"
-                )
-            reference_logits = np.asarray(ref.backend.prefill(ids[:fidelity_tokens], all_logits=True))
-            del ref
-        if reference_logits is not None:
-            ref_ppl, ref_top1 = _log_softmax_stats(reference_logits[:-1], np.asarray(ids[1:fidelity_tokens]))
-            for r in results:
-                r["fidelity"] = {
-                    "reference": "torch",
-                    "tokens": fidelity_tokens - 1,
-                    "top1_agreement": float(np.mean(r["_top1"] == ref_top1)),
-                    "perplexity": r["perplexity"],
-                    "reference_perplexity": ref_ppl,
-                    "perplexity_delta": r["perplexity"] - ref_ppl,
-                }
-        else:
-            for r in results:
-                r["fidelity"] = {
-                    "reference": None,
-                    "perplexity": r["perplexity"],
-                    "note": "no torch reference can open this model (an artifact: pass reference=<source checkpoint>)",
-                }
-        for r in results:
-            r.pop("_top1")
-        bar.set_postfix_str("calibrating")
-        overhead = {
-            "torch": layer_overhead_probe(config, threads, dtype) if "torch" in names else None,
-            "llama.cpp": llamacpp_overhead_probe(config.num_layers, threads) if "llama.cpp" in names else None,
-        }
-        bar.update(1)
-    calibration = _calibrate(info, hprofile, host, results, contexts, overhead, dtype, calibrate)
-    report = {
-        "schema": SCHEMA,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "duration_seconds": round(time.time() - started, 1),
-        "model": info.to_dict(),
-        "host": {"profile": hprofile.to_dict(), "probe": host},
-        "threads": threads,
-        "settings": {
-            "contexts": contexts,
-            "decode_tokens": decode_tokens,
-            "fidelity_tokens": fidelity_tokens,
-            "dtype": dtype or "float32",
-            "text": "custom" if text is not None else "WikiText-2 validation excerpt (bundled)",
-        },
-        "backends": results,
-        "calibration": calibration,
-    }
-    if out is not None:
-        from .report import write_report
+    return info
 
-        report["files"] = write_report(report, Path(out))
-    return report
+
+def _measure_backends(
+    info: ModelInfo, names: Sequence[str], threads: int, settings: ProfileSettings, bar: Any
+) -> tuple[list[dict[str, Any]], list[int], np.ndarray | None]:
+    """Load, time and score each backend in turn; returns the results, the token ids and torch's logits."""
+    from ..api import load
+
+    results: list[dict[str, Any]] = []
+    ids: list[int] = []
+    reference_logits: np.ndarray | None = None
+    for name in names:
+        bar.set_postfix_str(f"{name}: loading")
+        gc.collect()
+        with RssSampler() as rss:
+            baseline = current_rss()
+            t0 = time.perf_counter()
+            dtype = settings.dtype if name == "torch" else None
+            loaded = load(info.path, backend=name, threads=threads, dtype=dtype)
+            load_s = time.perf_counter() - t0
+            bar.update(1)
+            if not ids:
+                ids = _profiling_ids(loaded.tokenizer, settings)
+            bar.set_postfix_str(f"{name}: timing")
+            with rss.paused():
+                rows = _time_backend(loaded.backend, ids, settings.contexts, settings.decode_tokens, bar, rss)
+            bar.set_postfix_str(f"{name}: fidelity")
+            logits = np.asarray(loaded.backend.prefill(ids[: settings.fidelity_tokens], all_logits=True))
+            bar.update(1)
+            close = getattr(loaded.backend, "close", None)
+            del loaded
+            if close is not None:
+                close()
+            gc.collect()
+        ppl, top1 = _log_softmax_stats(logits[:-1], np.asarray(ids[1 : settings.fidelity_tokens]))
+        if name == "torch":
+            reference_logits = logits
+        results.append(
+            {
+                "backend": name,
+                "quant": measured_quant(info, name, settings.dtype).name,
+                "load_seconds": load_s,
+                "peak_rss_bytes": rss.peak,
+                "baseline_rss_bytes": baseline,
+                "timings": rows,
+                "perplexity": ppl,
+                "_top1": top1,
+            }
+        )
+    return results, ids, reference_logits
+
+
+def _profiling_ids(tokenizer: Any, settings: ProfileSettings) -> list[int]:
+    ids = tokenizer.encode(settings.text if settings.text is not None else default_text())
+    need = max(max(settings.contexts), settings.fidelity_tokens + 1) + settings.decode_tokens
+    if len(ids) < need:
+        raise EdgecpmError(f"the profiling text has {len(ids)} tokens; {need} are needed")
+    return ids
+
+
+def _reference_logits(reference: Any, info: ModelInfo, ids: list[int], threads: int, n: int) -> np.ndarray:
+    """Logits of the torch reference (an artifact's source checkpoint) on the profiled tokens."""
+    from ..api import load
+
+    ref = load(reference, backend="torch", threads=threads)
+    if ref.config.vocab_size != info.config.vocab_size:
+        raise EdgecpmError(
+            f"reference {reference} has a vocabulary of {ref.config.vocab_size}; the "
+            f"profiled model has {info.config.vocab_size}"
+        )
+    return np.asarray(ref.backend.prefill(ids[:n], all_logits=True))
+
+
+def _add_fidelity(
+    results: list[dict[str, Any]], ids: list[int], reference_logits: np.ndarray | None, fidelity_tokens: int
+) -> None:
+    """Top-1 agreement and perplexity delta of each backend against the torch reference, when there is one."""
+    if reference_logits is not None:
+        ref_ppl, ref_top1 = _log_softmax_stats(reference_logits[:-1], np.asarray(ids[1:fidelity_tokens]))
+        for r in results:
+            r["fidelity"] = {
+                "reference": "torch",
+                "tokens": fidelity_tokens - 1,
+                "top1_agreement": float(np.mean(r["_top1"] == ref_top1)),
+                "perplexity": r["perplexity"],
+                "reference_perplexity": ref_ppl,
+                "perplexity_delta": r["perplexity"] - ref_ppl,
+            }
+    else:
+        for r in results:
+            r["fidelity"] = {
+                "reference": None,
+                "perplexity": r["perplexity"],
+                "note": "no torch reference can open this model (an artifact: pass reference=<source checkpoint>)",
+            }
+    for r in results:
+        r.pop("_top1")
+
+
+def _overheads(info: ModelInfo, names: Sequence[str], threads: int, dtype: str | None) -> dict[str, float | None]:
+    """Per-layer fixed cost of each measured backend, from a tiny model of the same depth."""
+    config = info.config
+    return {
+        "torch": layer_overhead_probe(config, threads, dtype) if "torch" in names else None,
+        "llama.cpp": llamacpp_overhead_probe(config.num_layers, threads) if "llama.cpp" in names else None,
+    }
 
 
 def _fit_rows(rows: Sequence[dict[str, Any]], config: Any, q: QuantSpec, name: str, bw: float, peak: Any,
