@@ -26,7 +26,8 @@ from torch import nn
 from .. import runtime_kernels  # noqa: F401  (registers torch.ops.edgecpm.infllmv2_attention)
 from ..config import ModelConfig, SparseConfig
 from ..errors import EdgecpmError
-from ..model import Model, RotaryEmbedding
+from ..layers import RotaryEmbedding
+from ..model import Model
 
 
 def _linear_from(weight: torch.Tensor, scale: float = 1.0) -> nn.Linear:

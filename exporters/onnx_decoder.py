@@ -66,7 +66,7 @@ def rope_caches(config: ModelConfig) -> tuple[np.ndarray, np.ndarray, int]:
     LongRoPE switches to the long factors only past `original_max_position_embeddings`; published MiniCPM4
     configs never get there (max == original max), so the graph's context is capped at the original max.
     """
-    from ..model import RotaryEmbedding
+    from ..layers import RotaryEmbedding
 
     length = config.max_position_embeddings
     if config.rope_scaling is not None:

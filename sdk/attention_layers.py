@@ -11,6 +11,7 @@ from torch import nn
 
 from .config import LayerSpec, ModelConfig
 from .kv_cache import KVCache
+from .layers import RMSNorm, apply_rotary
 from .runtime_kernels import InfLLMv2State, dense_attention, infllmv2_attention
 from .runtime_kernels.infllmv2_state import KeyHistory
 from .runtime_kernels.lightning import LightningState, lightning_attention, sala_log_decay
@@ -36,8 +37,6 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
                 layer_index: int) -> torch.Tensor:
-        from .model import apply_rotary
-
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -77,8 +76,6 @@ class LightningAttention(nn.Module):
     """
 
     def __init__(self, config: ModelConfig, spec: LayerSpec) -> None:
-        from .model import RMSNorm
-
         super().__init__()
         lc = config.lightning
         if lc is None:
@@ -101,8 +98,6 @@ class LightningAttention(nn.Module):
         self._log_decay: torch.Tensor | None = None
 
     def _rope(self, x: torch.Tensor, start: int) -> torch.Tensor:
-        from .model import apply_rotary
-
         d = self.head_dim
         inv_freq = 1.0 / (self.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)).float()
         freqs = torch.arange(start, start + x.shape[2], dtype=torch.float32)[:, None] * inv_freq[None, :]
