@@ -262,8 +262,12 @@ def _coefficients(device: DeviceProfile, backend: str, quant: str) -> Any:
     defaults, so a busy or slow host does not make the unmeasured backends look better than the measured ones.
     """
     base = default_coefficients(backend, device.engine)
-    if device.name != "host":
-        return base
+    if device.name != "host":  # measurements imported from that device (edgecpm profile --import)
+        from .calibration import stored_coefficients
+        from .host_store import load_calibration
+        from .phone_import import device_calibration_id
+
+        return stored_coefficients(load_calibration(device_calibration_id(device.name)), backend, quant) or base
     from .calibration import stored_coefficients
     from .host_store import load_calibration
 

@@ -243,7 +243,9 @@ def _intro(report: dict[str, Any]) -> list[str]:
         )
     if cal.get("stored"):
         lines.append(f"Calibration stored in {cal['stored']}; `edgecpm plan MODEL --device host` uses it.")
-    return lines
+    from .phone_import import phone_intro  # imported phone measurements (edgecpm profile --import)
+
+    return lines + phone_intro(report)
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -85,6 +85,7 @@ def package_android(artifact: str | Path, out: str | Path, verify: bool = True) 
             "bos_id": config.bos_token_id,
             "eos_ids": list(config.eos_token_ids),
             **tokenizer,
+            **_app_info(src, config, manifest.extra.get("max_context_len") or config.max_position_embeddings),
         }
         data = {**_manifest_dict(manifest), "model_files": ["model.pte"], "tokenizer_files": [tok_name]}
         data["extra"] = {**data["extra"], "android": android}  # the bundle stays a loadable artifact
@@ -100,6 +101,26 @@ def package_android(artifact: str | Path, out: str | Path, verify: bool = True) 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return data
+
+
+BUNDLE_SCHEMA = "edgecpm.android-bundle/1"  # android_demo/core BundleManifest.SCHEMA reads exactly this
+KV_CACHE_BYTES_PER_ELEMENT = 4  # the exported KV cache buffers are fp32 for every quant
+
+
+def _app_info(src: Path, config: Any, max_context_len: int) -> dict[str, Any]:
+    """Prompt format, benchmark prompts and phone memory budgets: what the app cannot compute itself."""
+    from ..device_profiles.profile import list_profiles
+    from ..tokenizer import load_tokenizer_dir
+    from .android_prompt import benchmark_prompts, prompt_format
+
+    tok = load_tokenizer_dir(src, bos_id=config.bos_token_id, eos_ids=config.eos_token_ids)
+    fmt, why = prompt_format(lambda msgs, gen: tok.apply_chat_template(msgs, add_generation_prompt=gen))
+    phones = {p.name: {"display_name": p.display_name, "memory_budget_bytes": int(p.memory_budget_bytes),
+                       "threads": p.threads} for p in list_profiles()
+              if p.kind == "phone" and "executorch" in p.backends and not p.name.startswith("apple-")}
+    return {"schema": BUNDLE_SCHEMA, "prompt_format": fmt, "prompt_format_error": why or None,
+            "kv_bytes_per_token": int(config.kv_bytes_per_token(KV_CACHE_BYTES_PER_ELEMENT)),
+            "benchmark": benchmark_prompts(tok, int(max_context_len)), "device_profiles": phones}
 
 
 def _manifest_dict(manifest: Any) -> dict[str, Any]:

@@ -46,12 +46,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-calibrate", action="store_true", help="do not store the fitted host coefficients")
     p.add_argument("--json", action="store_true", help="print the report JSON (no progress bar)")
+    p.add_argument("--import", dest="import_file", metavar="FILE", default=None,
+                   help="merge the Android app's benchmark JSON into the report in --out (MODEL: the bundle the "
+                        "phone ran; --device: its profile unless the file names one)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..device_profiles.profiler import profile
 
+    if args.import_file is not None:
+        return _run_import(args)
     report = profile(
         args.model,
         device=args.device,
@@ -80,5 +85,23 @@ def run(args: argparse.Namespace) -> int:
             f"{t[-1]['decode_tokens_per_s']:.1f} @{t[-1]['context']}, peak RSS {r['peak_rss_bytes'] / 1e6:.0f} MB, "
             f"top-1 {'n/a' if top1 is None else f'{top1:.3f}'}, ppl {fid['perplexity']:.2f}"
         )
+    print(f"report: {args.out}/report.html")
+    return 0
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from ..device_profiles.phone_import import import_phone_benchmark
+
+    report = import_phone_benchmark(args.import_file, args.model, None if args.device == "host" else args.device,
+                                    args.out, calibrate=not args.no_calibrate)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    for name, entry in report["calibration"]["backends"].items():
+        for p in entry["predictions"]:
+            print(f"{name:<16} context {p['context']:>5}: decode {p['measured_decode']:.2f} tok/s measured, "
+                  f"{p['predicted_decode_default'] or 0:.2f} predicted (default), "
+                  f"{p['predicted_decode_calibrated'] or 0:.2f} (calibrated); "
+                  f"prefill {p['measured_prefill']:.1f} tok/s")
     print(f"report: {args.out}/report.html")
     return 0
