@@ -52,7 +52,8 @@ def runner_metadata(config: ModelConfig, max_seq_len: int, max_context_len: int)
 def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True, *,
            max_seq_len: int = DEFAULT_MAX_SEQ_LEN, max_context_len: int | None = None, group_size: int = 32,
            embedding_bits: int | None = None, all_logits: bool = False, hqq: bool = True,
-           sparse_kernel: str = "decompose", threads: int | None = None, **unknown: Any) -> Manifest:
+           sparse_kernel: str = "decompose", threads: int | None = None, ode_steps: int | None = None,
+           **unknown: Any) -> Manifest:
     """Export `src` (HF checkpoint dir or .gguf) to an ExecuTorch artifact folder `out`."""
     if unknown:
         raise EdgecpmError(f"unknown ExecuTorch export option(s): {', '.join(sorted(unknown))}")
@@ -66,7 +67,7 @@ def export(src: str | Path, out: str | Path, quant: str | None = None, progress:
 
     from ..weights import open_checkpoint
 
-    config, source = open_checkpoint(src_path)
+    config, source = open_checkpoint(src_path, ode_steps=ode_steps)
     ctx = max_context_len or min(config.max_position_embeddings, DEFAULT_MAX_CONTEXT_LEN)
     _check_lengths(config, max_seq_len, ctx)
     if config.has_lightning_layers:

@@ -153,7 +153,6 @@ class ETDecoder(nn.Module):
         self.config = cfg
         self.max_context = max_context
         self.all_logits = all_logits
-        rs = cfg.residual_scale
         self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         with torch.no_grad():
             self.embed.weight.copy_(model.embed_tokens.weight.float() * cfg.scale_emb)
@@ -161,16 +160,20 @@ class ETDecoder(nn.Module):
         head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
         self.lm_head = _linear_from(head, 1.0 / cfg.logit_scale)
         self.norm = ETRMSNorm(model.norm.weight, cfg.rms_norm_eps)
-        shared: dict[int, tuple[dict[str, nn.Linear], ETRMSNorm, ETRMSNorm, nn.ModuleDict]] = {}
+        # shared layers reuse one set of modules (stored once in the .pte) per (weights, ODE step size), since
+        # the residual scale is folded into o_proj / down_proj
+        shared: dict[tuple[int, float], tuple[dict[str, nn.Linear], ETRMSNorm, ETRMSNorm, nn.ModuleDict]] = {}
         layers = []
-        for spec in cfg.layers:
+        for index, spec in enumerate(cfg.layers):
+            rs = cfg.layer_residual_scale(index)
+            key = (spec.weight_layer, spec.step)
             src = model.layers[str(spec.weight_layer)]
             sparse = cfg.sparse if spec.attention == "infllmv2" else None
             if sparse is not None and sparse.use_nope:
                 raise EdgecpmError("InfLLM v2 with use_nope (block selection on pre-RoPE keys) has no "
                                    "ExecuTorch op form yet; export a checkpoint with use_nope=false")
-            if spec.weight_layer in shared:
-                proj, n1, n2, mlp = shared[spec.weight_layer]
+            if key in shared:
+                proj, n1, n2, mlp = shared[key]
                 attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj)
             else:
                 attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse)
@@ -181,7 +184,7 @@ class ETDecoder(nn.Module):
                     "up_proj": _linear_from(src.mlp.up_proj.weight),
                     "down_proj": _linear_from(src.mlp.down_proj.weight, rs),
                 })
-                shared[spec.weight_layer] = (attn.projections, n1, n2, mlp)
+                shared[key] = (attn.projections, n1, n2, mlp)
             layers.append(ETDecoderLayer(attn, n1, n2, mlp))
         self.layers = nn.ModuleList(layers)
         self._rope_tables(cfg, max_context)

@@ -29,7 +29,7 @@ from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..progress import progress_bar
 from ..weights import open_checkpoint
-from ..weights.gguf_source import BLOCK_TENSOR_NAMES, INFLLM_KEY_PREFIX, GGUFSource
+from ..weights.gguf_source import BLOCK_TENSOR_NAMES, INFLLM_KEY_PREFIX, SHARED_LAYERS_KEY, GGUFSource
 from .gguf_quant import (
     QUANTS,
     QuantScheme,
@@ -71,13 +71,13 @@ class TensorPlan:
 
 
 def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True,
-           threads: int | None = None, **options: Any) -> Artifact:
+           threads: int | None = None, ode_steps: int | None = None, **options: Any) -> Artifact:
     """Export `src` (HF checkpoint dir or .gguf) to `out` (an artifact folder, or a path ending in .gguf)."""
     if options:
         raise EdgecpmError(f"unknown GGUF export option(s): {', '.join(sorted(options))}")
     s = scheme(quant)
     src_path = Path(src)
-    config, source = open_checkpoint(src_path)
+    config, source = open_checkpoint(src_path, ode_steps=ode_steps)
     arch = target_architecture(config)
     plan = plan_tensors(config, source, s, arch)
     target = _Output(Path(out))
@@ -112,6 +112,10 @@ def target_architecture(config: ModelConfig) -> str:
     if any(spec.output_gate or not spec.use_rope for spec in config.layers):
         raise EdgecpmError("llama.cpp's minicpm architecture has no gated or NoPE attention layers; export "
                            "this model to onnx or executorch instead")
+    if not config.uniform_residual_scale:
+        raise EdgecpmError("llama.cpp has one residual scale for all layers; this ode_steps setting integrates "
+                           "the shared layers with a step size the unshared ones do not have (pick ode_steps "
+                           "equal to the trained depth, or export to onnx or executorch)")
     if config.head_dim * config.num_heads != config.hidden_size and config.architecture == "llama":
         raise EdgecpmError("head_dim * num_heads != hidden_size is not supported for llama GGUFs")
     return "llama" if config.architecture == "llama" else "minicpm"
@@ -198,7 +202,7 @@ def write_metadata(writer: GGUFWriter, config: ModelConfig, s: QuantScheme, arch
         writer.add_rope_dimension_count(config.head_dim)
     if arch == "minicpm":
         writer.add_embedding_scale(config.scale_emb)
-        writer.add_residual_scale(config.residual_scale)
+        writer.add_residual_scale(config.layer_residual_scale(0))  # uniform (checked); the ODE step included
         writer.add_logit_scale(config.logit_scale)
         rs = config.rope_scaling
         if rs is not None:
@@ -216,6 +220,12 @@ def write_metadata(writer: GGUFWriter, config: ModelConfig, s: QuantScheme, arch
                 writer.add_int32(name, int(value))
             else:
                 writer.add_uint32(name, int(value))
+    if config.num_weight_layers != config.num_layers:
+        # llama.cpp needs every blk.N (shared blocks are written again); edgecpm's loader reads which are one
+        # (each block names the first block holding its weights: blk.N of a stepped model need not exist)
+        first: dict[int, int] = {}
+        writer.add_array(f"{arch}.{SHARED_LAYERS_KEY}",
+                         [first.setdefault(spec.weight_layer, i) for i, spec in enumerate(config.layers)])
     writer.add_file_type(int(s.file_type))
     writer.add_quantization_version(GGML_QUANT_VERSION)
 

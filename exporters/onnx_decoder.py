@@ -215,9 +215,10 @@ class DecoderGraph:
         emb_name = "model.embed_tokens.weight"
         h = g.op("Mul", [self.embedding(emb_name), g.const(cfg.scale_emb, np.float32)], name="/embed/scale")
 
-        rs = g.const(cfg.residual_scale, np.float32, name="residual_scale")
         branch: str | None = None
         for index, spec in enumerate(cfg.layers):
+            # one scalar per distinct ODE step size (shared layers integrated in fewer steps use h*L/N)
+            rs = g.const(cfg.layer_residual_scale(index), np.float32, name=f"residual_scale_{spec.step:g}")
             p = f"model.layers.{spec.weight_layer}"
             w_in = self.norm_weight(f"{p}.input_layernorm.weight")
             xn, h = self.add_norm(h, branch, w_in, f"/layers.{index}/input_norm")

@@ -54,6 +54,7 @@ def export(
     threads: int | None = None,
     genai_threads: int | None = None,
     overwrite: bool = False,
+    ode_steps: int | None = None,
     **options: Any,
 ) -> Artifact:
     """Export `src` (HF checkpoint dir or .gguf) to an ONNX artifact folder `out`.
@@ -94,7 +95,7 @@ def export(
     out_path = Path(out)
     if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())) and not overwrite:
         raise EdgecpmError(f"output {out_path} already exists and is not empty; remove it or pass overwrite")
-    config, source = open_checkpoint(src_path)
+    config, source = open_checkpoint(src_path, ode_steps=ode_steps)
     use_sparse = bool(sparse and config.has_sparse_layers)
     if use_sparse and config.sparse.use_nope and any(s.use_rope for s in config.layers if s.attention == "infllmv2"):
         raise EdgecpmError(

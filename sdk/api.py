@@ -44,21 +44,34 @@ class LoadedModel:
 
     def generate(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                 stop: Sequence[str] | str | None = None, stream: bool = False) -> str | Iterator[str]:
-        """Generated text, or an iterator of text pieces with `stream=True`."""
+                 stop: Sequence[str] | str | None = None, stream: bool = False, draft: Any = None,
+                 draft_tokens: int | None = None) -> str | Iterator[str]:
+        """Generated text, or an iterator of text pieces with `stream=True`.
+
+        `draft` turns on speculative decoding (same output): "prompt-lookup", "eagle", a draft model path, a
+        `LoadedModel` or a `Draft`; `draft_tokens` is k, the tokens drafted per target forward.
+        """
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
-        generator = Generator(self.backend, self.tokenizer, self.config.eos_token_ids)
+        generator = self._generator(draft, draft_tokens)
         if stream:
             return generator.stream(ids, max_new_tokens, params, stops)
         return generator.run(ids, max_new_tokens, params, stops).text
 
     def generate_result(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
                         temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                        stop: Sequence[str] | str | None = None) -> GenerationResult:
-        """Like `generate` but with token ids, finish reason and timings."""
+                        stop: Sequence[str] | str | None = None, draft: Any = None,
+                        draft_tokens: int | None = None) -> GenerationResult:
+        """Like `generate` but with token ids, finish reason and timings (and `extra["speculative"]` stats)."""
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
-        generator = Generator(self.backend, self.tokenizer, self.config.eos_token_ids)
-        return generator.run(ids, max_new_tokens, params, stops)
+        return self._generator(draft, draft_tokens).run(ids, max_new_tokens, params, stops)
+
+    def _generator(self, draft: Any, draft_tokens: int | None) -> Generator:
+        speculator = None
+        if draft is not None:
+            from .speculative import speculator_for
+
+            speculator = speculator_for(draft, self, draft_tokens)
+        return Generator(self.backend, self.tokenizer, self.config.eos_token_ids, speculator=speculator)
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Full-sequence logits `[len(token_ids), vocab]` float32 (for parity checks)."""
@@ -80,10 +93,12 @@ class LoadedModel:
 
 def load(path: str | Path | None = None, backend: str = "auto", device: str | None = None,
          dtype: str | None = None, threads: int | None = None, progress: bool = False,
-         **options: Any) -> LoadedModel:
+         ode_steps: int | None = None, **options: Any) -> LoadedModel:
     """Open a checkpoint, GGUF file or artifact and return a `LoadedModel`.
 
     `device` names a device profile (e.g. "host"); it supplies the thread count unless `threads` is given.
+    `ode_steps` runs a shared-layer model with N ODE steps instead of its trained depth (torch backend; an
+    exported ONNX / ExecuTorch / llama.cpp artifact has its step count fixed at export).
     """
     if path is not None and is_preset(str(path)) and not Path(str(path)).exists():
         raise EdgecpmError(f"{path!r} is a shape preset without weights: use it with `plan`, not `load`")
@@ -104,7 +119,8 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
                                    "checkpoint instead")
             # a GGUF artifact's weights are readable: run them on the reference model (e.g. with sparse attention)
             return load(p / manifest.model_files[0], backend="torch", dtype=dtype, threads=threads,
-                        progress=progress, **options)
+                        progress=progress, ode_steps=ode_steps, **options)
+        _check_fixed_steps(manifest.model_config, ode_steps, manifest.format)
         opened = open_backend(name, p, manifest.model_config, manifest, dtype=dtype, threads=threads,
                               progress=progress, **options)
         backend_obj, tokenizer = opened.backend, opened.tokenizer
@@ -115,6 +131,10 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
     from .weights import open_checkpoint
 
     config, source = open_checkpoint(p)
+    if p.suffix == ".gguf" and backend == "llama.cpp":
+        _check_fixed_steps(config, ode_steps, "llama.cpp")
+    else:
+        config = config.with_ode_steps(ode_steps)
     if p.suffix == ".gguf":
         from .gguf_vocab import tokenizer_from_gguf
 
@@ -131,6 +151,13 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
     backend_obj = open_backend(name, p, config, None, source=source, dtype=dtype, threads=threads,
                                progress=progress, **options).backend
     return LoadedModel(p, config, tokenizer, backend_obj, fmt)
+
+
+def _check_fixed_steps(config: ModelConfig, ode_steps: int | None, fmt: str) -> None:
+    """Exported graphs have their depth built in: only the step count they were exported with can run."""
+    if ode_steps is not None and ode_steps != config.num_layers:
+        raise EdgecpmError(f"this {fmt} model runs {config.num_layers} layer steps (fixed at export); export it "
+                           f"with --option ode_steps={ode_steps}, or load the source checkpoint with ode_steps")
 
 
 def _artifact_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer:

@@ -71,6 +71,8 @@ class LayerSpec:
 
     `weight_layer` is the index whose tensors this layer uses (itself unless weights are shared), `use_rope`
     is False for NoPE layers (SALA sparse layers) and `output_gate` adds SALA's sigmoid gate on attention.
+    `step` multiplies the residual scale: 1.0 as trained, L/N when a shared run of L layers is integrated in
+    N ODE steps (`ModelConfig.with_ode_steps`).
     """
 
     attention: AttentionKind = "dense"
@@ -78,6 +80,19 @@ class LayerSpec:
     use_rope: bool = True
     output_gate: bool = False
     ternary: bool = False
+    step: float = 1.0
+
+
+@dataclass(frozen=True)
+class OdeSegment:
+    """A run of logical layers that repeats one block of `period` weight layers: one forward-Euler integral.
+
+    `start`/`length` index the trained layer stack; `length` is a multiple of `period`.
+    """
+
+    start: int
+    length: int
+    period: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,7 @@ class ModelConfig:
     sparse: SparseConfig | None = None
     lightning: LightningConfig | None = None
     ode_step: float = 1.0
+    trained_layers: int = 0  # depth L of scale_depth/sqrt(L) when ode_steps changed num_layers (0: num_layers)
     torch_dtype: str = "bfloat16"
     name: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -112,7 +128,102 @@ class ModelConfig:
     @property
     def residual_scale(self) -> float:
         """Multiplier on every residual branch: scale_depth / sqrt(L), times the ODE step of shared models."""
-        return self.scale_depth / math.sqrt(self.num_layers) * self.ode_step
+        return self.scale_depth / math.sqrt(self.trained_layers or self.num_layers) * self.ode_step
+
+    def layer_residual_scale(self, index: int) -> float:
+        """The residual multiplier of logical layer `index` (the ODE step size h, times L/N when stepped)."""
+        return self.residual_scale * self.layers[index].step
+
+    @property
+    def uniform_residual_scale(self) -> bool:
+        """True when every layer uses the same residual multiplier (what llama.cpp's one key can express)."""
+        return len({s.step for s in self.layers}) <= 1
+
+    # ---- shared layers as ODE steps ----
+    def ode_segments(self) -> tuple[OdeSegment, ...]:
+        """The weight-shared runs that fewer (or more) ODE steps can integrate.
+
+        A stack that repeats one block of P < L weight layers (fully shared: P = 1; ALBERT-style cycle) is one
+        segment; otherwise every run of >= 2 consecutive layers with the same weights is a segment.
+        """
+        w = [s.weight_layer for s in self.layers]
+        n = len(w)
+        for period in range(1, n // 2 + 1):
+            if n % period == 0 and len(set(w[:period])) == period and all(
+                    w[i] == w[i % period] for i in range(n)):
+                return (OdeSegment(0, n, period),)
+        segments, i = [], 0
+        while i < n:
+            j = i
+            while j + 1 < n and w[j + 1] == w[i]:
+                j += 1
+            if j > i:
+                segments.append(OdeSegment(i, j - i + 1, 1))
+            i = j + 1
+        return tuple(segments)
+
+    def _ode_plan(self, steps: int) -> list[int] | None:
+        """Layer evaluations per segment for `steps` evaluations in total, or None when it does not divide."""
+        segments = self.ode_segments()
+        shared = sum(seg.length for seg in segments)
+        budget = steps - (self.num_layers - shared)
+        counts = []
+        for seg in segments:
+            count, rem = divmod(budget * seg.length, shared)
+            if rem or count < seg.period or count % seg.period:
+                return None
+            counts.append(count)
+        return counts
+
+    def valid_ode_steps(self, limit: int | None = None) -> list[int]:
+        """Every `ode_steps` value up to `limit` (default 2L) that integrates each shared run evenly."""
+        if not self.ode_segments():
+            return []
+        return [n for n in range(1, (limit or 2 * self.num_layers) + 1) if self._ode_plan(n) is not None]
+
+    def with_ode_steps(self, steps: int | None) -> ModelConfig:
+        """A copy that integrates every shared run with proportionally `steps` layer evaluations in total.
+
+        A shared run of L layers with residual scale h becomes N evaluations of the same weights with scale
+        h*L/N (forward Euler over the same interval); unshared layers are kept. None or the trained depth
+        returns the config unchanged.
+        """
+        if steps is None or steps == self.num_layers:
+            return self
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            raise ConfigError(f"ode_steps is {steps!r}; expected a positive integer")
+        if self.trained_layers:
+            raise ConfigError(f"this model is already integrated with {self.num_layers} ODE steps (trained with "
+                              f"{self.trained_layers}); re-export it from its source checkpoint to change "
+                              "ode_steps")
+        if not self.ode_segments():
+            raise ConfigError("ode_steps needs a shared-layer model (config.json 'shared_layers'); this model "
+                              "has no weight-shared layers")
+        counts = self._ode_plan(steps)
+        if counts is None:
+            valid = ", ".join(str(n) for n in self.valid_ode_steps())
+            raise ConfigError(f"ode_steps={steps} does not divide the shared layers evenly; expected one of "
+                              f"{valid}")
+        layers: list[LayerSpec] = []
+        by_start = {seg.start: (seg, count) for seg, count in zip(self.ode_segments(), counts)}
+        i = 0
+        while i < self.num_layers:
+            if i in by_start:
+                seg, count = by_start[i]
+                block = self.layers[seg.start:seg.start + seg.period]
+                step = seg.length / count
+                layers += [replace(block[k % seg.period], step=block[k % seg.period].step * step)
+                           for k in range(count)]
+                i += seg.length
+            else:
+                layers.append(self.layers[i])
+                i += 1
+        return replace(self, layers=tuple(layers), num_layers=len(layers), trained_layers=self.num_layers)
+
+    @property
+    def ode_steps(self) -> int | None:
+        """The step count a stepped config runs with (None: as trained)."""
+        return self.num_layers if self.trained_layers else None
 
     @property
     def logit_scale(self) -> float:
@@ -394,24 +505,55 @@ def _parse_eos(d: Mapping[str, Any]) -> tuple[int, ...]:
 
 
 def _parse_layer_sharing(d: Mapping[str, Any], num_layers: int) -> tuple[list[int], float]:
-    """Shared-layer models: `shared_layers = {"num_unique_layers": P, "ode_step": h}` (edgecpm convention).
+    """Shared-layer models (edgecpm convention), `shared_layers` is one of
 
-    Logical layer i uses the weights of physical layer i % P (the stack is looped, as in ALBERT-style and
-    neural-ODE parameter-shared models); `ode_step` scales each residual update (forward-Euler step size).
+    * `{"num_unique_layers": P}`: layer i uses the weights of layer i % P (a looped stack; P = 1 is fully
+      shared, the neural-ODE view of one block applied L times);
+    * `{"num_unique_layers": P, "order": "block"}`: ALBERT's `num_hidden_groups`, contiguous groups of L/P
+      layers share the weights of the group's first layer;
+    * `{"groups": [[1, 2, 3], [5, 6]]}`: partially shared, each listed group uses its first layer's weights and
+      every other layer keeps its own.
+
+    `ode_step` (default 1) scales each residual update (the forward-Euler step size).
     """
     sl = d.get("shared_layers")
     if sl is None:
         return list(range(num_layers)), 1.0
     if not isinstance(sl, Mapping):
         raise ConfigError(f"config field 'shared_layers' is {sl!r}; expected an object")
+    step = _get(sl, "ode_step", float, 1.0, where="shared_layers.")
+    _positive(step, "shared_layers.ode_step")
+    if "groups" in sl:
+        if "num_unique_layers" in sl:
+            raise ConfigError("config field 'shared_layers' has both 'groups' and 'num_unique_layers'; expected one")
+        groups = _get(sl, "groups", list, where="shared_layers.")
+        weight_map = list(range(num_layers))
+        seen: set[int] = set()
+        for g, group in enumerate(groups):
+            ok = isinstance(group, list) and len(group) >= 2 and all(
+                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in group)
+            if not ok:
+                raise ConfigError(f"config field 'shared_layers.groups[{g}]' is {group!r}; expected a list of at "
+                                  f"least two layer indices in [0, {num_layers})")
+            if seen & set(group) or len(set(group)) != len(group):
+                raise ConfigError(f"config field 'shared_layers.groups[{g}]' repeats a layer; each layer may be "
+                                  "in one group once")
+            seen |= set(group)
+            for i in group:
+                weight_map[i] = min(group)
+        return weight_map, step
     unique = _get(sl, "num_unique_layers", int, where="shared_layers.")
     if unique <= 0 or num_layers % unique:
         raise ConfigError(
             f"config field 'shared_layers.num_unique_layers' is {unique}; expected a positive divisor of "
             f"num_hidden_layers ({num_layers})")
-    step = _get(sl, "ode_step", float, 1.0, where="shared_layers.")
-    _positive(step, "shared_layers.ode_step")
-    return [i % unique for i in range(num_layers)], step
+    order = _get(sl, "order", str, "cycle", where="shared_layers.")
+    if order == "cycle":
+        return [i % unique for i in range(num_layers)], step
+    if order == "block":
+        size = num_layers // unique
+        return [(i // size) * size for i in range(num_layers)], step
+    raise ConfigError(f"config field 'shared_layers.order' is {order!r}; expected 'cycle' or 'block'")
 
 
 def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None, name: str = "") -> ModelConfig:
@@ -552,7 +694,8 @@ def load_hf_config(path: str | Path, *, has_lm_head: bool | None = None) -> Mode
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Shape presets for planning without weights (values: ../shared/reference/minicpm4-architecture.md §2)
+# Shape presets for planning without weights (values: the published openbmb/MiniCPM4-0.5B config.json;
+# 8B: the model card and ports, since its config.json was not seen verbatim)
 
 PRESET_HF_CONFIGS: dict[str, dict[str, Any]] = {
     "minicpm4-0.5b": {

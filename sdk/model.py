@@ -1,7 +1,7 @@
 """The one torch reference implementation of the MiniCPM4 family.
 
     h0     = Embed(ids) * scale_emb
-    h     += Attn(RMSNorm(h)) * scale_depth / sqrt(L)          (per layer; times ode_step for shared stacks)
+    h     += Attn(RMSNorm(h)) * scale_depth / sqrt(L)          (per layer; times the ODE step of shared stacks)
     h     += MLP(RMSNorm(h))  * scale_depth / sqrt(L)           MLP = down(silu(gate(x)) * up(x))
     logits = lm_head(RMSNorm(h) / (hidden_size / dim_model_base))
 
@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import attention_layers
-from .layers import MLP, RMSNorm, RotaryEmbedding
 from .config import ModelConfig
 from .errors import WeightError
 from .kv_cache import KVCache
+from .layers import MLP, RMSNorm, RotaryEmbedding
 from .weights.base import WeightSource
 
 
@@ -31,7 +31,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, config: ModelConfig, layer_index: int) -> None:
         super().__init__()
-        spec = config.layers[layer_index]
+        # the first logical layer stored at `layer_index` (ODE-stepped configs have fewer logical layers)
+        spec = next(s for s in config.layers if s.weight_layer == layer_index)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = attention_layers.build(config, spec)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -103,9 +104,9 @@ class Model(nn.Module):
         positions = torch.arange(start, start + t)
         cos, sin = self.rotary.cos_sin(positions, start + t)
         h = self.embed_tokens(ids) * cfg.scale_emb
-        residual_scale = cfg.residual_scale
         for index, spec in enumerate(cfg.layers):
             layer = self.layers[str(spec.weight_layer)]
+            residual_scale = cfg.layer_residual_scale(index)
             attn = layer.self_attn(layer.input_layernorm(h), cos, sin, cache, index)
             h = h + attn * residual_scale
             h = h + layer.mlp(layer.post_attention_layernorm(h)) * residual_scale

@@ -1,6 +1,6 @@
 """An independent float64 NumPy implementation of the published MiniCPM4 math, for parity tests.
 
-Written from ../shared/reference/minicpm4-architecture.md §3 only; it shares no code with `edgecpm` (it reads
+Written from the published modeling_minicpm.py math only (docs/kernels.md and the MiniCPM4 technical report); it shares no code with `edgecpm` (it reads
 config.json with `json` and the weights with `safetensors` itself).
 """
 
@@ -28,8 +28,13 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
-def forward(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
-    """Full-sequence logits [T, V] in float64."""
+def forward(cfg: dict, w: dict[str, np.ndarray], ids: list[int],
+            schedule: list[tuple[int, float]] | None = None) -> np.ndarray:
+    """Full-sequence logits [T, V] in float64.
+
+    `schedule` overrides the layer loop with explicit (weight layer, residual multiplier) pairs, written out by
+    a test (e.g. a shared block applied N times with step scale_depth/sqrt(L) * L/N).
+    """
     H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     hd = H // nh
@@ -57,13 +62,15 @@ def forward(cfg: dict, w: dict[str, np.ndarray], ids: list[int]) -> np.ndarray:
 
     res = cfg["scale_depth"] / math.sqrt(L)
     shared = cfg.get("shared_layers")  # edgecpm's convention: layer i uses weights i % P, residual * ode_step
-    unique = shared["num_unique_layers"] if shared else L
+    unique = shared.get("num_unique_layers", L) if shared else L
     if shared:
         res *= shared.get("ode_step", 1.0)
     h = w["model.embed_tokens.weight"][ids] * cfg["scale_emb"]
     mask = np.triu(np.full((T, T), -np.inf), 1)
-    for i in range(L):
-        p = f"model.layers.{i % unique}."
+    base = res
+    for layer, mult in schedule or [(i % unique, 1.0) for i in range(L)]:
+        res = base * mult
+        p = f"model.layers.{layer}."
         x = rms_norm(h, w[p + "input_layernorm.weight"], eps)
         q = (x @ w[p + "self_attn.q_proj.weight"].T).reshape(T, nh, hd).transpose(1, 0, 2)
         k = (x @ w[p + "self_attn.k_proj.weight"].T).reshape(T, nkv, hd).transpose(1, 0, 2)

@@ -40,6 +40,7 @@ GLOBAL_TENSOR_NAMES: dict[str, str] = {
 }
 # GGUF metadata key suffix -> SparseConfig field (edgecpm's namespaced block; llama.cpp ignores it)
 INFLLM_KEY_PREFIX = "infllm_v2."
+SHARED_LAYERS_KEY = "edgecpm.weight_layers"  # per block: the block whose weights it uses (shared-layer models)
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
@@ -354,10 +355,22 @@ class GGUFSource:
             scale_emb=scale_emb, scale_depth=scale_depth, dim_model_base=dim_model_base,
             tie_word_embeddings="output.weight" not in self._tensors,
             bos_token_id=None if bos is None else int(bos), eos_token_ids=eos,
-            layers=tuple(LayerSpec(kind, i) for i in range(n_layers)),
+            layers=tuple(LayerSpec(kind, w) for w in self._weight_layers(n_layers)),
             rope_scaling=rope_scaling, sparse=sparse, torch_dtype="float32",
             name=str(field_value(self.reader, "general.name", self.path.stem)),
         )
+
+    def _weight_layers(self, n_layers: int) -> list[int]:
+        """Which block's weights each block uses: edgecpm writes the map for shared-layer models (the shared
+        blocks are duplicated in the file for llama.cpp; reading one copy keeps them shared in memory)."""
+        value = self._meta(SHARED_LAYERS_KEY, None)
+        if value is None:
+            return list(range(n_layers))
+        mapping = [int(x) for x in value]
+        if len(mapping) != n_layers or any(not 0 <= w <= i for i, w in enumerate(mapping)):
+            raise ConfigError(f"GGUF metadata key '{self.arch}.{SHARED_LAYERS_KEY}' is {mapping!r}; expected "
+                              f"{n_layers} indices, each at most its own block")
+        return mapping
 
     def _read_sparse(self) -> SparseConfig | None:
         prefix = f"{self.arch}.{INFLLM_KEY_PREFIX}"
