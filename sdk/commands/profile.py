@@ -46,9 +46,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-calibrate", action="store_true", help="do not store the fitted host coefficients")
     p.add_argument("--json", action="store_true", help="print the report JSON (no progress bar)")
-    p.add_argument("--import", dest="import_file", metavar="FILE", default=None,
-                   help="merge the Android app's benchmark JSON into the report in --out (MODEL: the bundle the "
-                        "phone ran; --device: its profile unless the file names one)")
+    p.add_argument(
+        "--import",
+        dest="import_file",
+        metavar="FILE",
+        default=None,
+        help="merge the Android app's benchmark JSON into the report in --out (MODEL: the bundle the "
+        "phone ran; --device: its profile unless the file names one)",
+    )
     p.set_defaults(func=run)
 
 
@@ -92,16 +97,23 @@ def run(args: argparse.Namespace) -> int:
 def _run_import(args: argparse.Namespace) -> int:
     from ..device_profiles.phone_import import import_phone_benchmark
 
-    report = import_phone_benchmark(args.import_file, args.model, None if args.device == "host" else args.device,
-                                    args.out, calibrate=not args.no_calibrate)
+    report = import_phone_benchmark(
+        args.import_file,
+        args.model,
+        None if args.device == "host" else args.device,
+        args.out,
+        calibrate=not args.no_calibrate,
+    )
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
     for name, entry in report["calibration"]["backends"].items():
         for p in entry["predictions"]:
-            print(f"{name:<16} context {p['context']:>5}: decode {p['measured_decode']:.2f} tok/s measured, "
-                  f"{p['predicted_decode_default'] or 0:.2f} predicted (default), "
-                  f"{p['predicted_decode_calibrated'] or 0:.2f} (calibrated); "
-                  f"prefill {p['measured_prefill']:.1f} tok/s")
+            print(
+                f"{name:<16} context {p['context']:>5}: decode {p['measured_decode']:.2f} tok/s measured, "
+                f"{p['predicted_decode_default'] or 0:.2f} predicted (default), "
+                f"{p['predicted_decode_calibrated'] or 0:.2f} (calibrated); "
+                f"prefill {p['measured_prefill']:.1f} tok/s"
+            )
     print(f"report: {args.out}/report.html")
     return 0
