@@ -3,7 +3,7 @@
 Model: a random MiniCPM4-0.5B-shaped checkpoint (24 layers, hidden 1024, 16/2 heads, vocab 73448, tied; plain
 RoPE, since the builder has no LongRoPE for this family and rotary tables do not change speed). The builder has
 no MiniCPM class either, so it gets the same safetensors under a Granite config, whose four multipliers are
-MiniCPM's µP scalings exactly (reference doc onnx-ortgenai.md §2.5). Both artifacts run in onnxruntime-genai
+MiniCPM's µP scalings exactly (onnxruntime-genai `builders/granite.py`). Both artifacts run in onnxruntime-genai
 with the same prompt, `max_length` and thread count; runs alternate and the median is reported.
 
     python benchmarks/onnx_vs_builder.py [--runs 5] [--new-tokens 64]

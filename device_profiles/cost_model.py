@@ -3,7 +3,7 @@
 Decode (batch 1) is bound by bytes moved per token: every streamed weight (all layers plus the LM head; the
 embedding table contributes one row) plus the KV entries the new token attends to. With InfLLM v2 a token past
 `dense_len` attends `topk * block_size + window_size` tokens plus one compressed key per `kernel_stride`
-tokens, instead of the whole context (papers-and-anchors.md Part 2c):
+tokens, instead of the whole context (docs/planner.md, the cost model):
 
     t_decode(c) = bytes(c) / (BW_eff * bandwidth_efficiency) + layers * layer_overhead + token_overhead
 
@@ -126,7 +126,7 @@ class BackendCoefficients:
 
 
 # Rules of thumb, used until `edgecpm profile` measures the host. llama.cpp CPU reaches ~70 % of the
-# measured bandwidth on tuned SoCs (papers-and-anchors.md 2c: ExecuTorch 1B at ~70 % of 76.8 GB/s).
+# measured bandwidth on tuned SoCs (ExecuTorch 1B at ~70 % of 76.8 GB/s: docs/device-sources.md).
 _MB = 1e6
 DEFAULT_COEFFICIENTS: dict[tuple[str, str], BackendCoefficients] = {
     ("llama.cpp", "cpu"): BackendCoefficients(0.8, 0.3, 1.5e-5, 2e-4, 60 * _MB),

@@ -1,7 +1,7 @@
 """`DeviceProfile`: what a device offers an LLM (memory, bandwidth, compute, ISA, backends), as plain data.
 
-Every number is a `Fact` carrying its source and a confidence status (the markers of
-`../shared/reference/papers-and-anchors.md`): a value is never written down without where it came from, and a
+Every number is a `Fact` carrying its source and a confidence status (the markers in
+`docs/device-sources.md`): a value is never written down without where it came from, and a
 number nobody could source is `"unknown"` (value None) rather than a guess. Profiles live as one TOML file per
 device beside this module; `host` is probed live (`host.py`).
 """
@@ -85,7 +85,7 @@ class DeviceProfile:
         """Sustained bandwidth in GB/s to plan with, and where it came from.
 
         A measured number wins; otherwise 70 % of the spec sheet (sustained bandwidth is typically 70-90 % of
-        theoretical on desktops and Jetson, phones reach less: papers-and-anchors.md Part 2b, practical note).
+        theoretical on desktops and Jetson, phones reach less: docs/device-sources.md).
         """
         if self.bandwidth_measured_gbs.known:
             return float(self.bandwidth_measured_gbs.value), "measured"

@@ -1,7 +1,7 @@
 """torch.export -> edge -> XNNPACK -> `.pte` bytes: the lowering stages of the ExecuTorch exporter.
 
-Kept apart from the exporter's file handling so the stages read top to bottom (the pattern tested in
-../shared/reference/executorch.md §1.6): export with a dynamic prefill length, decompose only the ops
+Kept apart from the exporter's file handling so the stages read top to bottom (the pattern of ExecuTorch's
+`examples/models/llama` export): export with a dynamic prefill length, decompose only the ops
 that must be decomposed (InfLLM v2 into its vectorized core-ATen body; the full core table breaks XNNPACK's
 linear matching), partition dynamically-quantized linears first and everything else second, plan memory
 without allocating graph inputs, and write the runner's metadata as constant methods.

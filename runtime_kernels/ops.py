@@ -2,7 +2,8 @@
 
 `edgecpm::infllmv2_attention(q, k, v, kernel_size, kernel_stride, init_blocks, block_size, window_size,
 topk, dense_len) -> Tensor` is stateless (it recomputes the compressed keys from k). Its CPU kernel is the
-vectorized torch code, its CUDA kernel the Triton one when Triton imports, and the fake kernel returns
+vectorized torch code, its CUDA kernel the one `registry.resolve` picks (vectorized unless
+`EDGECPM_KERNELS` opts into Triton), and the fake kernel returns
 `empty_like(q)`.
 Exporters that need the body (ONNX function, ExecuTorch decomposition) trace `infllmv2_decomposition`, which
 has the op's exact signature and is written in export-friendly torch ops. `edgecpm::lightning_attention`
@@ -51,9 +52,9 @@ def _infllmv2_fake(q, k, v, kernel_size, kernel_stride, init_blocks, block_size,
 def _infllmv2_cuda(q, k, v, kernel_size, kernel_stride, init_blocks, block_size, window_size, topk,
                    dense_len):
     sp = _sparse(kernel_size, kernel_stride, init_blocks, block_size, window_size, topk, dense_len)
-    from .registry import triton_available
+    from .registry import resolve
 
-    if triton_available():
+    if resolve("infllmv2", q.device) == "triton":
         from .infllmv2_triton import infllmv2_triton
 
         return infllmv2_triton(q, k, v, sp).contiguous()

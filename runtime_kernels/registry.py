@@ -1,8 +1,10 @@
-"""Which implementation runs each kernel: an explicit argument, else `EDGECPM_KERNELS`, else the device.
+"""Which implementation runs each kernel: an explicit argument, else `EDGECPM_KERNELS`, else vectorized.
 
 `EDGECPM_KERNELS` is either one name for every kernel (`vectorized`) or per-kernel pairs
-(`infllmv2=triton,lightning=vectorized,ternary=reference`). Default: Triton on CUDA when Triton imports,
-the vectorized torch code everywhere else. Triton on a CPU tensor needs `TRITON_INTERPRET=1`.
+(`infllmv2=triton,lightning=vectorized,ternary=reference`). Default: the vectorized torch code on every
+device, CUDA included: the Triton kernels have only run under `TRITON_INTERPRET=1` (never on a GPU), so they
+are opt-in (`EDGECPM_KERNELS=triton`) until they are checked on one. Triton on a CPU tensor needs
+`TRITON_INTERPRET=1`.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def resolve(kernel: str, device: torch.device, impl: str | None = None) -> str:
     """The implementation name to run `kernel` on `device`."""
     choice = impl if impl is not None else _from_env(kernel)
     if choice is None:
-        return "triton" if device.type == "cuda" and triton_available() else "vectorized"
+        return "vectorized"
     if choice not in IMPLS:
         raise EdgecpmError(f"kernel implementation {choice!r} for {kernel}; expected one of "
                            f"{', '.join(IMPLS)}")

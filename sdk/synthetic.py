@@ -25,7 +25,7 @@ import numpy as np
 MINICPM4_SPECIAL_TOKENS = ["<|im_end|>", "<|im_start|>", "<|tool_call|>", "<|execute_start|>", "<|execute_end|>",
                            "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
 _GENERATOR_VERSION = "3"
-# the published MiniCPM4-0.5B shapes (../shared/reference/minicpm4-architecture.md §2.1), for full-size benchmarks
+# the published MiniCPM4-0.5B shapes (openbmb/MiniCPM4-0.5B config.json), for full-size benchmarks
 MINICPM4_05B_SHAPE: dict[str, int] = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
                                           num_kv_heads=2, vocab_size=73448, dim_model_base=256)
 _CORPUS = Path(__file__).with_name("data") / "wikitext2_excerpt.txt"

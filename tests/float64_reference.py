@@ -1,7 +1,8 @@
 """An independent float64 NumPy implementation of the published MiniCPM4 math, for parity tests.
 
-Written from the published modeling_minicpm.py math only (docs/kernels.md and the MiniCPM4 technical report); it shares no code with `edgecpm` (it reads
-config.json with `json` and the weights with `safetensors` itself).
+Written from the published math only (the MiniCPM4 Hugging Face `modeling_minicpm.py`, the MiniCPM4 technical
+report, docs/kernels.md); it shares no code with `edgecpm` (it reads config.json with `json` and the weights
+with `safetensors` itself).
 """
 
 from __future__ import annotations

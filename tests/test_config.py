@@ -11,7 +11,7 @@ from edgecpm.config import config_from_hf_dict, load_hf_config, preset_config
 from edgecpm.errors import ConfigError
 from edgecpm.synthetic import SyntheticSpec, config_dict
 
-# the published MiniCPM4-0.5B config.json fields (../shared/reference/minicpm4-architecture.md §2.1)
+# the published MiniCPM4-0.5B config.json fields (the openbmb/MiniCPM4-0.5B Hub repository's config.json)
 PUBLISHED_05B = {
     "architectures": ["MiniCPMForCausalLM"], "bos_token_id": 1, "eos_token_id": [2, 73440], "hidden_act": "silu",
     "hidden_size": 1024, "initializer_range": 0.1, "intermediate_size": 4096, "max_position_embeddings": 32768,

@@ -33,7 +33,7 @@ def test_every_required_device_has_a_profile_with_sourced_numbers():
 
 
 def test_reference_numbers_are_transcribed():
-    """Spot-check against ../shared/reference/papers-and-anchors.md Part 2b (typed from the document)."""
+    """Spot-check against the sources in docs/device-sources.md (typed from the document)."""
     assert load_profile("snapdragon-8-gen3").bandwidth_spec_gbs.value == 76.8
     assert load_profile("snapdragon-8-elite").bandwidth_spec_gbs.value == 84.8
     assert load_profile("jetson-agx-orin-64gb").bandwidth_spec_gbs.value == 204.8

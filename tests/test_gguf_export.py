@@ -56,7 +56,7 @@ def test_metadata_keys_have_llamacpp_types_and_values(tiny_tied, outdir) -> None
     cfg = json.loads((tiny_tied / "config.json").read_text())
     reader = gguf.GGUFReader(str(art.model_file))
     f = reader.fields
-    expected = {  # key types llama.cpp's loader insists on (reference doc §1.2, §3.1, §5.2)
+    expected = {  # key types llama.cpp's loader insists on (llama-model.cpp hparams, llama-vocab.cpp)
         "general.architecture": VT.STRING, "minicpm.block_count": VT.UINT32,
         "minicpm.context_length": VT.UINT32,
         "minicpm.embedding_length": VT.UINT32, "minicpm.feed_forward_length": VT.UINT32,

@@ -229,6 +229,19 @@ def test_registry_choice_and_override(monkeypatch) -> None:
     assert calls == [1]
 
 
+def test_registry_default_on_cuda_is_vectorized_and_triton_is_opt_in(monkeypatch) -> None:
+    """Triton has only run under TRITON_INTERPRET=1, so CUDA must not default to it (docs/kernels.md)."""
+    monkeypatch.setattr("edgecpm.runtime_kernels.registry.triton_available", lambda: True)
+    monkeypatch.delenv("EDGECPM_KERNELS", raising=False)
+    cuda = torch.device("cuda")
+    for kernel in ("infllmv2", "lightning", "ternary"):
+        assert resolve(kernel, cuda) == "vectorized"
+    monkeypatch.setenv("EDGECPM_KERNELS", "triton")
+    assert resolve("infllmv2", cuda) == "triton"
+    monkeypatch.setenv("EDGECPM_KERNELS", "ternary=triton")
+    assert resolve("ternary", cuda) == "triton" and resolve("infllmv2", cuda) == "vectorized"
+
+
 def test_bad_shapes_raise() -> None:
     q, k, v = _inputs(4, 100, 1)
     with pytest.raises(EdgecpmError, match="expects"):

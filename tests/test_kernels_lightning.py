@@ -36,7 +36,7 @@ def _inputs(t: int, h: int = 4, dk: int = 32, dv: int = 32, b: int = 2, seed: in
 
 
 def test_sala_slopes() -> None:
-    """32 heads: slope_h = 2^(-0.25 (h + 1)), from 0.8409 down to 2^-8 (reference doc §7.3)."""
+    """32 heads: slope_h = 2^(-0.25 (h + 1)), from 0.8409 down to 2^-8 (SALA modeling code)."""
     slopes = alibi_slopes(32)
     assert slopes[0] == pytest.approx(0.8408964, rel=1e-6) and slopes[-1] == pytest.approx(0.00390625)
     assert len(alibi_slopes(12)) == 12 and len(set(alibi_slopes(12))) == 12

@@ -77,12 +77,12 @@ def test_weight_and_kv_memory_match_independent_arithmetic():
     # KV: K and V, 32 layers x 2 KV heads x 128 dims x 2 bytes per token, plus one compressed key per 16 tokens
     dense_kv = 2 * 32 * 2 * 128 * 2 * 32768
     assert mem.kv_bytes == pytest.approx(dense_kv * (1 + 0.5 / 16), rel=1e-6)
-    # the 8B bf16 weights quoted in papers-and-anchors.md 2c: ~16.4 GB
+    # MiniCPM4-8B bf16 weights: ~16.4 GB (2 bytes per parameter)
     assert mem.weights_bytes / 1e9 == pytest.approx(16.4, rel=0.02)
 
 
 def test_decode_roofline_on_a_gpu_matches_the_reference_bound():
-    """papers-and-anchors.md 2c: RTX 4090 (1008 GB/s) bounds 8B INT4 decode at ~219 tok/s (weights only)."""
+    """Roofline: RTX 4090 (1008 GB/s, docs/device-sources.md) bounds 8B INT4 decode at ~219 tok/s (weights only)."""
     plan = edgecpm.plan("minicpm4-8b", "rtx-4090", quant="q4_0", context=128)
     bound = 1008e9 / plan.choice.prediction.decode_bytes_per_token
     assert bound == pytest.approx(219, rel=0.1)
