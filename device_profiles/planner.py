@@ -114,15 +114,15 @@ class Plan:
     suggestions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
-        budget = self.device.memory_budget_bytes
-
     @property
     def threads_reason(self) -> str:
         """Why this many threads: asked for, the host's measured probe, or the device profile's cores."""
         if self.request.get("threads"):
             return "as requested"
         return self.device.extra.get("threads_reason") or f"the profile's {self.device.threads} performance cores"
+
+    def to_dict(self) -> dict[str, Any]:
+        budget = self.device.memory_budget_bytes
         bw, basis = self.device.effective_bandwidth()
         choice = None
         if self.choice is not None:
@@ -435,6 +435,7 @@ def plan(
         "memory_gb": memory_gb,
         "min_decode_tokens_per_s": min_decode_tokens_per_s,
         "sparse": sparse,
+        "threads": threads,
     }
     if not candidates:
         raise EdgecpmError(
@@ -457,7 +458,6 @@ def plan(
             f"nothing fits {profile.name}: the smallest option, "
             f"{smallest.quant.name} via {smallest.backend}, "
             f"needs {smallest.prediction.total_bytes / GIB:.2f} GiB but an app may use "
-        "threads": threads,
             f"{budget / GIB:.2f} GiB ({profile.memory_gib.value:g} GiB x {profile.app_share.value or 1:g})"
         )
         if _suggest:
@@ -615,6 +615,7 @@ def format_plan(plan_: Plan) -> str:
         mem, pr = c["memory"], c["predicted"]
         lines += [
             f"plan    {c['quant']} {c['format']} on {c['backend']}, {c['threads']} threads",
+            f"threads {c['threads']}: {c['threads_reason']}",
             f"attention {c['attention']['kind']}: {c['attention']['reason']}",
             f"draft   none: {c['draft_reason']}",
             f"memory  weights {mem['weights_bytes'] / GIB:.2f} GiB + KV {mem['kv_bytes'] / GIB:.3f} GiB + "
@@ -643,7 +644,6 @@ def format_plan(plan_: Plan) -> str:
     lines.append(f"{'backend':<12} {'quant':<8} {'GiB':>7} {'decode/s':>9} {'prefill/s':>10}  verdict")
     for c in d["candidates"]:
         dec = "-" if c["decode_tokens_per_s"] is None else f"{c['decode_tokens_per_s']:.1f}"
-            f"threads {c['threads']}: {c['threads_reason']}",
         pre = "-" if c["prefill_tokens_per_s"] is None else f"{c['prefill_tokens_per_s']:.0f}"
         verdict = "fits" if c["fits"] else f"REFUSED: {c['rejected']}"
         lines.append(f"{c['backend']:<12} {c['quant']:<8} {c['total_bytes'] / GIB:>7.2f} {dec:>9} {pre:>10}  {verdict}")
