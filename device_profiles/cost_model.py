@@ -24,89 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..config import ModelConfig
+from ..exporters.formats import BACKEND_FORMAT, FORMAT_QUANTS, QuantSpec  # noqa: F401 - re-exported
 from .profile import DeviceProfile
 
-
-@dataclass(frozen=True)
-class QuantSpec:
-    """Storage of one quantization: bits per weight of layer matrices, the embedding table and the LM head."""
-
-    name: str
-    linear_bits: float
-    embed_bits: float
-    head_bits: float
-    compute: str  # which peak rate the matmuls use: fp32_gflops, fp16_gflops, bf16_gflops, int8_gops
-    quality: int  # 0 = lossless ... 3 = 4-bit; ternary models store ternary weights losslessly
-    ternary_only: bool = False
-    kv_bytes: float = 2.0  # bytes per cached K/V element the backend uses with this quant
-
-    @property
-    def label(self) -> str:
-        return self.name
-
-
-def _q(
-    name: str,
-    lin: float,
-    emb: float,
-    head: float,
-    compute: str,
-    quality: int,
-    *,
-    ternary: bool = False,
-    kv: float = 2.0,
-) -> QuantSpec:
-    return QuantSpec(name, lin, emb, head, compute, quality, ternary, kv)
-
-
-# Bits per weight include block scales: Q8_0 = 34 bytes / 32, Q4_0 = 18 / 32, Q4_1 = 20 / 32, Q4_K ~4.5 with
-# Q6_K output (6.56), TQ2_0 = 66 bytes / 256 * 8 = 2.06, TQ1_0 = 54 / 256 * 8 = 1.69 (gguf-llamacpp.md).
-# The GGUF exporter stores the embedding/output of integer schemes as Q8_0 (exporters/gguf_quant.py).
-FORMAT_QUANTS: dict[str, dict[str, QuantSpec]] = {
-    "gguf": {
-        q.name: q
-        for q in (
-            _q("bf16", 16, 16, 16, "bf16_gflops", 0),
-            _q("f16", 16, 16, 16, "fp16_gflops", 0),
-            _q("q8_0", 8.5, 8.5, 8.5, "int8_gops", 1),
-            _q("q5_k_m", 5.69, 6.56, 6.56, "int8_gops", 2),
-            _q("q4_k_m", 4.85, 6.56, 6.56, "int8_gops", 3),
-            _q("q4_0", 4.5, 8.5, 8.5, "int8_gops", 3),
-            _q("tq2_0", 2.0625, 8.5, 8.5, "int8_gops", 0, ternary=True),
-            _q("tq1_0", 1.6875, 8.5, 8.5, "int8_gops", 0, ternary=True),
-        )
-    },
-    # ExecuTorch XNNPACK: 8da4w = int4 weights (group 32, fp32 scales), int8 dynamic activations; the
-    # embedding is exported with embedding_bits=8; the KV cache stays fp32.
-    "executorch": {
-        q.name: q
-        for q in (
-            _q("fp32", 32, 32, 32, "fp32_gflops", 0, kv=4),
-            _q("8da8w", 9, 9, 9, "int8_gops", 1, kv=4),
-            _q("8da4w", 5, 9, 5, "int8_gops", 3, kv=4),
-        )
-    },
-    # ONNX Runtime MatMulNBits (block 32, fp32 scales + zero points); the LM head is kept at 8 bits and the
-    # embedding Gather at the model dtype.
-    "onnx": {
-        q.name: q
-        for q in (
-            _q("fp32", 32, 32, 32, "fp32_gflops", 0, kv=4),
-            _q("fp16", 16, 16, 16, "fp16_gflops", 0),
-            _q("int8", 9.25, 32, 9.25, "int8_gops", 1, kv=4),
-            _q("int4", 5.25, 32, 9.25, "int8_gops", 3, kv=4),
-        )
-    },
-    # the reference torch backend runs the checkpoint as is, in fp32 (default) or bf16
-    "hf": {
-        q.name: q
-        for q in (
-            _q("f32", 32, 32, 32, "fp32_gflops", 0, kv=4),
-            _q("bf16", 16, 16, 16, "bf16_gflops", 0),
-        )
-    },
-}
-BACKEND_FORMAT = {"llama.cpp": "gguf", "executorch": "executorch", "onnxruntime": "onnx", "torch": "hf"}
+# Quant specs (bits per weight, compute type) and the backend <-> format map live in the format table.
 
 
 @dataclass(frozen=True)

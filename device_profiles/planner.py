@@ -22,6 +22,7 @@ from typing import Any
 
 from ..config import ModelConfig, is_preset, preset_config
 from ..errors import EdgecpmError
+from ..exporters.formats import EXPORT_FORMATS, facts, format_report, refusal, runs_sparse
 from .cost_model import (
     BACKEND_FORMAT,
     FORMAT_QUANTS,
@@ -48,6 +49,7 @@ class ModelInfo:
     fixed_format: str | None = None
     fixed_quant: QuantSpec | None = None
     file_bytes: int | None = None
+    source: Any = field(default=None, repr=False, compare=False)  # weights, for the ternary-exportable check
 
     @property
     def ternary(self) -> bool:
@@ -82,6 +84,7 @@ class Candidate:
     prediction: Prediction
     fits: bool
     rejected: str | None = None
+    refused: str | None = None  # the exporter's own reason when it would refuse this format/quant
 
     def to_dict(self) -> dict[str, Any]:
         p = self.prediction
@@ -113,6 +116,7 @@ class Plan:
     reason: str
     suggestions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    export_losses: dict[str, list[str]] = field(default_factory=dict)  # per format: what the model would lose
 
     @property
     def threads_reason(self) -> str:
@@ -133,11 +137,11 @@ class Plan:
                 "quant": c.quant.name,
                 "kv_bytes_per_element": c.quant.kv_bytes,
                 "threads": self.threads,
+                "threads_reason": self.threads_reason,
                 "attention": self.attention,
                 "draft": self.draft,
                 "draft_reason": self.draft_reason,
                 "memory": {
-                "threads_reason": self.threads_reason,
                     "weights_bytes": int(p.weights_bytes),
                     "kv_bytes": int(p.kv_bytes),
                     "runtime_bytes": int(p.runtime_bytes),
@@ -180,6 +184,7 @@ class Plan:
             "candidates": [c.to_dict() for c in self.candidates],
             "suggestions": self.suggestions,
             "warnings": self.warnings,
+            "export_losses": self.export_losses,
         }
 
 
@@ -192,7 +197,8 @@ def _r(x: float | None, nd: int = 2) -> float | None:
 
 
 def _quant_from_file(name: str, fmt: str, config: ModelConfig, file_bytes: int) -> QuantSpec:
-    """A fixed file's quant: the table entry when known, else bits per weight measured from the file size."""
+    """A fixed file's quant: the format table's entry (every quant edgecpm exports, e.g. the default model's
+    q4_1), else, for a type edgecpm does not export (q3_k, iq*), bits per weight measured from the file size."""
     known = FORMAT_QUANTS.get(fmt, {}).get(name.lower())
     if known is not None:
         return known
@@ -247,7 +253,7 @@ def resolve_model(model: Any) -> ModelInfo:
             _quant_from_file(source.file_type_name(), "gguf", config, size),
             size,
         )
-    return ModelInfo(config, "checkpoint", str(p))
+    return ModelInfo(config, "checkpoint", str(p), source=source)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -366,8 +372,16 @@ def _quants_for(info: ModelInfo, fmt: str, backend: str, request_quant: str | No
     else:
         quants = [q for q in FORMAT_QUANTS[fmt].values() if info.ternary or not q.ternary_only]
     if request_quant is not None:
-        quants = [q for q in quants if q.name == request_quant.lower()]
-    return quants
+        return [q for q in quants if q.name == request_quant.lower()]
+    return [q for q in quants if q.auto or info.fixed_format is not None]
+
+
+def _export_refusal(info: ModelInfo, fmt: str, quant: str, sparse: bool) -> str | None:
+    """The exporter's own reason when MODEL still has to be exported to `fmt` and it would refuse."""
+    if info.fixed_format is not None or fmt not in EXPORT_FORMATS:
+        return None
+    reason = refusal(info.config, fmt, quant, {"sparse": sparse}, info.source)
+    return None if reason is None else f"the {fmt} exporter refuses: {reason}"
 
 
 def plan(
@@ -414,18 +428,24 @@ def plan(
     for b in [backend] if backend else list(profile.backends):
         fmt = BACKEND_FORMAT[b]
         for q in _quants_for(info, fmt, b, quant):
-            pred = predict(config, q, b, profile, context, prompt_tokens, _coefficients(profile, b, q.name), use_sparse)
-            fits = pred.total_bytes <= budget
+            sparse_here = use_sparse and runs_sparse(fmt)  # llama.cpp runs InfLLM v2 layers dense
+            coeffs = _coefficients(profile, b, q.name)
+            pred = predict(config, q, b, profile, context, prompt_tokens, coeffs, sparse_here)
+            refused = _export_refusal(info, fmt, q.name, use_sparse)
+            fits = refused is None and pred.total_bytes <= budget
             rejected = (
                 None
                 if fits
-                else (
+                else refused
+                or (
                     f"needs {pred.total_bytes / GIB:.2f} GiB > budget {budget / GIB:.2f} GiB "
                     f"({profile.memory_gib.value:g} GiB x {profile.app_share.value or 1:g})"
                 )
             )
             candidates.append(
-                Candidate(b, fmt if info.fixed_format is None or b != "torch" else "gguf", q, pred, fits, rejected)
+                Candidate(
+                    b, fmt if info.fixed_format is None or b != "torch" else "gguf", q, pred, fits, rejected, refused
+                )
             )
     request = {
         "context": context,
@@ -444,6 +464,9 @@ def plan(
         )
     choice = _choose([c for c in candidates if c.fits], list(profile.backends), min_decode_tokens_per_s)
     fits = choice is not None
+    if fits and use_sparse and not runs_sparse(BACKEND_FORMAT[choice.backend]):
+        note = facts(BACKEND_FORMAT[choice.backend]).features["sparse_layers"].note
+        attention = {"kind": "dense", "params": None, "reason": f"{choice.backend} runs dense attention ({note})"}
     suggestions: list[str] = []
     if fits:
         p = choice.prediction
@@ -452,8 +475,10 @@ def plan(
             f"{choice.quant.name} via {choice.backend} fits in {p.total_bytes / GIB:.2f} of "
             f"{budget / GIB:.2f} GiB{speed}; " + _why(choice, candidates, min_decode_tokens_per_s)
         )
+    elif all(c.refused for c in candidates):
+        reason = f"nothing can be planned on {profile.name}: " + "; ".join(dict.fromkeys(c.refused for c in candidates))
     else:
-        smallest = min(candidates, key=lambda c: c.prediction.total_bytes)
+        smallest = min((c for c in candidates if not c.refused), key=lambda c: c.prediction.total_bytes)
         reason = (
             f"nothing fits {profile.name}: the smallest option, "
             f"{smallest.quant.name} via {smallest.backend}, "
@@ -487,6 +512,7 @@ def plan(
         reason,
         suggestions,
         warnings,
+        format_report(config, context),
     )
 
 
@@ -566,7 +592,7 @@ def _suggestions(
     if not info.ternary and info.fixed_format is None:
         ternary = replace(config, layers=tuple(replace(s, ternary=True) for s in config.layers))
         tq = FORMAT_QUANTS["gguf"]["tq2_0"]
-        if "llama.cpp" in profile.backends:
+        if "llama.cpp" in profile.backends and refusal(ternary, "gguf", "tq2_0") is None:
             tp = predict(
                 ternary,
                 tq,
@@ -640,6 +666,9 @@ def format_plan(plan_: Plan) -> str:
         lines.append(f"  would fit: {s}")
     for w in d["warnings"]:
         lines.append(f"warning {w}")
+    for fmt, lost in d["export_losses"].items():
+        if lost:
+            lines.append(f"format  {fmt}: {'; '.join(lost)}")
     lines.append("")
     lines.append(f"{'backend':<12} {'quant':<8} {'GiB':>7} {'decode/s':>9} {'prefill/s':>10}  verdict")
     for c in d["candidates"]:

@@ -15,6 +15,7 @@ from typing import Any
 import tomllib
 
 from ..errors import EdgecpmError
+from ..exporters.formats import KNOWN_BACKENDS as FORMAT_TABLE_BACKENDS
 
 PROFILE_DIR = Path(__file__).parent
 STATUSES = (
@@ -30,7 +31,7 @@ STATUSES = (
 KINDS = ("phone", "sbc", "embedded", "gpu", "laptop", "desktop", "host")
 ENGINES = ("cpu", "gpu")
 COMPUTE_KEYS = ("fp32_gflops", "fp16_gflops", "bf16_gflops", "int8_gops")
-KNOWN_BACKENDS = ("torch", "llama.cpp", "onnxruntime", "executorch")
+KNOWN_BACKENDS = FORMAT_TABLE_BACKENDS  # read from the format table (exporters/formats.py)
 
 
 @dataclass(frozen=True)

@@ -55,8 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train, test = default_texts()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text", type=Path, default=train, help=f"training text (default {train})")
-    p.add_argument("--eval-text", type=lambda v: Path(v) if v else None, default=test,
-                   help="held-out text (default: the test split; '' = the last 10%% of --text)")
+    p.add_argument(
+        "--eval-text",
+        type=lambda v: Path(v) if v else None,
+        default=test,
+        help="held-out text (default: the test split; '' = the last 10%% of --text)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/shared-layer"))
     p.add_argument("--layers", type=int, default=8, help="logical depth L (one shared block)")
     p.add_argument("--hidden", type=int, default=128)
@@ -70,8 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=2.0, help="training time per run")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps per run (default: until --minutes)")
     p.add_argument("--eval-tokens", type=int, default=16384)
-    p.add_argument("--eval-steps", type=str, default=None, help="comma list of ode_steps to evaluate (default: "
-                   "every valid count <= L)")
+    p.add_argument(
+        "--eval-steps",
+        type=str,
+        default=None,
+        help="comma list of ode_steps to evaluate (default: every valid count <= L)",
+    )
     p.add_argument("--runs", type=str, default="plain,random-steps")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -90,11 +98,23 @@ def tokenize(path: Path, tokenizer, limit_chars: int | None = None) -> torch.Ten
 
 
 def make_checkpoint(directory: Path, args: argparse.Namespace) -> Path:
-    spec = SyntheticSpec(hidden_size=args.hidden, intermediate_size=args.intermediate, num_layers=args.layers,
-                         num_heads=args.heads, num_kv_heads=args.kv_heads, tokenizer_pieces=args.pieces,
-                         shared_unique_layers=1, dim_model_base=max(1, args.hidden // 4), longrope=False,
-                         init_std=0.02, embed_std=0.1, shards=1, dtype="float32", seed=args.seed,
-                         max_position_embeddings=4096)
+    spec = SyntheticSpec(
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        tokenizer_pieces=args.pieces,
+        shared_unique_layers=1,
+        dim_model_base=max(1, args.hidden // 4),
+        longrope=False,
+        init_std=0.02,
+        embed_std=0.1,
+        shards=1,
+        dtype="float32",
+        seed=args.seed,
+        max_position_embeddings=4096,
+    )
     return write_random_checkpoint(directory, spec)
 
 
@@ -108,7 +128,7 @@ def save_weights(model: Model, directory: Path) -> None:
 def batches(tokens: torch.Tensor, seq: int, batch: int, rng: np.random.Generator):
     while True:
         starts = rng.integers(0, len(tokens) - seq - 1, batch)
-        x = torch.stack([tokens[s:s + seq + 1] for s in starts])
+        x = torch.stack([tokens[s : s + seq + 1] for s in starts])
         yield x[:, :-1], x[:, 1:]
 
 
@@ -140,20 +160,26 @@ def train(run: str, args: argparse.Namespace, train_ids: torch.Tensor) -> dict:
         losses.append(float(loss))
         step += 1
         if step % 50 == 0:
-            print(f"[{run}] step {step}  loss {np.mean(losses[-50:]):.3f}  ({time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+            print(
+                f"[{run}] step {step}  loss {np.mean(losses[-50:]):.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True
+            )
     model.config = base
     model.eval()
     save_weights(model, out)
-    return {"run": run, "optimizer_steps": step, "train_seconds": round(time.perf_counter() - t0, 1),
-            "final_train_loss": round(float(np.mean(losses[-50:])), 4), "checkpoint": str(out)}
+    return {
+        "run": run,
+        "optimizer_steps": step,
+        "train_seconds": round(time.perf_counter() - t0, 1),
+        "final_train_loss": round(float(np.mean(losses[-50:])), 4),
+        "checkpoint": str(out),
+    }
 
 
 @torch.inference_mode()
 def evaluate(checkpoint: Path, eval_ids: torch.Tensor, steps: list[int], seq: int) -> list[dict]:
     """Perplexity on non-overlapping windows and forward time per token, for each ode_steps value."""
     n_windows = max(1, (len(eval_ids) - 1) // seq)
-    windows = torch.stack([eval_ids[i * seq:i * seq + seq + 1] for i in range(n_windows)])
+    windows = torch.stack([eval_ids[i * seq : i * seq + seq + 1] for i in range(n_windows)])
     rows = []
     for n in steps:
         lm = edgecpm.load(checkpoint, ode_steps=n)
@@ -161,8 +187,9 @@ def evaluate(checkpoint: Path, eval_ids: torch.Tensor, steps: list[int], seq: in
         nll, count = 0.0, 0
         for chunk in windows.split(32):
             logits = model(chunk[:, :-1])
-            nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1),
-                                         reduction="sum"))
+            nll += float(
+                F.cross_entropy(logits.reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum")
+            )
             count += chunk[:, 1:].numel()
         # speed: one 64-token prefill and 32 decode steps, median of 5 repeats
         prompt = eval_ids[:seq].tolist()
@@ -170,13 +197,22 @@ def evaluate(checkpoint: Path, eval_ids: torch.Tensor, steps: list[int], seq: in
         for _ in range(5):
             t = time.perf_counter()
             lm.backend.prefill(prompt)
-            for tok in eval_ids[seq:seq + 32].tolist():
+            for tok in eval_ids[seq : seq + 32].tolist():
                 lm.backend.decode([tok])
             times.append(time.perf_counter() - t)
-        rows.append({"ode_steps": n, "perplexity": round(math.exp(nll / count), 3), "eval_tokens": count,
-                     "seconds_64_prefill_32_decode": round(float(np.median(times)), 4)})
-        print(f"  ode_steps={n:2d}  ppl {rows[-1]['perplexity']:8.2f}  "
-              f"time {rows[-1]['seconds_64_prefill_32_decode'] * 1e3:.1f} ms", flush=True)
+        rows.append(
+            {
+                "ode_steps": n,
+                "perplexity": round(math.exp(nll / count), 3),
+                "eval_tokens": count,
+                "seconds_64_prefill_32_decode": round(float(np.median(times)), 4),
+            }
+        )
+        print(
+            f"  ode_steps={n:2d}  ppl {rows[-1]['perplexity']:8.2f}  "
+            f"time {rows[-1]['seconds_64_prefill_32_decode'] * 1e3:.1f} ms",
+            flush=True,
+        )
     return rows
 
 
@@ -199,8 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"train tokens {len(train_ids)}, eval tokens {len(eval_ids) - 1}", flush=True)
     cfg = load_hf_config(first)
     steps = [int(s) for s in args.eval_steps.split(",")] if args.eval_steps else cfg.valid_ode_steps(cfg.num_layers)
-    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "train_text": str(args.text), "eval_text": str(args.eval_text), "runs": []}
+    report = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "train_text": str(args.text),
+        "eval_text": str(args.eval_text),
+        "runs": [],
+    }
     for run in runs:
         result = train(run, args, train_ids)
         print(f"[{run}] evaluating", flush=True)
@@ -217,8 +257,11 @@ def markdown(report: dict) -> str:
     lines = [head, "|" + "---|" * (len(runs) + 2)]
     for i, row in enumerate(runs[0]["eval"]):
         ms = np.median([r["eval"][i]["seconds_64_prefill_32_decode"] for r in runs]) * 1e3
-        lines.append(f"| {row['ode_steps']} | " + " | ".join(f"{r['eval'][i]['perplexity']:.2f}" for r in runs)
-                     + f" | {ms:.1f} ms |")
+        lines.append(
+            f"| {row['ode_steps']} | "
+            + " | ".join(f"{r['eval'][i]['perplexity']:.2f}" for r in runs)
+            + f" | {ms:.1f} ms |"
+        )
     return "\n".join(lines)
 
 

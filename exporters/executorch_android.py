@@ -2,10 +2,11 @@
 
 ExecuTorch's Android `LlmModule(modulePath, tokenizerPath, temperature)` needs a `.pte` and the tokenizer file
 its C++ runner loads; the app also reads `edgecpm.json` (prompt template, stop tokens, limits). The bundle
-folder holds those three files plus `push.sh` (the `adb push` to the app's model folder). Before anything is
-written the program is loaded by the ExecuTorch runtime with only the kernel libraries the stock Android
-library links (XNNPACK, `llama::*` cache/SDPA ops, `quantized_decomposed::*`), so a program the phone cannot
-run is refused here rather than on the device.
+folder holds those three files plus `push.sh` (the `adb push` to the app's model folder); it is staged and
+installed like an export (`exporters.shell.StagedOutput`: only an earlier bundle is replaced, atomically).
+Before anything is written the program is loaded by the ExecuTorch runtime with only the kernel libraries the
+stock Android library links (XNNPACK, `llama::*` cache/SDPA ops, `quantized_decomposed::*`), so a program the
+phone cannot run is refused here rather than on the device.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EdgecpmError
-from .manifest import install_folder, read_manifest, write_json_atomic
+from .manifest import read_manifest, write_json_atomic
+from .shell import StagedOutput
 
 DEVICE_DIR = "/data/local/tmp/edgecpm"
 RUNNER_TOKENIZERS = ("tokenizer.json", "tokenizer.model", "tokenizer.bin")
@@ -59,18 +61,15 @@ def package_android(artifact: str | Path, out: str | Path, verify: bool = True) 
     tok_name = next((t for t in manifest.tokenizer_files if t in RUNNER_TOKENIZERS), None)
     if tok_name is None or not (src / tok_name).is_file():
         raise EdgecpmError(f"{src} has no tokenizer file ExecuTorch's runner loads ({', '.join(RUNNER_TOKENIZERS)})")
-    if dst.exists() and (not dst.is_dir() or (any(dst.iterdir()) and not (dst / "edgecpm.json").is_file())):
-        raise EdgecpmError(f"output {dst} exists and is not an earlier Android bundle; refusing to replace it")
+    staged = StagedOutput(dst, "executorch", accepts=lambda m: m.format == "executorch" and "android" in m.extra,
+                          what="earlier Android bundle")
     if verify:
         verify_loads(pte)
 
     from executorch.version import __version__ as et_version
 
     config = manifest.model_config
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
+    with staged as tmp:
         files = {"model": "model.pte", "tokenizer": tok_name}
         shutil.copyfile(pte, tmp / "model.pte")
         shutil.copyfile(src / tok_name, tmp / tok_name)
@@ -96,10 +95,7 @@ def package_android(artifact: str | Path, out: str | Path, verify: bool = True) 
             f'cd "$(dirname "$0")"\nadb shell mkdir -p {DEVICE_DIR}\n'
             f"for f in {names}; do adb push \"$f\" {DEVICE_DIR}/; done\n", encoding="utf-8")
         os.chmod(tmp / "push.sh", 0o755)
-        install_folder(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        staged.install(None)
     return data
 
 

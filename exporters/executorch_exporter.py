@@ -6,13 +6,12 @@
     edgecpm.json      the manifest `edgecpm.load` reads
 
 Stages: open the checkpoint -> reference `Model` -> `ETDecoder` (same math, export layout) -> torchao
-quantization -> lowering (`executorch_lower`) -> files written into a temporary folder, renamed when complete.
+quantization -> lowering (`executorch_lower`) -> files written into the staging folder of the export shell
+(`exporters.shell`), which checks the model against the format table and installs the folder atomically.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,14 @@ import torch
 from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..progress import progress_bar
+from .artifact import Artifact
 from .executorch_quant import QUANTS, QuantReport, quantize_module
-from .manifest import Manifest, install_folder, is_artifact, make_manifest, source_checksum
+from .registry import Option, run_export
+from .shell import ExportJob, Written
 
-__all__ = ["QUANTS", "export", "build_module", "runner_metadata", "PTE_NAME"]
+__all__ = ["QUANTS", "OPTIONS", "export", "prepare", "write", "build_module", "runner_metadata", "PTE_NAME"]
 
-PTE_NAME = "model.pte"
+PTE_NAME = MODEL_FILE = "model.pte"
 DEFAULT_MAX_SEQ_LEN = 128
 DEFAULT_MAX_CONTEXT_LEN = 1024
 
@@ -49,68 +50,71 @@ def runner_metadata(config: ModelConfig, max_seq_len: int, max_context_len: int)
     return meta
 
 
-def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True, *,
-           max_seq_len: int = DEFAULT_MAX_SEQ_LEN, max_context_len: int | None = None, group_size: int = 32,
-           embedding_bits: int | None = None, all_logits: bool = False, hqq: bool = True,
-           sparse_kernel: str = "decompose", threads: int | None = None, ode_steps: int | None = None,
-           **unknown: Any) -> Manifest:
-    """Export `src` (HF checkpoint dir or .gguf) to an ExecuTorch artifact folder `out`."""
-    if unknown:
-        raise EdgecpmError(f"unknown ExecuTorch export option(s): {', '.join(sorted(unknown))}")
-    quant = quant or "fp32"
-    if threads:
-        torch.set_num_threads(int(threads))
-    if quant not in QUANTS:
-        raise EdgecpmError(f"unknown quant {quant!r} for executorch; expected one of {', '.join(QUANTS)}")
-    src_path, out_path = Path(src), Path(out)
-    _check_out(out_path)
+def _positive_int(name: str) -> Any:
+    return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else (
+        f"{name} is {v!r}; expected a positive integer")
 
-    from ..weights import open_checkpoint
 
-    config, source = open_checkpoint(src_path, ode_steps=ode_steps)
-    ctx = max_context_len or min(config.max_position_embeddings, DEFAULT_MAX_CONTEXT_LEN)
-    _check_lengths(config, max_seq_len, ctx)
-    if config.has_lightning_layers:
-        raise EdgecpmError("the ExecuTorch exporter does not support lightning-attention (SALA) layers yet")
+OPTIONS: dict[str, Option] = {
+    "max_seq_len": Option(DEFAULT_MAX_SEQ_LEN, _positive_int("max_seq_len")),  # longest prefill chunk
+    "max_context_len": Option(None),  # KV cache length; None: min(max_position_embeddings, 1024)
+    "group_size": Option(32, lambda v: None if isinstance(v, int) and v >= 0 else (
+        f"group size {v}; expected 0 (per channel) or a positive integer")),
+    "embedding_bits": Option(None, lambda v: None if v in (None, 4, 8) else f"embedding bits {v}; expected 4 or 8"),
+    "all_logits": Option(False),  # forward returns logits for every position, not only the last
+    "hqq": Option(True),  # torchao's HQQ scale search for int4 weights
+    "sparse_kernel": Option("decompose", lambda v: None if v == "decompose" else (
+        f"sparse kernel mode {v!r}; expected 'decompose'")),
+}
+
+
+def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True,
+           **options: Any) -> Artifact:
+    """Export `src` (HF checkpoint dir or .gguf) to an ExecuTorch artifact folder `out` (options: `OPTIONS`)."""
+    return run_export(src, "executorch", out, quant, progress, **options)
+
+
+def prepare(job: ExportJob) -> tuple[int, str]:
+    """The context length of the program and how its InfLLM v2 layers run (dense / sparse / switch)."""
     from .executorch_module import sparse_mode
 
+    config, o = job.config, job.options
+    if o["threads"]:
+        torch.set_num_threads(int(o["threads"]))
+    ctx = o["max_context_len"] or min(config.max_position_embeddings, DEFAULT_MAX_CONTEXT_LEN)
+    _check_lengths(config, o["max_seq_len"], ctx)
     attn_mode = sparse_mode(config.sparse, ctx) if config.has_sparse_layers else "dense"
     if attn_mode != "dense":
         _require_sparse_op()
+    return ctx, attn_mode
 
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with progress_bar(total=5, desc="executorch export", enabled=progress) as bar:
-            from .executorch_lower import lower_to_pte
-            from .executorch_tokenizer import write_runner_tokenizer
 
-            tmp.mkdir(parents=True)
-            tok_files = write_runner_tokenizer(src_path, config, tmp, getattr(source, "reader", None)
-                                               if src_path.suffix == ".gguf" else None)
-            bar.set_postfix_str("loading weights + quantizing")
-            module, report = build_module(config, source, ctx, quant, group_size=group_size,
-                                          embedding_bits=embedding_bits, hqq=hqq, all_logits=all_logits)
-            bar.update(2)
-            bar.set_postfix_str("export + lower (XNNPACK)")
-            buffer = lower_to_pte(module, max_seq_len, runner_metadata(config, max_seq_len, ctx),
-                                  quantized=quant != "fp32", has_sparse=attn_mode != "dense",
-                                  sparse_mode=sparse_kernel)
-            bar.update(2)
-            (tmp / PTE_NAME).write_bytes(buffer)
-            manifest = make_manifest(
-                "executorch", quant, config, [PTE_NAME], source_checksum(_source_files(src_path)),
-                tokenizer_files=tok_files, max_seq_len=max_seq_len, max_context_len=ctx,
-                logits="all" if all_logits else "last", quantization=asdict(report),
-                sparse_attention=attn_mode if config.has_sparse_layers else None,
-                sparse_kernel=sparse_kernel if attn_mode != "dense" else None, pte_bytes=len(buffer))
-            manifest.write(tmp)
-            bar.update(1)
-        install_folder(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+def write(job: ExportJob, prepared: tuple[int, str], tmp: Path) -> Written:
+    """`model.pte` and the runner's tokenizer files, into `tmp`."""
+    from .executorch_lower import lower_to_pte
+    from .executorch_tokenizer import write_runner_tokenizer
+
+    ctx, attn_mode = prepared
+    config, source, quant, o = job.config, job.source, job.quant, job.options
+    with progress_bar(total=5, desc="executorch export", enabled=job.progress) as bar:
+        tok_files = write_runner_tokenizer(job.src, config, tmp, getattr(source, "reader", None)
+                                           if job.src.suffix == ".gguf" else None)
+        bar.set_postfix_str("loading weights + quantizing")
+        module, report = build_module(config, source, ctx, quant, group_size=o["group_size"],
+                                      embedding_bits=o["embedding_bits"], hqq=o["hqq"],
+                                      all_logits=o["all_logits"])
+        bar.update(2)
+        bar.set_postfix_str("export + lower (XNNPACK)")
+        buffer = lower_to_pte(module, o["max_seq_len"], runner_metadata(config, o["max_seq_len"], ctx),
+                              quantized=quant != "fp32", has_sparse=attn_mode != "dense",
+                              sparse_mode=o["sparse_kernel"])
+        bar.update(2)
+        (tmp / PTE_NAME).write_bytes(buffer)
+        bar.update(1)
+    return Written([PTE_NAME], tok_files, dict(
+        max_seq_len=o["max_seq_len"], max_context_len=ctx, logits="all" if o["all_logits"] else "last",
+        quantization=asdict(report), sparse_attention=attn_mode if config.has_sparse_layers else None,
+        sparse_kernel=o["sparse_kernel"] if attn_mode != "dense" else None, pte_bytes=len(buffer)))
 
 
 def build_module(config: ModelConfig, source: Any, max_context_len: int, quant: str = "fp32", *,
@@ -125,14 +129,6 @@ def build_module(config: ModelConfig, source: Any, max_context_len: int, quant: 
     del model
     report = quantize_module(module, quant, group_size, embedding_bits, hqq=hqq)
     return module, report
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise EdgecpmError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not is_artifact(out):
-        raise EdgecpmError(f"output folder {out} is not empty and is not an edgecpm artifact; "
-                           "refusing to replace it")
 
 
 def _check_lengths(config: ModelConfig, max_seq_len: int, ctx: int) -> None:
@@ -154,9 +150,3 @@ def _require_sparse_op() -> None:
     except (ImportError, AttributeError, RuntimeError):
         raise EdgecpmError("this checkpoint has InfLLM v2 sparse layers but edgecpm.runtime_kernels does not "
                            "provide the infllmv2_attention op yet") from None
-
-
-def _source_files(src: Path) -> list[Path]:
-    if src.is_file():
-        return [src]
-    return [p for p in src.iterdir() if p.suffix in (".safetensors", ".json")]

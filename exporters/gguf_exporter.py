@@ -3,10 +3,10 @@
 Stages: open the source (`open_checkpoint`), plan every tensor's name, shape and ggml type (so bad input fails
 before a byte is written), write metadata, then stream tensors one at a time through `gguf.GGUFWriter`
 (`add_tensor_info` up front, `write_tensor_data` per tensor), so the whole model is never in memory. K-quants
-are produced from an F16 intermediate by llama.cpp's own quantizer. Everything is written under a temporary
-name next to the output and renamed into place only when complete.
+are produced from an F16 intermediate by llama.cpp's own quantizer. The export shell (`exporters.shell`) opens
+the source, checks the model against the format table and installs the staging folder this module writes into.
 
-Format facts (../shared/reference/gguf-llamacpp.md): all three µP scale keys are written (llama.cpp's defaults
+Format facts (docs/gguf.md): all three µP scale keys are written (llama.cpp's defaults
 differ), q/k rows are permuted to llama.cpp's interleaved rotary layout, LongRoPE factors are two global F32
 tensors, a tied head has no `output.weight`, and InfLLM v2 settings go in `<arch>.infllm_v2.*` keys that
 llama.cpp ignores and `GGUFSource` reads back.
@@ -14,8 +14,6 @@ llama.cpp ignores and `GGUFSource` reads back.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +26,8 @@ from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..progress import progress_bar
-from ..weights import open_checkpoint
 from ..weights.gguf_source import BLOCK_TENSOR_NAMES, INFLLM_KEY_PREFIX, SHARED_LAYERS_KEY, GGUFSource
+from .artifact import Artifact
 from .gguf_quant import (
     QUANTS,
     QuantScheme,
@@ -40,20 +38,13 @@ from .gguf_quant import (
     tensor_type,
 )
 from .gguf_vocab_writer import write_vocab
-from .manifest import MANIFEST_NAME, Manifest, is_artifact, make_manifest, source_checksum
+from .registry import Option, run_export
+from .shell import ExportJob, Written
 
-__all__ = ["QUANTS", "Artifact", "export", "plan_tensors"]
+__all__ = ["QUANTS", "OPTIONS", "export", "prepare", "write", "plan_tensors"]
+OPTIONS: dict[str, Option] = {}  # GGUF has no options of its own
 MODEL_FILE = "model.gguf"
 GGML_QUANT_VERSION = 2
-
-
-@dataclass
-class Artifact:
-    """What an export produced: the artifact folder (or the .gguf path), the model file and its manifest."""
-
-    path: Path
-    model_file: Path
-    manifest: Manifest
 
 
 @dataclass(frozen=True)
@@ -71,51 +62,37 @@ class TensorPlan:
 
 
 def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True,
-           threads: int | None = None, ode_steps: int | None = None, **options: Any) -> Artifact:
+           **options: Any) -> Artifact:
     """Export `src` (HF checkpoint dir or .gguf) to `out` (an artifact folder, or a path ending in .gguf)."""
-    if options:
-        raise EdgecpmError(f"unknown GGUF export option(s): {', '.join(sorted(options))}")
-    s = scheme(quant)
-    src_path = Path(src)
-    config, source = open_checkpoint(src_path, ode_steps=ode_steps)
-    arch = target_architecture(config)
-    plan = plan_tensors(config, source, s, arch)
-    target = _Output(Path(out))
-    try:
-        if s.llama_ftype is None:
-            write_gguf(target.model_tmp, config, source, plan, s, arch, src_path, progress)
-        else:
-            intermediate = target.tmp_dir / "intermediate-f16.gguf"
-            write_gguf(intermediate, config, source, plan, s, arch, src_path, progress)
-            with progress_bar(None, f"llama.cpp quantize -> {s.name}", enabled=progress) as bar:
-                llamacpp_quantize(str(intermediate), str(target.model_tmp), s.llama_ftype, threads)
-                bar.update(1)
-            intermediate.unlink()
-        files = list(getattr(source, "files", [])) + [p for p in (src_path / "config.json",) if p.is_file()]
-        if isinstance(source, GGUFSource):
-            files = [source.path]
-        manifest = make_manifest(
-            "gguf", s.name, config, [target.model_name], source_checksum(files), tokenizer_files=[],
-            architecture=arch, tensor_types=_tensor_types(target.model_tmp),
-            file_bytes=target.model_tmp.stat().st_size, source=str(src_path))
-        return target.commit(manifest)
-    except BaseException:
-        target.discard()
-        raise
+    return run_export(src, "gguf", out, quant, progress, **options)
+
+
+def prepare(job: ExportJob) -> tuple[QuantScheme, str, list[TensorPlan]]:
+    """Every tensor's name, shape and type, before a byte is written."""
+    s = scheme(job.quant)
+    arch = target_architecture(job.config)
+    return s, arch, plan_tensors(job.config, job.source, s, arch)
+
+
+def write(job: ExportJob, prepared: tuple[QuantScheme, str, list[TensorPlan]], stage: Path) -> Written:
+    s, arch, plan = prepared
+    model = stage / job.model_name
+    if s.llama_ftype is None:
+        write_gguf(model, job.config, job.source, plan, s, arch, job.src, job.progress)
+    else:
+        intermediate = stage / "intermediate-f16.gguf"
+        write_gguf(intermediate, job.config, job.source, plan, s, arch, job.src, job.progress)
+        with progress_bar(None, f"llama.cpp quantize -> {s.name}", enabled=job.progress) as bar:
+            llamacpp_quantize(str(intermediate), str(model), s.llama_ftype, job.options["threads"])
+            bar.update(1)
+        intermediate.unlink()
+    return Written([job.model_name], [], dict(architecture=arch, tensor_types=_tensor_types(model),
+                                              file_bytes=model.stat().st_size, source=str(job.src)))
 
 
 def target_architecture(config: ModelConfig) -> str:
-    """`minicpm` for the MiniCPM family, `llama` for Llama sources; refuse what llama.cpp cannot run."""
-    if config.has_lightning_layers:
-        raise EdgecpmError("llama.cpp has no lightning-attention (MiniCPM-SALA) layers; export this model to "
-                           "onnx or executorch instead")
-    if any(spec.output_gate or not spec.use_rope for spec in config.layers):
-        raise EdgecpmError("llama.cpp's minicpm architecture has no gated or NoPE attention layers; export "
-                           "this model to onnx or executorch instead")
-    if not config.uniform_residual_scale:
-        raise EdgecpmError("llama.cpp has one residual scale for all layers; this ode_steps setting integrates "
-                           "the shared layers with a step size the unshared ones do not have (pick ode_steps "
-                           "equal to the trained depth, or export to onnx or executorch)")
+    """`minicpm` for the MiniCPM family, `llama` for Llama sources. What no GGUF can express (SALA, gates,
+    NoPE, ...) is refused earlier by `formats.check_exportable`; this refuses what a llama GGUF cannot hold."""
     if config.head_dim * config.num_heads != config.hidden_size and config.architecture == "llama":
         raise EdgecpmError("head_dim * num_heads != hidden_size is not supported for llama GGUFs")
     return "llama" if config.architecture == "llama" else "minicpm"
@@ -253,51 +230,3 @@ def _tensor_types(path: Path) -> dict[str, int]:
 
     reader = GGUFReader(str(path))
     return dict(Counter(t.tensor_type.name for t in reader.tensors))
-
-
-class _Output:
-    """Temporary folder beside the output; `commit` renames into place, `discard` removes everything."""
-
-    def __init__(self, out: Path) -> None:
-        self.out = out
-        self.file_mode = out.suffix == ".gguf"
-        parent = out.parent
-        if not parent.is_dir():
-            raise EdgecpmError(f"cannot write {out}: folder {parent} does not exist")
-        if self.file_mode:
-            if out.is_dir():
-                raise EdgecpmError(f"cannot write {out}: it is a folder")
-        elif out.exists():
-            if not out.is_dir():
-                raise EdgecpmError(f"cannot write artifact folder {out}: a file has that name")
-            if any(out.iterdir()) and not is_artifact(out):
-                raise EdgecpmError(f"output folder {out} exists, is not empty and is not an edgecpm artifact")
-        self.tmp_dir = parent / f".{out.name}.tmp{os.getpid()}"
-        try:
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
-            self.tmp_dir.mkdir()
-        except OSError as exc:
-            raise EdgecpmError(f"cannot write to {parent}: {exc.strerror or exc}") from None
-        self.model_name = out.name if self.file_mode else MODEL_FILE
-        self.model_tmp = self.tmp_dir / self.model_name
-
-    def commit(self, manifest: Manifest) -> Artifact:
-        if self.file_mode:
-            sidecar = self.out.with_name(self.out.name + "." + MANIFEST_NAME)
-            manifest.write(self.tmp_dir)
-            os.replace(self.model_tmp, self.out)
-            os.replace(self.tmp_dir / MANIFEST_NAME, sidecar)
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
-            return Artifact(self.out, self.out, manifest)
-        manifest.write(self.tmp_dir)
-        old = None
-        if self.out.exists():
-            old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")
-            os.replace(self.out, old)
-        os.replace(self.tmp_dir, self.out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return Artifact(self.out, self.out / self.model_name, manifest)
-
-    def discard(self) -> None:
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)

@@ -16,11 +16,10 @@ from typing import Any
 from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..jsonfile import read_json, safe_member
+from .formats import EXPORT_FORMATS, FORMAT_BACKENDS  # noqa: F401 - FORMAT_BACKENDS re-exported for edgecpm.load
 
 MANIFEST_NAME = "edgecpm.json"
-FORMATS = ("gguf", "onnx", "executorch")
-# the backend that runs each format by default
-FORMAT_BACKENDS = {"gguf": "llama.cpp", "onnx": "onnxruntime", "executorch": "executorch"}
+FORMATS = EXPORT_FORMATS  # read from the format table, like the default backend of each (FORMAT_BACKENDS)
 
 
 @dataclass
@@ -43,7 +42,6 @@ class Manifest:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgecpmError(f"{MANIFEST_NAME}: the stored config is malformed ({exc})") from None
-
 
     def write(self, directory: Path) -> Path:
         return write_json_atomic(Path(directory) / MANIFEST_NAME, asdict(self))
@@ -101,19 +99,6 @@ def write_json_atomic(path: Path, data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def install_folder(tmp: Path, out: Path) -> None:
-    """Put a finished temporary folder in place; an older folder at `out` is replaced only after success."""
-    import shutil
-
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def source_checksum(paths: list[Path], max_bytes_per_file: int = 1 << 24) -> str:

@@ -2,138 +2,80 @@
 
 Artifact folder: `model.onnx` + `model.onnx.data` (weights, external), `genai_config.json`, `tokenizer.json` +
 `tokenizer_config.json`, `edgecpm.json`. Weights stream from the source one tensor at a time straight into the
-external data file. Everything is written into a hidden temporary folder that is renamed into place when
-complete, and removed on any failure (including Ctrl-C).
+external data file. The export shell (`exporters.shell`) checks the model against the format table, stages the
+folder and installs it atomically (removed on any failure, Ctrl-C and SIGTERM included).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
 from ..errors import EdgecpmError
 from ..progress import progress_bar
-from .manifest import Manifest, make_manifest, source_checksum, write_json_atomic
+from .artifact import Artifact
+from .manifest import write_json_atomic
 from .onnx_decoder import MS, QUANT_BITS, SPARSE_DOMAIN, DecoderGraph, OnnxOptions, rope_caches
 from .onnx_genai import genai_config
 from .onnx_graph import GraphBuilder, save_model
 from .onnx_quant import check_block_size
+from .registry import Option, run_export
+from .shell import ExportJob, Written
 
 QUANTS = tuple(QUANT_BITS)
 SUPPORTED_OPSETS = range(18, 24)  # ai.onnx; the InfLLM v2 function body is traced at the same opset
 MODEL_FILE, DATA_FILE = "model.onnx", "model.onnx.data"
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """What an export produced: the artifact folder, its graph file and its manifest."""
-
-    path: Path
-    model_file: Path
-    manifest: Manifest
-
-
-def export(
-    src: Any,
-    out: Any,
-    quant: str | None = None,
-    progress: bool = True,
-    *,
-    block_size: int = 32,
-    accuracy_level: int = 4,
-    lm_head_bits: int | None = None,
-    opset: int = 21,
-    sparse: bool = True,
-    max_length: int | None = None,
-    threads: int | None = None,
-    genai_threads: int | None = None,
-    overwrite: bool = False,
-    ode_steps: int | None = None,
-    **options: Any,
-) -> Artifact:
-    """Export `src` (HF checkpoint dir or .gguf) to an ONNX artifact folder `out`.
-
-    Options: `block_size` (int4/int8 group size along K, a power of two >= 16; K need not be a multiple),
-    `accuracy_level` (MatMulNBits: 0 = fp32 activations, 4 = int8 activations, faster on CPU), `lm_head_bits`
-    (4 or 8; default 8 for int4/int8, as llama.cpp keeps the output matrix at >= 6 bits), `opset` (ai.onnx,
-    18..23), `sparse=False` (export InfLLM v2 layers as dense attention), `max_length` and `genai_threads`
-    (written to genai_config.json), `overwrite`. `threads` is accepted for the generic CLI and unused
-    (quantization is vectorized numpy).
-    """
-    from ..weights import open_checkpoint
-
-    if options:
-        raise EdgecpmError(f"unknown ONNX export option(s): {', '.join(sorted(options))}")
-    quant = quant or "fp32"
-    if quant not in QUANTS:
-        raise EdgecpmError(f"unknown quant {quant!r} for onnx; expected one of {', '.join(QUANTS)}")
-    if opset not in SUPPORTED_OPSETS:
-        raise EdgecpmError(
-            f"ONNX opset {opset} is not supported; expected {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}"
-        )
-    check_block_size(block_size)
-    if accuracy_level not in (0, 1, 2, 3, 4):
-        raise EdgecpmError(f"accuracy_level {accuracy_level} is invalid; expected 0..4")
-    if lm_head_bits not in (None, 4, 8):
-        raise EdgecpmError(f"lm_head_bits {lm_head_bits} is invalid; expected 4 or 8")
-    opts = OnnxOptions(
-        quant=quant,
-        block_size=block_size,
-        accuracy_level=accuracy_level,
-        lm_head_bits=lm_head_bits,
-        opset=opset,
-    )
-    src_path = Path(src)
-    if not src_path.exists():
-        raise EdgecpmError(f"source checkpoint not found: {src_path}")
-    out_path = Path(out)
-    if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())) and not overwrite:
-        raise EdgecpmError(f"output {out_path} already exists and is not empty; remove it or pass overwrite")
-    config, source = open_checkpoint(src_path, ode_steps=ode_steps)
-    use_sparse = bool(sparse and config.has_sparse_layers)
-    if use_sparse and config.sparse.use_nope and any(s.use_rope for s in config.layers if s.attention == "infllmv2"):
-        raise EdgecpmError(
-            "sparse_config.use_nope (block selection on pre-RoPE keys) is not supported by the ONNX "
-            "exporter; export with sparse=False (dense attention) instead"
-        )
-
-    parent = out_path.absolute().parent
+def _block_size(v: Any) -> str | None:
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{out_path.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    except OSError as exc:
-        raise EdgecpmError(f"cannot write the ONNX artifact to {out_path}: {exc.strerror or exc}") from None
-    try:
-        manifest = _write_artifact(tmp, src_path, config, source, opts, use_sparse, max_length, genai_threads, progress)
-        if out_path.exists():
-            shutil.rmtree(out_path) if out_path.is_dir() else out_path.unlink()
-        os.replace(tmp, out_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return Artifact(out_path, out_path / MODEL_FILE, manifest)
+        check_block_size(v)
+    except EdgecpmError as exc:
+        return str(exc)
+    return None
 
 
-def _write_artifact(
-    tmp: Path,
-    src_path: Path,
-    config: ModelConfig,
-    source: Any,
-    opts: OnnxOptions,
-    use_sparse: bool,
-    max_length: int | None,
-    threads: int | None,
-    progress: bool,
-) -> Any:
+def _one_of(name: str, allowed: tuple[Any, ...]) -> Any:
+    return lambda v: None if v in allowed else f"{name} {v} is invalid; expected {' or '.join(map(str, allowed))}"
+
+
+OPTIONS: dict[str, Option] = {
+    # int4/int8 group size along K, a power of two >= 16 (K need not be a multiple)
+    "block_size": Option(32, _block_size),
+    # MatMulNBits: 0 = fp32 activations, 4 = int8 activations (faster on CPU)
+    "accuracy_level": Option(4, lambda v: None if v in (0, 1, 2, 3, 4)
+                             else f"accuracy_level {v} is invalid; expected 0..4"),
+    # None = 8 for int4/int8, as llama.cpp keeps the output matrix at >= 6 bits
+    "lm_head_bits": Option(None, _one_of("lm_head_bits", (None, 4, 8))),
+    "opset": Option(21, lambda v: None if v in SUPPORTED_OPSETS else (
+        f"ONNX opset {v} is not supported; expected {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")),
+    "sparse": Option(True, _one_of("sparse", (True, False))),  # False: InfLLM v2 layers as dense attention
+    "max_length": Option(None),  # written to genai_config.json
+    "genai_threads": Option(None),  # written to genai_config.json
+}
+
+
+def export(src: Any, out: Any, quant: str | None = None, progress: bool = True, **options: Any) -> Artifact:
+    """Export `src` (HF checkpoint dir or .gguf) to an ONNX artifact folder `out` (options: `OPTIONS`;
+    `threads` is accepted for the generic CLI and unused: quantization is vectorized numpy)."""
+    return run_export(src, "onnx", out, quant, progress, **options)
+
+
+def prepare(job: ExportJob) -> tuple[OnnxOptions, bool]:
+    o = job.options
+    opts = OnnxOptions(quant=job.quant, block_size=o["block_size"], accuracy_level=o["accuracy_level"],
+                       lm_head_bits=o["lm_head_bits"], opset=o["opset"])
+    return opts, bool(o["sparse"] and job.config.has_sparse_layers)
+
+
+def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Written:
+    """`model.onnx` + `model.onnx.data`, genai_config.json and the tokenizer files, into `tmp`."""
     from .onnx_tokenizer import write_tokenizer_files
+
+    opts, use_sparse = prepared
+    config, source = job.config, job.source
 
     def get(name: str) -> np.ndarray:
         return source.get(name).float().numpy()
@@ -147,7 +89,7 @@ def _write_artifact(
         )
     n_tensors = 2 + 4 * config.num_weight_layers + sum(1 for s in config.layers if s.output_gate)
     with (
-        progress_bar(total=n_tensors, desc=f"onnx {opts.quant}", enabled=progress) as bar,
+        progress_bar(total=n_tensors, desc=f"onnx {opts.quant}", enabled=job.progress) as bar,
         open(tmp / DATA_FILE, "wb") as data,
     ):
         g = GraphBuilder(data, DATA_FILE)
@@ -165,28 +107,22 @@ def _write_artifact(
             config,
             context,
             share_buffer=graph.all_gqa,
-            max_length=max_length,
-            threads=threads,
+            max_length=job.options["max_length"],
+            threads=job.options["genai_threads"],
             model_file=MODEL_FILE,
         ),
     )
-    tok_files = write_tokenizer_files(src_path, config, tmp)
-    files = [p for p in src_path.iterdir() if p.is_file()] if src_path.is_dir() else [src_path]
-    checksum = source_checksum([p for p in files if p.suffix in (".safetensors", ".gguf", ".bin")] or files)
-    manifest = make_manifest(
-        "onnx",
-        opts.quant,
-        config,
+    tok_files = write_tokenizer_files(job.src, config, tmp)
+    return Written(
         [MODEL_FILE, DATA_FILE],
-        checksum,
         tok_files,
-        opset=opts.opset,
-        block_size=opts.block_size,
-        accuracy_level=opts.accuracy_level,
-        lm_head_bits=opts.linear_bits(True),
-        sparse_op=use_sparse,
-        genai_config="genai_config.json",
-        context_length=context,
+        dict(
+            opset=opts.opset,
+            block_size=opts.block_size,
+            accuracy_level=opts.accuracy_level,
+            lm_head_bits=opts.linear_bits(True),
+            sparse_op=use_sparse,
+            genai_config="genai_config.json",
+            context_length=context,
+        ),
     )
-    manifest.write(tmp)
-    return manifest

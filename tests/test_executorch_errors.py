@@ -60,9 +60,13 @@ def test_refuses_to_replace_a_foreign_folder(checkpoint: Path, tmp_path: Path) -
 
 def test_interrupted_export_leaves_nothing_and_keeps_old_artifact(checkpoint: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgecpm.config import preset_config
+    from edgecpm.exporters.manifest import make_manifest
+
     out = tmp_path / "art"
-    out.mkdir()
-    (out / "edgecpm.json").write_text("{}")  # an earlier artifact at the destination
+    out.mkdir()  # an earlier executorch artifact at the destination (the only kind an export replaces)
+    make_manifest("executorch", "fp32", preset_config("minicpm4-0.5b"), ["model.pte"], "sha256:0").write(out)
+    before = (out / "edgecpm.json").read_text()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -71,7 +75,7 @@ def test_interrupted_export_leaves_nothing_and_keeps_old_artifact(checkpoint: Pa
     with pytest.raises(KeyboardInterrupt):
         run_export(checkpoint, "executorch", out, progress=False, max_context_len=64, max_seq_len=8)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
-    assert (out / "edgecpm.json").read_text() == "{}"
+    assert (out / "edgecpm.json").read_text() == before
 
 
 def test_backend_refuses_missing_program(tmp_path: Path) -> None:

@@ -70,13 +70,18 @@ def test_nothing_fits_explains_and_suggests():
 
 def test_weight_and_kv_memory_match_independent_arithmetic():
     config = preset_config("minicpm4-8b")
-    plan = edgecpm.plan("minicpm4-8b", "h100", quant="bf16", context=32768)
+    plan = edgecpm.plan("minicpm4-8b", "h100", quant="fp16", backend="onnxruntime", context=32768)
     mem = plan.choice.prediction
-    # bf16: two bytes per stored parameter (ModelConfig.parameter_count is the core's own count)
+    # fp16: two bytes per stored parameter (ModelConfig.parameter_count is the core's own count)
     assert mem.weights_bytes == pytest.approx(config.parameter_count() * 2, rel=1e-3)
     # KV: K and V, 32 layers x 2 KV heads x 128 dims x 2 bytes per token, plus one compressed key per 16 tokens
+    # (ONNX keeps the InfLLM v2 op)
     dense_kv = 2 * 32 * 2 * 128 * 2 * 32768
     assert mem.kv_bytes == pytest.approx(dense_kv * (1 + 0.5 / 16), rel=1e-6)
+    # llama.cpp runs InfLLM v2 layers dense (GGUF keeps the settings as metadata): no compressed keys
+    gguf = edgecpm.plan("minicpm4-8b", "h100", quant="bf16", backend="llama.cpp", context=32768)
+    assert gguf.choice.prediction.kv_bytes == pytest.approx(dense_kv, rel=1e-6)
+    assert gguf.attention["kind"] == "dense" and "llama.cpp runs sparse layers dense" in gguf.attention["reason"]
     # MiniCPM4-8B bf16 weights: ~16.4 GB (2 bytes per parameter)
     assert mem.weights_bytes / 1e9 == pytest.approx(16.4, rel=0.02)
 
@@ -90,11 +95,13 @@ def test_decode_roofline_on_a_gpu_matches_the_reference_bound():
 
 
 def test_sparse_attention_is_chosen_past_dense_len_and_predicted_faster():
-    short = edgecpm.plan("minicpm4-8b", "jetson-agx-orin-64gb", context=4096)
+    short = edgecpm.plan("minicpm4-8b", "jetson-agx-orin-64gb", context=4096, backend="onnxruntime")
     assert short.attention["kind"] == "infllmv2" and "dense_len" in short.attention["reason"]
     p = short.choice.prediction
     assert p.decode_tokens_per_s == pytest.approx(p.decode_tokens_per_s_dense)
     long = edgecpm.plan("minicpm4-8b", "jetson-agx-orin-64gb", context=131072)
+    # llama.cpp would run the sparse layers dense, so at 128K the ONNX export (sparse op kept) is faster
+    assert long.choice.backend == "onnxruntime"
     p = long.choice.prediction
     assert long.attention["params"]["topk"] == 64 and long.attention["attended_tokens_per_query"] == 6144
     assert p.decode_tokens_per_s > 1.3 * p.decode_tokens_per_s_dense
@@ -124,11 +131,13 @@ def test_bad_model_argument():
 
 
 def test_ternary_checkpoint_plans_ternary_gguf():
-    ckpt = cached_checkpoint(SyntheticSpec(ternary=True, hidden_size=256, intermediate_size=512, num_heads=4,
-                                           num_kv_heads=2, seed=3, extra_config={"ternary_weights": True}))
+    from .gguf_common import row_ternary_checkpoint
+
+    ckpt = row_ternary_checkpoint()  # one scale per row: what TQ1_0/TQ2_0 store losslessly
     plan = edgecpm.plan(ckpt, "raspberry-pi-5", context=1024)
-    names = {c.quant.name for c in plan.candidates}
-    assert {"tq1_0", "tq2_0"} <= names and plan.choice.quant.quality == 0
+    tq = {c.quant.name: c for c in plan.candidates if c.quant.ternary_only}
+    assert set(tq) == {"tq1_0", "tq2_0"} and all(c.fits for c in tq.values())
+    assert plan.choice.quant.quality == 0
 
 
 @pytest.mark.parametrize("quant", ["q8_0", "q4_0"])

@@ -63,12 +63,15 @@ def test_sharing_layouts_are_data() -> None:
     assert stepped.trained_layers == L and stepped.ode_steps == 5
 
 
-@pytest.mark.parametrize("shared, match", [
-    ({"groups": [[1, 1]]}, "repeats a layer"),
-    ({"groups": [[3]]}, r"groups\[0\]"),
-    ({"num_unique_layers": 2, "order": "zigzag"}, "order"),
-    ({"num_unique_layers": 3}, "divisor"),
-])
+@pytest.mark.parametrize(
+    "shared, match",
+    [
+        ({"groups": [[1, 1]]}, "repeats a layer"),
+        ({"groups": [[3]]}, r"groups\[0\]"),
+        ({"num_unique_layers": 2, "order": "zigzag"}, "order"),
+        ({"num_unique_layers": 3}, "divisor"),
+    ],
+)
 def test_bad_sharing_layouts_name_the_field(shared: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         config_from_hf_dict(_base_config(**shared))
@@ -102,7 +105,8 @@ def test_partially_shared_ode_steps_keep_the_unshared_layers() -> None:
     assert np.abs(got - want).max() < 1e-3 * max(1.0, np.abs(want).max())
     full = edgecpm.load(ckpt).logits(ids)
     assert np.abs(full - _float64(ckpt, ids, [(0, 1.0)] + [(1, 1.0)] * 6 + [(7, 1.0)])).max() < 1e-3 * max(
-        1.0, np.abs(full).max())
+        1.0, np.abs(full).max()
+    )
 
 
 def _prefill_decode(backend, ids: list[int], prompt: int) -> np.ndarray:
@@ -156,8 +160,7 @@ def test_executorch_ode_steps_export_matches_reference(tmp_path: Path) -> None:
     pytest.importorskip("executorch.runtime")
     ckpt = cached_checkpoint(FULL)
     art = tmp_path / "et"
-    run_export(ckpt, "executorch", art, quant="fp32", progress=False, max_seq_len=16, max_context_len=32,
-               ode_steps=4)
+    run_export(ckpt, "executorch", art, quant="fp32", progress=False, max_seq_len=16, max_context_len=32, ode_steps=4)
     ids = _ids(14)
     lm = edgecpm.load(art)
     assert lm.config.num_layers == 4
@@ -171,8 +174,15 @@ def test_executorch_stores_a_shared_block_once(tmp_path: Path) -> None:
     pytest.importorskip("executorch.runtime")
     sizes = {}
     for name, spec in (("s", WIDE_SHARED), ("u", WIDE_UNSHARED)):
-        run_export(cached_checkpoint(spec), "executorch", tmp_path / name, quant="fp32", progress=False,
-                   max_seq_len=16, max_context_len=32)
+        run_export(
+            cached_checkpoint(spec),
+            "executorch",
+            tmp_path / name,
+            quant="fp32",
+            progress=False,
+            max_seq_len=16,
+            max_context_len=32,
+        )
         sizes[name] = (tmp_path / name / "model.pte").stat().st_size
     saved = (L - 1) * _layer_bytes(cached_checkpoint(WIDE_UNSHARED))
     assert abs((sizes["u"] - sizes["s"]) - saved) < 0.02 * saved, (sizes, saved)

@@ -55,12 +55,16 @@ class TorchBackend:
 
 
 def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None, dtype: str | None = None,
-               threads: int | None = None, progress: bool = False, **_: Any) -> Opened:
+               threads: int | None = None, progress: bool = False, ternary: str = "auto", **_: Any) -> Opened:
+    """`ternary`: "auto" runs ternary (BitCPM4) linears, recognised from their values, on the packed 2-bit
+    kernel; "1.6bit" packs five codes a byte; "off" keeps them as float matrices."""
     from ..progress import progress_bar
+    from ..weights.ternary import swap_ternary_linears
 
     torch_dtype = resolve_dtype(dtype or "float32")
     with progress_bar(total=None, desc="loading weights", enabled=progress) as bar:
         model = Model.from_source(config, source, torch_dtype, progress=bar.update)
+    model.ternary_layers = swap_ternary_linears(model, ternary)
     return Opened(TorchBackend(model, threads=threads))
 
 

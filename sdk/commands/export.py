@@ -1,6 +1,7 @@
 """`edgecpm export SRC --format F --quant Q --out PATH [--json]`: one command for every export format.
 
-It only parses and dispatches through `exporters.registry.run_export`; format-specific settings travel as
+It only parses and dispatches through `exporters.registry.run_export` (which returns the `Artifact`: `.path`,
+`.model_file`, `.manifest`, the same for every format); format-specific settings travel as
 `--option KEY=VALUE` (repeatable; VALUE is read as JSON when it parses, else as a string) into the exporter's
 `**options`, so a new format needs no change here.
 """
@@ -9,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, is_dataclass
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 from ..errors import EdgecpmError
@@ -48,14 +48,13 @@ def run(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     if args.threads is not None:
         options["threads"] = args.threads
-    result = run_export(args.src, args.format, args.out, quant=args.quant, progress=not args.json, **options)
-    manifest = getattr(result, "manifest", result)
-    path = Path(getattr(result, "path", args.out))
-    info = asdict(manifest) if is_dataclass(manifest) else {"result": str(manifest)}
+    art = run_export(args.src, args.format, args.out, quant=args.quant, progress=not args.json, **options)
     if args.json:
-        print(json.dumps({"path": str(path), **info}, indent=2))
+        print(json.dumps({"path": str(art.path), **asdict(art.manifest)}, indent=2))
         return 0
-    size = sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
-    print(f"wrote {path} ({info.get('format', args.format)}, {info.get('quant', args.quant)}, "
-          f"{size / 1e6:.1f} MB)")
+    files = [art.path] if art.path.is_file() else [f for f in art.path.rglob("*") if f.is_file()]
+    if art.path.is_file():
+        files.append(art.path.with_name(art.path.name + ".edgecpm.json"))
+    size = sum(f.stat().st_size for f in files if f.is_file())
+    print(f"wrote {art.path} ({art.manifest.format}, {art.manifest.quant}, {size / 1e6:.1f} MB)")
     return 0

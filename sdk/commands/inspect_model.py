@@ -25,6 +25,7 @@ def describe(path: str | None) -> dict[str, Any]:
     from ..exporters.manifest import is_artifact, read_manifest
     from ..weights import open_checkpoint
 
+    ternary: dict[str, Any] | None = None
     if path is not None and is_preset(path) and not Path(path).exists():
         config, dtypes, files, kind, quant = preset_config(path), {}, [], "preset", None
     else:
@@ -46,6 +47,7 @@ def describe(path: str | None) -> dict[str, Any]:
             else:
                 dtypes = dict(Counter(str(source.dtype(n)).replace("torch.", "") for n in source.names()))
                 files = list(source.files)
+            ternary = ternary_summary(source)
     size = sum(f.stat().st_size for f in files if f.is_file())
     return {
         "kind": kind, "architecture": config.architecture, "name": config.name,
@@ -60,7 +62,29 @@ def describe(path: str | None) -> dict[str, Any]:
         "kv_bytes_per_token_f32": int(config.kv_bytes_per_token(4)),
         "scalings": {"scale_emb": config.scale_emb, "residual_scale": round(config.residual_scale, 6),
                      "logit_divisor": config.logit_scale},
+        **({"ternary": ternary} if ternary else {}),
     }
+
+
+def ternary_summary(source: Any) -> dict[str, Any] | None:
+    """Ternary tensors found from their values (BitCPM4 is stored fake-quantized), their scale layout and bits
+    per weight packed. Only scanned when the first layer's q_proj is ternary (a full scan reads every tensor)."""
+    from ..weights.ternary import detect_ternary, scan
+
+    probe = "model.layers.0.self_attn.q_proj.weight"
+    if probe not in source or detect_ternary(source.get(probe)) is None:
+        return None
+    found = scan(source)
+    elements = {n: source.shape(n)[0] * source.shape(n)[1] for n in found}
+    total = sum(elements.values())
+
+    def bpw(trits: int) -> float:
+        return round(sum(found[n].bits_per_weight(trits) * elements[n] for n in found) / total, 3)
+
+    return {"tensors": len(found), "granularity": dict(Counter(i.granularity for i in found.values())),
+            "bits_per_weight_2bit": bpw(4), "bits_per_weight_1.6bit": bpw(5),
+            "zero_fraction": round(sum(found[n].zero_fraction * elements[n] for n in found) / total, 4),
+            "names": sorted(found)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     width = max(len(k) for k in info)
     for key, value in info.items():
+        if key == "ternary":
+            value = (f"{value['tensors']} tensors, scales {value['granularity']}, packed "
+                     f"{value['bits_per_weight_2bit']} bits/weight (2-bit) or {value['bits_per_weight_1.6bit']} "
+                     f"(1.6-bit), {value['zero_fraction']:.0%} zeros")
         if key in ("size_on_disk_bytes",):
             value = f"{value / 1e6:.1f} MB"
         elif key == "parameters":
