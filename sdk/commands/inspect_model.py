@@ -1,4 +1,5 @@
-"""`edgecpm inspect PATH`: architecture, parameter count, dtypes, size on disk, KV bytes per token."""
+"""`edgecpm inspect PATH`: architecture, parameter count, dtypes, size on disk, KV bytes per token, and per
+export format what the model would lose in it (from the format table, `exporters/formats.py`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def describe(path: str | None) -> dict[str, Any]:
     """Facts about a model without loading its weights."""
+    from ..exporters.formats import format_report
     from ..exporters.manifest import is_artifact, read_manifest
     from ..weights import open_checkpoint
 
@@ -62,6 +64,7 @@ def describe(path: str | None) -> dict[str, Any]:
         "kv_bytes_per_token_f32": int(config.kv_bytes_per_token(4)),
         "scalings": {"scale_emb": config.scale_emb, "residual_scale": round(config.residual_scale, 6),
                      "logit_divisor": config.logit_scale},
+        "export_losses": format_report(config),
         **({"ternary": ternary} if ternary else {}),
     }
 
@@ -98,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
             value = (f"{value['tensors']} tensors, scales {value['granularity']}, packed "
                      f"{value['bits_per_weight_2bit']} bits/weight (2-bit) or {value['bits_per_weight_1.6bit']} "
                      f"(1.6-bit), {value['zero_fraction']:.0%} zeros")
+        if key == "export_losses":  # one line per format: what the model would lose in it
+            for fmt, lost in value.items():
+                print(f"{'export ' + fmt:<{width}}  {'; '.join(lost) or 'nothing lost'}")
+            continue
         if key in ("size_on_disk_bytes",):
             value = f"{value / 1e6:.1f} MB"
         elif key == "parameters":
