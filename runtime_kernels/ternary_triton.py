@@ -7,11 +7,11 @@ point on a memory-bound device. CUDA, or CPU tensors under `TRITON_INTERPRET=1`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
-
-from .ternary import TernaryWeight
 
 
 @triton.jit
@@ -37,8 +37,8 @@ def _ternary_mm(X, P, SC, O, M, N, K, GROUP, stride_xm, stride_pn, stride_sn, st
     tl.store(O + offs_m[:, None] * stride_om + offs_n[None, :], acc, mask=mm[:, None] & mn[None, :])
 
 
-def ternary_matmul_triton(x: torch.Tensor, tw: TernaryWeight) -> torch.Tensor:
-    """x `[..., K]` @ Wᵀ for a packed ternary W `[N, K]` -> `[..., N]` fp32."""
+def ternary_matmul_triton(x: torch.Tensor, tw: Any) -> torch.Tensor:
+    """x `[..., K]` @ Wᵀ for a packed ternary W `[N, K]` (a `ternary.TernaryWeight`) -> `[..., N]` fp32."""
     n, k = tw.shape
     xf = x.float().reshape(-1, k).contiguous()
     m = xf.shape[0]
