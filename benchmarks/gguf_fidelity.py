@@ -6,7 +6,8 @@ Usage: python benchmarks/gguf_fidelity.py --model smollm2|0.5b [--quants ...] [-
            dequantized weights, so the table measures what re-quantizing costs on top of the shipped file.
   0.5b:    random weights with the published MiniCPM4-0.5B shapes (bf16); TQ rows use the same checkpoint with
            row-scaled ternary weights (and that checkpoint's own reference).
-Text: /work/shared/data/wikitext2-test.txt when present, else tests/data/wikitext2_test_excerpt.txt.
+Text: --text FILE (docs/benchmarks.md used the full WikiText-2 test split, first 200,000 characters), else
+tests/data/wikitext2_test_excerpt.txt.
 llama.cpp logits come from llama-cpp-python with logits_all. Decode tok/s is measured after all exports,
 round-robin over the files (so background load hits every quant alike): median of 3 rounds of 32 greedy
 single-token evals after a 16-token prompt.
@@ -32,10 +33,9 @@ SPEC = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=1
             vocab_size=73448, dim_model_base=256)
 
 
-def text() -> tuple[str, str]:
-    full = Path("/work/shared/data/wikitext2-test.txt")
-    if full.is_file():
-        return full.read_text(encoding="utf-8")[:200_000], str(full)
+def text(path: Path | None) -> tuple[str, str]:
+    if path is not None:
+        return path.read_text(encoding="utf-8")[:200_000], str(path)
     p = ROOT / "tests" / "data" / "wikitext2_test_excerpt.txt"
     return p.read_text(encoding="utf-8"), str(p)
 
@@ -108,8 +108,9 @@ def main() -> None:
     ap.add_argument("--quants", default=ALL)
     ap.add_argument("--positions", type=int, default=512)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--text", type=Path, default=None, help="real text file (default: the bundled excerpt)")
     args = ap.parse_args()
-    body, text_path = text()
+    body, text_path = text(args.text)
     if args.model == "smollm2":
         from edgecpm.default_model import default_model_path
 

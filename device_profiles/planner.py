@@ -396,12 +396,13 @@ def plan(
     min_decode_tokens_per_s: float = 20.0,
     sparse: bool | None = None,
     threads: int | None = None,
+    ode_steps: int | None = None,
     _suggest: bool = True,
 ) -> Plan:
     """Plan how to run `model` on `device` at `context` tokens (see the module docstring for the policy)."""
     info = resolve_model(model)
     profile = device if isinstance(device, DeviceProfile) else load_profile(device)
-    config = info.config
+    config = info.config.with_ode_steps(ode_steps)  # shared-layer models: N ODE steps instead of L layers
     warnings = _validate(config, context, prompt_tokens, memory_gb, min_decode_tokens_per_s)
     if memory_gb is not None:
         from .profile import Fact
@@ -451,6 +452,7 @@ def plan(
         "context": context,
         "prompt_tokens": min(prompt_tokens or context, context),
         "quant": quant,
+        "ode_steps": ode_steps,
         "backend": backend,
         "memory_gb": memory_gb,
         "min_decode_tokens_per_s": min_decode_tokens_per_s,
@@ -506,8 +508,9 @@ def plan(
         attention,
         threads or profile.threads,
         None,
-        "speculative decoding is not available in edgecpm yet (no draft model or EAGLE head is exported); "
-        "once it is, a draft multiplies decode by its accept length (~2.5 in CPM.cu's README)",
+        "the planner does not choose a speculative draft (the cost model does not predict a draft's accept "
+        "rate); speculative decoding itself runs through edgecpm.speculative (same output as plain decoding), "
+        "and a draft multiplies decode by its accept length (~2.5 in CPM.cu's README)",
         candidates,
         reason,
         suggestions,

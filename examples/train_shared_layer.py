@@ -14,8 +14,8 @@ and exportable), and both are evaluated on held-out text at every step count. Us
     python examples/train_shared_layer.py --minutes 3 --out runs/shared-layer
     python examples/train_shared_layer.py --text my.txt --eval-text my_eval.txt --max-steps 200
 
-Defaults: WikiText-2 validation split for training and test split for evaluation from ../shared/data when it
-exists, else the bundled excerpt (both halves of it). Threads default to 1 (small models do not scale).
+Default text: the bundled WikiText-2 excerpt (both halves of it); pass the full WikiText-2 splits (Merity et al.,
+2016) with --text / --eval-text. Threads default to 1 (small models do not scale).
 """
 
 from __future__ import annotations
@@ -38,16 +38,11 @@ from edgecpm.synthetic import SyntheticSpec, write_random_checkpoint
 from edgecpm.tokenizer import load_tokenizer_dir
 from edgecpm.weights import open_checkpoint
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXCERPT = Path(edgecpm.__file__).parent / "data" / "wikitext2_excerpt.txt"
 
 
 def default_texts() -> tuple[Path, Path | None]:
-    """(train, eval) text: the WikiText-2 splits when ../shared/data has them, else the bundled excerpt."""
-    for train in ("wikitext2-train.txt", "wikitext2-valid.txt"):
-        if (SHARED_DATA / train).exists():
-            test = SHARED_DATA / "wikitext2-test.txt"
-            return SHARED_DATA / train, test if test.exists() else None
+    """(train, eval) text: the bundled excerpt, split in two (eval None)."""
     return EXCERPT, None
 
 

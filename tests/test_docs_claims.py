@@ -88,6 +88,22 @@ def test_nothing_points_outside_the_repository(path: Path) -> None:
     assert hits == []
 
 
+CODE_DIRS = ("sdk", "exporters", "runtime_kernels", "device_profiles", "tests", "benchmarks", "examples")
+NOTES = re.compile(OUTSIDE.pattern + r"|minicpm4-architecture\.md|gguf-llamacpp\.md|onnx-ortgenai\.md|reference doc")
+
+
+def test_no_code_comment_or_data_path_points_at_the_research_notes() -> None:
+    files = [p for d in CODE_DIRS for ext in ("py", "sh", "toml", "md") for p in (ROOT / d).rglob(f"*.{ext}")]
+    hits = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in files
+        if p.name != Path(__file__).name
+        for n, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+        if NOTES.search(line)
+    ]
+    assert hits == []
+
+
 def test_the_checks_fail_on_a_missing_or_dangling_reference() -> None:
     """The checks themselves can fail: a row without a test, a missing file, a missing function."""
     table = (
@@ -102,4 +118,4 @@ def test_the_checks_fail_on_a_missing_or_dangling_reference() -> None:
     ]
     with pytest.raises(AssertionError, match="tested by"):
         untested_rows(table.replace(" tested by |", " tests |"))
-    assert OUTSIDE.search("see ../shared/reference/x.md")
+    assert OUTSIDE.search("see ../shared/reference/x.md") and NOTES.search("(reference doc §4.3)")
