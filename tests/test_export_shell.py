@@ -37,7 +37,8 @@ def _plain(m) -> dict:
     return json.loads(json.dumps(asdict(m)))
 
 
-@pytest.mark.parametrize("fmt", ["gguf", "onnx", "executorch"])
+# the ExecuTorch case lowers a program (~20 s); its Artifact is also used by test_executorch_quant.py
+@pytest.mark.parametrize("fmt", ["gguf", "onnx", pytest.param("executorch", marks=pytest.mark.slow)])
 def test_every_format_returns_the_same_artifact_type(fmt: str, tiny_tied: Path, tmp_path: Path) -> None:
     pytest.importorskip(IMPORTS[fmt])
     out = tmp_path / "art"
