@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
 from .api import LoadedModel, load  # noqa: E402
 from .config import ModelConfig, load_hf_config, preset_config  # noqa: E402
 from .errors import EdgecpmError  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["load", "export", "plan", "profile", "LoadedModel", "ModelConfig", "EdgecpmError", "load_hf_config",
            "preset_config", "__version__"]

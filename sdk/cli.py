@@ -16,9 +16,10 @@ import time
 import traceback
 from pathlib import Path
 
-from . import __version__, commands
+from . import commands
 from .errors import EdgecpmError
 from .optional import missing_dependency
+from .version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,9 +36,9 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import export
     from ..backends.registry import available_backends
     from ..device_profiles.planner import format_plan, plan
+    from ..exporters.registry import run_export
 
     if not args.skip_report:  # fail now, not after three steps
         from ..optional import require
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     _say(args, "\n== 3/4 export: GGUF q8_0 ==")
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{path.stem.split('.')[0]}-q8_0.gguf"
-    artifact = export(path, format="gguf", quant="q8_0", out=target, progress=not args.json, threads=threads)
+    artifact = run_export(path, "gguf", target, quant="q8_0", progress=not args.json, threads=threads)
     summary["export"] = {"path": str(artifact.model_file), "bytes": artifact.model_file.stat().st_size}
     _say(args, f"wrote {artifact.model_file} ({summary['export']['bytes'] / 1e6:.1f} MB)")
 
