@@ -160,7 +160,9 @@ TABLE: dict[str, FormatFacts] = {
             "ternary_weights": Feature(
                 KEPT,
                 "tq1_0/tq2_0 pack them losslessly (rows a multiple of 256, one "
-                "scale per 256 values); other quants quantize them like any weight",
+                "scale per 256 values); finer scales (per 32 / 128) only with ternary_regroup=true, at the "
+                "relative error the refusal states and the manifest records; other quants quantize them like "
+                "any weight",
             ),
         },
         single_file_suffix=".gguf",
@@ -331,7 +333,7 @@ def refusal(
         if problem:
             return problem
         if source is not None:
-            return _ternary_value_problem(source)
+            return _ternary_value_problem(source, bool(opts.get("ternary_regroup")))
         if not any(s.ternary for s in config.layers):
             return (
                 f"quant {q.name} stores ternary weights; this model's weights are not ternary "
@@ -340,14 +342,14 @@ def refusal(
     return None
 
 
-def _ternary_value_problem(source: Any) -> str | None:
+def _ternary_value_problem(source: Any, regroup: bool = False) -> str | None:
     from edgecpm.exporters.gguf_quant import check_ternary
 
     name = "model.layers.0.self_attn.q_proj.weight"
     if name not in source:
         return None
     try:
-        check_ternary(source.get(name).float().numpy(), "blk.0.attn_q.weight")
+        check_ternary(source.get(name).float().numpy(), "blk.0.attn_q.weight", regroup=regroup)
     except EdgecpmError as exc:
         return str(exc)
     return None

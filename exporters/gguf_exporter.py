@@ -42,7 +42,11 @@ from .registry import Option, run_export
 from .shell import ExportJob, Written
 
 __all__ = ["QUANTS", "OPTIONS", "export", "prepare", "write", "plan_tensors"]
-OPTIONS: dict[str, Option] = {}  # GGUF has no options of its own
+OPTIONS: dict[str, Option] = {
+    # ternary quants: accept re-grouping finer (per-32 / per-128) ternary scales to one per 256 values
+    "ternary_regroup": Option(False, lambda v: None if isinstance(v, bool) else
+                              f"ternary_regroup is {v!r}; expected true or false"),
+}
 MODEL_FILE = "model.gguf"
 GGML_QUANT_VERSION = 2
 
@@ -77,8 +81,9 @@ def prepare(job: ExportJob) -> tuple[QuantScheme, str, list[TensorPlan]]:
 def write(job: ExportJob, prepared: tuple[QuantScheme, str, list[TensorPlan]], stage: Path) -> Written:
     s, arch, plan = prepared
     model = stage / job.model_name
+    regroup: dict | None = {} if s.ternary and job.options.get("ternary_regroup") else None
     if s.llama_ftype is None:
-        write_gguf(model, job.config, job.source, plan, s, arch, job.src, job.progress)
+        write_gguf(model, job.config, job.source, plan, s, arch, job.src, job.progress, regroup)
     else:
         intermediate = stage / "intermediate-f16.gguf"
         write_gguf(intermediate, job.config, job.source, plan, s, arch, job.src, job.progress)
@@ -86,8 +91,13 @@ def write(job: ExportJob, prepared: tuple[QuantScheme, str, list[TensorPlan]], s
             llamacpp_quantize(str(intermediate), str(model), s.llama_ftype, job.options["threads"])
             bar.update(1)
         intermediate.unlink()
-    return Written([job.model_name], [], dict(architecture=arch, tensor_types=_tensor_types(model),
-                                              file_bytes=model.stat().st_size, source=str(job.src)))
+    extra = dict(architecture=arch, tensor_types=_tensor_types(model), file_bytes=model.stat().st_size,
+                 source=str(job.src))
+    if regroup is not None:  # the error re-grouping ternary scales made, per tensor (relative RMS)
+        errors = {n: (e / r) ** 0.5 if r else 0.0 for n, (e, r) in regroup.items()}
+        extra["ternary_regroup_error"] = {"max": round(max(errors.values(), default=0.0), 6),
+                                          "per_tensor": {n: round(v, 6) for n, v in errors.items()}}
+    return Written([job.model_name], [], extra)
 
 
 def target_architecture(config: ModelConfig) -> str:
@@ -132,7 +142,7 @@ def plan_tensors(config: ModelConfig, source: Any, s: QuantScheme, arch: str) ->
 
 
 def write_gguf(path: Path, config: ModelConfig, source: Any, plan: list[TensorPlan], s: QuantScheme,
-               arch: str, src_path: Path, progress: bool) -> None:
+               arch: str, src_path: Path, progress: bool, regroup: dict | None = None) -> None:
     """Header and metadata first, then one tensor at a time (nothing else is held in memory)."""
     writer = GGUFWriter(path, arch)
     try:
@@ -149,7 +159,7 @@ def write_gguf(path: Path, config: ModelConfig, source: Any, plan: list[TensorPl
         writer.write_ti_data_to_file()
         with progress_bar(len(plan), f"export gguf {s.name}", enabled=progress, unit="tensor") as bar:
             for t in plan:
-                data = _tensor_bytes(t, config, source)
+                data = _tensor_bytes(t, config, source, regroup)
                 if data.nbytes != t.nbytes:
                     raise EdgecpmError(f"tensor {t.gguf_name}: {data.nbytes} bytes, planned {t.nbytes}")
                 writer.write_tensor_data(data)
@@ -207,7 +217,7 @@ def write_metadata(writer: GGUFWriter, config: ModelConfig, s: QuantScheme, arch
     writer.add_quantization_version(GGML_QUANT_VERSION)
 
 
-def _tensor_bytes(t: TensorPlan, config: ModelConfig, source: Any) -> np.ndarray:
+def _tensor_bytes(t: TensorPlan, config: ModelConfig, source: Any, regroup: dict | None = None) -> np.ndarray:
     if t.hf_name is None:
         rs = config.rope_scaling
         assert rs is not None
@@ -216,7 +226,8 @@ def _tensor_bytes(t: TensorPlan, config: ModelConfig, source: Any) -> np.ndarray
     w = source.get(t.hf_name)
     if t.permute_heads:
         w = _permute_rows(w, t.permute_heads)
-    return quantize_tensor(w, t.qtype, t.gguf_name, ternary=t.ternary)
+    return quantize_tensor(w, t.qtype, t.gguf_name, ternary=t.ternary, regroup=regroup is not None and t.ternary,
+                           stats=regroup)
 
 
 def _permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:

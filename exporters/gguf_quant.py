@@ -82,8 +82,12 @@ def byte_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int
 
 
 def quantize_tensor(t: torch.Tensor, qtype: GGMLQuantizationType, name: str,
-                    ternary: bool = False) -> np.ndarray:
-    """`t` (any float dtype, 1-D or 2-D) -> uint8 bytes of `qtype`, a block of rows at a time."""
+                    ternary: bool = False, regroup: bool = False, stats: dict | None = None) -> np.ndarray:
+    """`t` (any float dtype, 1-D or 2-D) -> uint8 bytes of `qtype`, a block of rows at a time.
+
+    `regroup` (ternary types): a ternary matrix with finer scales than one per 256 values is re-grouped to TQ's
+    one scale per block (`regroup_ternary`); `stats[name]` then gets the relative RMS change it made.
+    """
     if t.dim() == 1:
         return np.ascontiguousarray(t.float().numpy()).view(np.uint8)
     rows, cols = t.shape
@@ -91,19 +95,58 @@ def quantize_tensor(t: torch.Tensor, qtype: GGMLQuantizationType, name: str,
     step = max(1, _CHUNK_ELEMENTS // max(cols, 1))
     for r0 in range(0, rows, step):
         chunk = t[r0:r0 + step].float().numpy()
-        if ternary:
+        if ternary and regroup:
+            check_ternary(chunk, name, r0, regroup=True)
+            chunk, err, ref = regroup_ternary(chunk)
+            if stats is not None:
+                e, r = stats.setdefault(name, [0.0, 0.0])
+                stats[name] = [e + err, r + ref]
+        elif ternary:
             check_ternary(chunk, name, r0)
         q = quantize(chunk, qtype)
         out[r0:r0 + step] = np.ascontiguousarray(q).view(np.uint8).reshape(len(chunk), -1)
     return out
 
 
-def check_ternary(rows: np.ndarray, name: str, first_row: int = 0, rtol: float = 1e-3) -> None:
-    """Every 256-value block must be d * {-1, 0, +1} for a single d, else TQ would change the weights."""
+def regroup_ternary(rows: np.ndarray, block: int = 256) -> tuple[np.ndarray, float, float]:
+    """Ternary rows with several scales per 256-value block -> one scale per block, codes kept.
+
+    The block scale is the least-squares one for fixed codes, the mean nonzero magnitude. Returns the new rows,
+    the squared change and the squared norm of the input (their ratio is the relative error squared).
+    """
+    a = rows.reshape(-1, block)
+    mag = np.abs(a)
+    nonzero = mag > 0
+    d = mag.sum(axis=1, keepdims=True) / np.maximum(nonzero.sum(axis=1, keepdims=True), 1)
+    out = (np.sign(a) * d).astype(np.float32)
+    return out.reshape(rows.shape), float(((out - a) ** 2).sum()), float((a.astype(np.float64) ** 2).sum())
+
+
+def regroup_error(rows: np.ndarray) -> float:
+    """Relative RMS change `regroup_ternary` makes to `rows`."""
+    _, err, ref = regroup_ternary(rows)
+    return (err / ref) ** 0.5 if ref else 0.0
+
+
+def check_ternary(rows: np.ndarray, name: str, first_row: int = 0, rtol: float = 1e-3,
+                  regroup: bool = False) -> None:
+    """Every 256-value block must be d * {-1, 0, +1} for a single d, else TQ would change the weights.
+
+    With `regroup` a ternary tensor with finer scales (per 32 or 128 values, BitCPM-CANN style) passes; the
+    refusal otherwise names its granularity and the error re-grouping would make.
+    """
+    from ..weights.ternary import detect_ternary
+
     block = 256
     if rows.shape[-1] % block:
         raise EdgecpmError(f"tensor {name} has rows of {rows.shape[-1]} values; ternary types need a "
                            f"multiple of {block}")
+    info = detect_ternary(torch.from_numpy(np.ascontiguousarray(rows)))
+    if regroup:
+        if info is None:
+            raise EdgecpmError(f"tensor {name} is not ternary (its values are not scale*{{-1,0,+1}} at any "
+                               "granularity), so re-grouping its scales cannot make it TQ1_0/TQ2_0")
+        return
     a = np.abs(rows.reshape(-1, block))
     d = a.max(axis=1, keepdims=True)
     bad = (a > 0) & (np.abs(a - d) > rtol * d)
@@ -111,6 +154,12 @@ def check_ternary(rows: np.ndarray, name: str, first_row: int = 0, rtol: float =
         b = int(np.argmax(bad.any(axis=1)))
         row = first_row + b * block // rows.shape[-1]
         vals = np.unique(a[b][a[b] > 0])
+        if info is not None:
+            raise EdgecpmError(
+                f"tensor {name} is not ternary with one scale per 256 values: its scales are per "
+                f"{info.granularity.replace('group', 'group of ')}, finer than TQ1_0/TQ2_0 store; re-grouping "
+                f"to one scale per 256 values would change it by {regroup_error(rows):.1%} (relative RMS); pass "
+                "--option ternary_regroup=true to export with that error, or use onnx/executorch")
         raise EdgecpmError(
             f"tensor {name} is not ternary: row {row} has a 256-value block with {len(vals)} distinct "
             f"magnitudes (e.g. {vals[0]:.4g} and {vals[-1]:.4g}); TQ1_0/TQ2_0 need values "

@@ -105,3 +105,52 @@ def test_inspect_lists_ternary_tensors_and_bits_per_weight() -> None:
         ).stdout
     )
     assert "ternary" not in plain
+
+
+# 256-wide so every row is whole TQ blocks; BitCPM-CANN per-32 absmean scales (finer than TQ's one per 256)
+GROUP32_WIDE = SyntheticSpec(
+    hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2, dim_model_base=64, ternary=True, seed=3
+)
+
+
+def _regrouped(w: np.ndarray) -> np.ndarray:
+    """Independent re-grouping: per 256-value block, sign(w) times the block's mean nonzero magnitude."""
+    b = w.reshape(-1, 256).astype(np.float64)
+    mag = np.abs(b)
+    d = np.array([m[m > 0].mean() if (m > 0).any() else 0.0 for m in mag])[:, None]
+    return (np.sign(b) * d).reshape(w.shape)
+
+
+def test_gguf_tq_refuses_finer_scales_with_the_error_it_would_make(tmp_path) -> None:
+    with pytest.raises(edgecpm.EdgecpmError, match=r"per group of 32.*would change it by \d+\.\d%.*ternary_regroup"):
+        edgecpm.export(
+            cached_checkpoint(GROUP32_WIDE), format="gguf", out=tmp_path / "x", quant="tq2_0", progress=False
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("quant", ["tq1_0", "tq2_0"])
+def test_gguf_tq_regrouped_is_smaller_than_q4_0_states_its_error_and_runs_in_llamacpp(quant, tmp_path) -> None:
+    pytest.importorskip("llama_cpp")
+    from edgecpm.weights import open_checkpoint
+    from tests.gguf_common import llamacpp_logits, text_ids
+
+    src = cached_checkpoint(GROUP32_WIDE)
+    art = edgecpm.export(src, format="gguf", out=tmp_path / quant, quant=quant, progress=False, ternary_regroup=True)
+    q4 = edgecpm.export(src, format="gguf", out=tmp_path / "q4", quant="q4_0", progress=False)
+    assert art.model_file.stat().st_size < q4.model_file.stat().st_size
+    _, source = open_checkpoint(src)
+    _, back = open_checkpoint(art.model_file)  # gguf-py's own TQ dequantizer
+    name = "model.layers.0.self_attn.q_proj.weight"
+    w = source.get(name).float().numpy()
+    want = _regrouped(w)
+    np.testing.assert_allclose(back.get(name).numpy(), want, rtol=1e-3, atol=1e-6)  # fp16 block scales
+    stated = art.manifest.extra["ternary_regroup_error"]
+    err = np.sqrt(((want - w) ** 2).sum() / (w.astype(np.float64) ** 2).sum())
+    assert stated["per_tensor"]["blk.0.attn_q.weight"] == pytest.approx(err, rel=1e-3)
+    assert stated["max"] >= err
+    # llama.cpp runs it; against the reference model on the file's own (re-grouped) weights
+    ids = text_ids(src, 64)
+    ref = edgecpm.load(art.model_file, backend="torch").logits(ids)
+    got = llamacpp_logits(art.model_file, ids)
+    assert np.abs(got - ref).max() <= 0.03 * np.abs(ref).max()  # Q8_K activations in TQ matmuls
