@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--dense", action="store_true", help="plan with dense attention even for InfLLM v2 models")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--ode-steps", type=int, default=None,
+                   help="shared-layer models: plan for N ODE steps instead of the trained depth")
     p.add_argument("--json", action="store_true", help="print the edgecpm.plan/1 JSON document")
     p.set_defaults(func=run)
 
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         min_decode_tokens_per_s=args.min_decode,
         sparse=False if args.dense else None,
         threads=args.threads,
+        ode_steps=args.ode_steps,
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0 if result.fits else 1
