@@ -44,21 +44,34 @@ class LoadedModel:
 
     def generate(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
                  temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                 stop: Sequence[str] | str | None = None, stream: bool = False) -> str | Iterator[str]:
-        """Generated text, or an iterator of text pieces with `stream=True`."""
+                 stop: Sequence[str] | str | None = None, stream: bool = False, draft: Any = None,
+                 draft_tokens: int | None = None) -> str | Iterator[str]:
+        """Generated text, or an iterator of text pieces with `stream=True`.
+
+        `draft` turns on speculative decoding (same output): "prompt-lookup", "eagle", a draft model path, a
+        `LoadedModel` or a `Draft`; `draft_tokens` is k, the tokens drafted per target forward.
+        """
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
-        generator = Generator(self.backend, self.tokenizer, self.config.eos_token_ids)
+        generator = self._generator(draft, draft_tokens)
         if stream:
             return generator.stream(ids, max_new_tokens, params, stops)
         return generator.run(ids, max_new_tokens, params, stops).text
 
     def generate_result(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
                         temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                        stop: Sequence[str] | str | None = None) -> GenerationResult:
-        """Like `generate` but with token ids, finish reason and timings."""
+                        stop: Sequence[str] | str | None = None, draft: Any = None,
+                        draft_tokens: int | None = None) -> GenerationResult:
+        """Like `generate` but with token ids, finish reason and timings (and `extra["speculative"]` stats)."""
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
-        generator = Generator(self.backend, self.tokenizer, self.config.eos_token_ids)
-        return generator.run(ids, max_new_tokens, params, stops)
+        return self._generator(draft, draft_tokens).run(ids, max_new_tokens, params, stops)
+
+    def _generator(self, draft: Any, draft_tokens: int | None) -> Generator:
+        speculator = None
+        if draft is not None:
+            from .speculative import speculator_for
+
+            speculator = speculator_for(draft, self, draft_tokens)
+        return Generator(self.backend, self.tokenizer, self.config.eos_token_ids, speculator=speculator)
 
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Full-sequence logits `[len(token_ids), vocab]` float32 (for parity checks)."""

@@ -164,3 +164,37 @@ def test_all_combinations_of_source_and_k_are_cheap(target, drafts) -> None:
     """A short smoke over the grid (the lossless tests above cover the values)."""
     for (name, draft), k in itertools.product(drafts.items(), (2, 8)):
         assert run(target, draft, k, n=12).token_ids == run(target, n=12).token_ids, (name, k)
+
+
+def test_api_draft_argument_and_errors(target) -> None:
+    small = edgecpm.load(cached_checkpoint(SMALLER))
+    plain = target.generate_result(PROMPT, max_new_tokens=16)
+    for draft in ("prompt-lookup", small, cached_checkpoint(SMALLER)):
+        r = target.generate_result(PROMPT, max_new_tokens=16, draft=draft, draft_tokens=3)
+        assert r.token_ids == plain.token_ids and r.extra["speculative"].k == 3
+    assert target.generate(PROMPT, max_new_tokens=16, draft="none") == plain.text
+    assert "".join(target.generate(PROMPT, max_new_tokens=16, stream=True, draft=small)) == plain.text
+    with pytest.raises(edgecpm.EdgecpmError, match="neither a draft name"):
+        target.generate(PROMPT, draft="/no/such/draft")
+    with pytest.raises(edgecpm.EdgecpmError, match="own decoding state"):
+        target.generate(PROMPT, draft=target)
+    other = edgecpm.load(cached_checkpoint(SyntheticSpec(tokenizer_pieces=500)))
+    with pytest.raises(edgecpm.EdgecpmError, match="share the target's tokenizer"):
+        target.generate(PROMPT, draft=other)
+
+
+def test_cli_generate_json_reports_speculative_stats() -> None:
+    import json
+    import subprocess
+    import sys
+
+    ckpt = str(cached_checkpoint(TARGET))
+    args = [sys.executable, "-m", "edgecpm", "generate", ckpt, "--prompt", PROMPT, "--max-new-tokens", "12", "--json"]
+    plain = json.loads(subprocess.run(args, capture_output=True, text=True, check=True).stdout)
+    spec_args = args + ["--draft", str(cached_checkpoint(SMALLER)), "--draft-tokens", "3"]
+    spec = json.loads(subprocess.run(spec_args, capture_output=True, text=True, check=True).stdout)
+    assert spec["token_ids"] == plain["token_ids"]
+    s = spec["speculative"]
+    assert s["draft_tokens"] == 3 and s["rounds"] >= 1 and s["acceptance_length"] >= 1
+    bad = subprocess.run(args + ["--draft", "prompt-lookup", "--draft-tokens", "0"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("edgecpm: error: draft_tokens")

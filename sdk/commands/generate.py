@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     add_sampling_options(p)
+    p.add_argument("--draft", default=None,
+                   help="speculative draft (same output, fewer target forwards): prompt-lookup, a draft model path "
+                        "(smaller model with the same tokenizer, or the target at lower precision), or none")
+    p.add_argument("--draft-tokens", type=int, default=None, help="tokens drafted per target forward (k)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=run)
 
@@ -43,12 +47,19 @@ def run(args: argparse.Namespace) -> int:
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     top_k=args.top_k, seed=args.seed, stop=args.stop)
+    if args.draft is not None:
+        from ..speculative import speculator_for
+
+        sampling["draft"] = speculator_for(args.draft, model, args.draft_tokens, threads=args.threads)
     if args.json:
         r = model.generate_result(prompt, **sampling)
-        print(json.dumps({"text": r.text, "token_ids": r.token_ids, "prompt_tokens": r.prompt_tokens,
-                          "finish_reason": r.finish_reason, "backend": model.backend.name,
-                          "prefill_tokens_per_s": round(r.prefill_tokens_per_s, 2),
-                          "decode_tokens_per_s": round(r.decode_tokens_per_s, 2)}))
+        out = {"text": r.text, "token_ids": r.token_ids, "prompt_tokens": r.prompt_tokens,
+               "finish_reason": r.finish_reason, "backend": model.backend.name,
+               "prefill_tokens_per_s": round(r.prefill_tokens_per_s, 2),
+               "decode_tokens_per_s": round(r.decode_tokens_per_s, 2)}
+        if "speculative" in r.extra:
+            out["speculative"] = r.extra["speculative"].to_dict()
+        print(json.dumps(out))
         return 0
     for piece in model.generate(prompt, stream=True, **sampling):
         sys.stdout.write(piece)
