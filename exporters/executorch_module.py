@@ -116,6 +116,76 @@ class ETAttention(nn.Module):
         return out.transpose(1, 2)
 
 
+class ETLightning(nn.Module):
+    """A MiniCPM-SALA lightning layer with its recurrent state `[1, H, Dk, Dv]` in a mutable buffer.
+
+    One call attends its S new tokens in the chunked form of `runtime_kernels.lightning` (intra-call attention
+    under the decay mask plus the state carried in) and writes the new state back, so a chunked prefill and
+    token-by-token decode continue from one another. A call at position 0 starts from a zero state. The
+    rotary embedding is plain (theta from the config, no LongRoPE factors), as in the reference layer.
+    """
+
+    def __init__(self, src: nn.Module, config: ModelConfig, residual_scale: float) -> None:
+        super().__init__()
+        from ..runtime_kernels.lightning import sala_log_decay
+
+        self.num_heads, self.num_kv_heads, self.head_dim = src.num_heads, src.num_kv_heads, src.head_dim
+        self.use_rope, self.scale = src.use_rope, src.scale
+        self.q_proj, self.k_proj = _linear_from(src.q_proj.weight), _linear_from(src.k_proj.weight)
+        self.v_proj = _linear_from(src.v_proj.weight)
+        self.o_proj = _linear_from(src.o_proj.weight, residual_scale)
+        eps = config.rms_norm_eps
+        self.q_norm = ETRMSNorm(src.q_norm.weight, eps) if src.q_norm is not None else None
+        self.k_norm = ETRMSNorm(src.k_norm.weight, eps) if src.k_norm is not None else None
+        self.o_norm = ETRMSNorm(src.o_norm.weight, eps) if src.o_norm is not None else None
+        self.z_proj = _linear_from(src.z_proj.weight) if src.z_proj is not None else None
+        d = self.head_dim
+        inv_freq = 1.0 / (src.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)).float()
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("log_decay", sala_log_decay(self.num_heads)[None, :, None], persistent=False)
+        self.register_buffer("state", torch.zeros(1, self.num_heads, d, d), persistent=False)
+
+    def _rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        emb = torch.cat([freqs, freqs], dim=-1)
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * emb.cos() + rotated * emb.sin()
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
+                total: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        h, d = self.num_heads, self.head_dim
+        q = self.q_proj(x).view(b, s, h, d)
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, d)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.num_kv_heads != h:
+            rep = h // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        first = total - s  # position of the first new token, as a tensor
+        if self.use_rope:
+            positions = torch.arange(s) + first
+            q, k = self._rope(q, positions), self._rope(k, positions)
+        g = self.log_decay  # [1, H, 1]
+        i = torch.arange(s, dtype=torch.float32)
+        diff = i[:, None] - i[None, :]
+        mask = torch.exp(g[..., None] * diff.clamp(min=0)) * (diff >= 0).float()
+        carried = self.state * (first > 0).float()  # a call at position 0 starts a new sequence
+        out = torch.matmul(torch.matmul(q, k.transpose(-1, -2)) * mask, v)
+        out = (out + torch.matmul(q * torch.exp(g * (i + 1))[..., None], carried)) * self.scale
+        k_decayed = k * torch.exp(g * (s - 1 - i))[..., None]
+        self.state.copy_(carried * torch.exp(g * s)[..., None] + torch.matmul(k_decayed.transpose(-1, -2), v))
+        out = out.transpose(1, 2).reshape(b, s, h * d)
+        if self.o_norm is not None:
+            out = self.o_norm(out)
+        if self.z_proj is not None:
+            out = out * torch.sigmoid(self.z_proj(x))
+        return self.o_proj(out)
+
+
 def sparse_mode(sparse: SparseConfig | None, max_context: int) -> str:
     """How an InfLLM v2 layer is exported: "dense" when no context the program accepts reaches dense_len,
     "sparse" when every context does, else "switch" (both, selected by the current length)."""
@@ -148,8 +218,6 @@ class ETDecoder(nn.Module):
     def __init__(self, model: Model, max_context: int, all_logits: bool = False) -> None:
         super().__init__()
         cfg = model.config
-        if cfg.has_lightning_layers:
-            raise EdgecpmError("the ExecuTorch exporter does not support lightning (SALA) layers yet")
         self.config = cfg
         self.max_context = max_context
         self.all_logits = all_logits
@@ -168,6 +236,16 @@ class ETDecoder(nn.Module):
             rs = cfg.layer_residual_scale(index)
             key = (spec.weight_layer, spec.step)
             src = model.layers[str(spec.weight_layer)]
+            if spec.attention == "lightning":  # recurrent state per logical layer; linears not shared
+                n1 = ETRMSNorm(src.input_layernorm.weight, cfg.rms_norm_eps)
+                n2 = ETRMSNorm(src.post_attention_layernorm.weight, cfg.rms_norm_eps)
+                mlp = nn.ModuleDict({
+                    "gate_proj": _linear_from(src.mlp.gate_proj.weight),
+                    "up_proj": _linear_from(src.mlp.up_proj.weight),
+                    "down_proj": _linear_from(src.mlp.down_proj.weight, rs),
+                })
+                layers.append(ETDecoderLayer(ETLightning(src.self_attn, cfg, rs), n1, n2, mlp))
+                continue
             sparse = cfg.sparse if spec.attention == "infllmv2" else None
             if sparse is not None and sparse.use_nope:
                 raise EdgecpmError("InfLLM v2 with use_nope (block selection on pre-RoPE keys) has no "

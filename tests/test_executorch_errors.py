@@ -39,9 +39,6 @@ def test_bad_options(checkpoint: Path, tmp_path: Path, options: dict, match: str
 def test_bad_sources(tmp_path: Path) -> None:
     with pytest.raises(EdgecpmError, match="not found"):
         run_export(tmp_path / "missing", "executorch", tmp_path / "out", progress=False)
-    sala = cached_checkpoint(SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=2))
-    with pytest.raises(EdgecpmError, match="lightning"):
-        run_export(sala, "executorch", tmp_path / "out", progress=False)
     nope = cached_checkpoint(SyntheticSpec(sparse_config={"kernel_size": 8, "kernel_stride": 4, "block_size": 8,
                                                           "window_size": 16, "topk": 2, "dense_len": -1,
                                                           "use_nope": True}))

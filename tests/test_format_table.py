@@ -159,7 +159,6 @@ def test_default_q4_1_model_bits_come_from_the_table() -> None:
 REFUSALS = [  # (spec, format, quant, feature or None for a quant rule, the exporter's words)
     (SALA, "gguf", "f16", "lightning_layers", "llama.cpp has no lightning-attention"),
     (SALA, "onnx", "fp32", "lightning_layers", "cannot be exported to ONNX"),
-    (SALA, "executorch", "fp32", "lightning_layers", "does not support lightning"),
     (GATES, "gguf", "f16", "output_gates", "no gated attention layers"),
     (NOPE, "gguf", "f16", "nope_layers", "no NoPE attention layers"),
     (SPARSE_NOPE, "onnx", "fp32", "sparse_use_nope", "use_nope"),
@@ -191,12 +190,14 @@ def test_exporter_and_planner_refuse_with_the_same_reason(spec, fmt, quant, feat
         assert f"refused: {FEATURES[feature][0]}" in losses(config, fmt)
 
 
-def test_sala_model_is_planned_only_on_torch() -> None:
+def test_sala_model_is_planned_only_on_torch_and_executorch() -> None:
     plan = edgecpm.plan(cached_checkpoint(SALA), DEVICE, context=256)
-    assert plan.fits and plan.choice.backend == "torch"
-    assert all(c.refused for c in plan.candidates if c.backend != "torch")
+    assert plan.fits and plan.choice.backend in ("torch", "executorch")
+    assert all(c.refused for c in plan.candidates if c.backend not in ("torch", "executorch"))
     assert plan.export_losses == {
-        fmt: ["refused: lightning-attention (SALA) layers"]
+        fmt: []
+        if fmt == "executorch"
+        else ["refused: lightning-attention (SALA) layers"]
         + (["refused: gated attention output", "refused: NoPE (no rotary) attention layers"] if fmt == "gguf" else [])
         for fmt in EXPORT_FORMATS
     }
@@ -328,6 +329,9 @@ CLAIMS_ELSEWHERE = {
     ): "test_executorch_sparse.py::test_sparse_program_matches_reference_sparse_attention",
     # ode_steps (per-layer residual scales): the shared-layer tests export each format with ode_steps
     **{(fmt, "layer_residual_scales"): "test_shared_layers.py" for fmt in ("gguf", "onnx", "executorch")},
+    ("executorch", "lightning_layers"): (
+        "test_sala_export.py::test_executorch_sala_chunked_prefill_and_decode_match_reference"
+    ),
 }
 _KEPT_HERE_FEATURES = ("output_gates", "nope_layers", "shared_layers", "ternary_weights")
 CLAIMS_HERE = {

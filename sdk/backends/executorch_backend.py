@@ -86,6 +86,9 @@ class ExecuTorchBackend:
     def truncate(self, n: int) -> None:
         if n < 0 or n > self._n_past:
             raise EdgecpmError(f"cannot truncate a state of {self._n_past} tokens to {n}")
+        if getattr(self, "recurrent", False) and 0 < n < self._n_past:
+            raise EdgecpmError("this ExecuTorch program keeps lightning-attention (SALA) recurrent states, which "
+                               "cannot be rolled back; prefill again instead")
         self._n_past = n
 
     def reset(self) -> None:
@@ -104,6 +107,8 @@ def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = 
     if not pte.is_file():
         raise EdgecpmError(f"ExecuTorch program {pte} is missing")
     extra = manifest.extra
-    return Opened(ExecuTorchBackend(pte, config.vocab_size, int(extra["max_seq_len"]), int(extra["max_context_len"]),
-                                    extra.get("logits", "last"), threads))
+    backend = ExecuTorchBackend(pte, config.vocab_size, int(extra["max_seq_len"]), int(extra["max_context_len"]),
+                                extra.get("logits", "last"), threads)
+    backend.recurrent = config.has_lightning_layers  # SALA: lightning states cannot be rolled back
+    return Opened(backend)
 
