@@ -107,7 +107,7 @@ class FormatFacts:
     single_file_suffix: str | None = None  # an OUT ending in this is one file (plus a sidecar manifest)
 
 
-_NO_SALA = "no edgecpm export format runs them yet (the torch backend runs the checkpoint)"
+_NO_SALA = "export to executorch (or run the checkpoint on the torch backend)"
 _ONNX_NOPE = (
     "sparse_config.use_nope (block selection on pre-RoPE keys) is not supported by the ONNX exporter; "
     "export with sparse=False (dense attention) instead"

@@ -711,6 +711,19 @@ PRESET_HF_CONFIGS: dict[str, dict[str, Any]] = {
         "dim_model_base": 256, "bos_token_id": 1, "eos_token_id": [2, 73440], "torch_dtype": "bfloat16",
         "tie_word_embeddings": False, "sparse_config": asdict(SparseConfig()),
     },
+    # MiniCPM-SALA 9B: 8 sparse (minicpm4) layers, 24 lightning layers (docs/variants.md: a secondary source)
+    "minicpm-sala": {
+        "architectures": ["MiniCPMSALAForCausalLM"], "model_type": "minicpm_sala", "hidden_size": 4096,
+        "intermediate_size": 16384, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 2,
+        "head_dim": 128, "lightning_nh": 32, "lightning_nkv": 32, "lightning_head_dim": 128,
+        "mixer_types": ["minicpm4" if i in (0, 9, 16, 17, 22, 29, 30, 31) else "lightning-attn" for i in range(32)],
+        "attn_use_rope": False, "lightning_use_rope": True, "qk_norm": True, "use_output_gate": True,
+        "use_output_norm": True, "attn_use_output_gate": True, "vocab_size": 73448,
+        "max_position_embeddings": 524288, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "scale_emb": 12,
+        "scale_depth": 1.4, "dim_model_base": 256, "mup_denominator": 32, "bos_token_id": 1,
+        "eos_token_id": [2, 73440], "torch_dtype": "bfloat16", "tie_word_embeddings": False,
+        "sparse_config": asdict(SparseConfig()),
+    },
 }
 
 

@@ -37,3 +37,16 @@ def test_executorch_sala_chunked_prefill_and_decode_match_reference(tmp_path: Pa
     assert np.abs(et.backend.prefill(ids[:30]) - want).max() < 1e-3
     with pytest.raises(EdgecpmError, match="cannot be rolled back"):
         et.backend.truncate(20)
+
+
+def test_sala_memory_at_64k_is_the_per_token_cost_of_its_layer_mix() -> None:
+    """MiniCPM-SALA (8 softmax + 24 lightning layers): the planned cache at 64K tokens is the 8 softmax layers'
+    K/V (plus InfLLM v2 compressed keys, one per kernel_stride 16) and a fixed fp32 state per lightning layer,
+    written out here from the published shapes."""
+    plan = edgecpm.plan("minicpm-sala", "x86-64-laptop", context=65536, backend="torch", quant="f32")
+    t, softmax, lightning, kv_heads, d, heads = 65536, 8, 24, 2, 128, 32
+    kv = softmax * 2 * kv_heads * d * 4 * t  # fp32 cache on the torch backend
+    compressed = softmax * kv_heads * d * 4 * t // 16
+    state = lightning * heads * d * d * 4
+    (candidate,) = plan.candidates  # fits or not (9B in fp32 does not fit a laptop), memory is predicted
+    assert candidate.prediction.kv_bytes == kv + compressed + state
