@@ -397,9 +397,13 @@ def plan(
     sparse: bool | None = None,
     threads: int | None = None,
     ode_steps: int | None = None,
+    min_retention: float | None = None,
+    retention: dict[str, Any] | None = None,
     _suggest: bool = True,
 ) -> Plan:
     """Plan how to run `model` on `device` at `context` tokens (see the module docstring for the policy)."""
+    from edgecpm.evals.retention import below_floor as retention_floor
+
     info = resolve_model(model)
     profile = device if isinstance(device, DeviceProfile) else load_profile(device)
     config = info.config.with_ode_steps(ode_steps)  # shared-layer models: N ODE steps instead of L layers
@@ -433,11 +437,13 @@ def plan(
             coeffs = _coefficients(profile, b, q.name)
             pred = predict(config, q, b, profile, context, prompt_tokens, coeffs, sparse_here)
             refused = _export_refusal(info, fmt, q.name, use_sparse)
-            fits = refused is None and pred.total_bytes <= budget
+            floor = retention_floor(retention, q.name, sparse_here, min_retention)  # measured by `edgecpm eval`
+            fits = refused is None and floor is None and pred.total_bytes <= budget
             rejected = (
                 None
                 if fits
                 else refused
+                or floor
                 or (
                     f"needs {pred.total_bytes / GIB:.2f} GiB > budget {budget / GIB:.2f} GiB "
                     f"({profile.memory_gib.value:g} GiB x {profile.app_share.value or 1:g})"

@@ -308,3 +308,16 @@ def test_retention_floor():
     assert below_floor(m, "q8_0", False, 0.8) is None  # not measured: not refused
     assert below_floor(m, "q8_0", True, 0.95) is not None and below_floor(m, "q8_0", True, 0.85) is None
     assert below_floor(m, "q4_0", False, None) is None
+
+
+def test_planner_skips_a_quant_below_the_retention_floor():
+    import edgecpm
+
+    free = edgecpm.plan("minicpm4-0.5b", "apple-m2", context=2048)
+    chosen = free.choice.quant.name
+    floored = edgecpm.plan(
+        "minicpm4-0.5b", "apple-m2", context=2048, min_retention=0.9, retention={"quant": {chosen: 0.5}, "sparse": None}
+    )
+    hit = [c for c in floored.candidates if c.quant.name == chosen]
+    assert hit and all(not c.fits and "below the floor 0.90" in c.rejected for c in hit)
+    assert floored.choice is not None and floored.choice.quant.name != chosen

@@ -40,8 +40,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ode-steps", type=int, default=None,
                    help="shared-layer models: plan for N ODE steps instead of the trained depth")
+    p.add_argument("--min-retention", type=float, default=None,
+                   help="refuse a quant / sparse choice whose measured retention (--retention) is below this")
+    p.add_argument("--retention", default=None, help="an `edgecpm eval compare` JSON with measured retention")
     p.add_argument("--json", action="store_true", help="print the edgecpm.plan/1 JSON document")
     p.set_defaults(func=run)
+
+
+def _retention(path: str | None) -> dict | None:
+    from ..evals.retention import measured_retention
+
+    return None if path is None else measured_retention(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         sparse=False if args.dense else None,
         threads=args.threads,
         ode_steps=args.ode_steps,
+        min_retention=args.min_retention,
+        retention=_retention(args.retention),
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_plan(result))
     return 0 if result.fits else 1

@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="source checkpoint for fidelity when MODEL is an exported artifact (torch reference)",
     )
     p.add_argument("--no-calibrate", action="store_true", help="do not store the fitted host coefficients")
+    p.add_argument("--eval", action="append", default=None, choices=("niah", "task-haystack"),
+                   help="add a long-context fidelity section: dense vs sparse vs q4_0 retention (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report JSON (no progress bar)")
     p.add_argument(
         "--import",
@@ -76,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
         progress=not args.json,
     )
+    if args.eval:
+        from ..evals.report_section import add_to_report
+
+        report["eval"] = add_to_report(args.model, args.eval, args.out, args.threads, progress=not args.json)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return 0
