@@ -23,6 +23,7 @@ from typing import Any
 from ..config import ModelConfig, is_preset, preset_config
 from ..errors import EdgecpmError
 from ..exporters.formats import EXPORT_FORMATS, facts, format_report, refusal, runs_sparse
+from ..speculative.planning import choose_draft
 from .cost_model import (
     BACKEND_FORMAT,
     FORMAT_QUANTS,
@@ -110,7 +111,7 @@ class Plan:
     choice: Candidate | None
     attention: dict[str, Any]
     threads: int
-    draft: None
+    draft: dict[str, Any] | None  # edgecpm.speculative.planning.choose_draft
     draft_reason: str
     candidates: list[Candidate]
     reason: str
@@ -513,10 +514,7 @@ def plan(
         choice,
         attention,
         threads or profile.threads,
-        None,
-        "the planner does not choose a speculative draft (the cost model does not predict a draft's accept "
-        "rate); speculative decoding itself runs through edgecpm.speculative (same output as plain decoding), "
-        "and a draft multiplies decode by its accept length (~2.5 in CPM.cu's README)",
+        *choose_draft(choice, candidates),
         candidates,
         reason,
         suggestions,
@@ -652,7 +650,8 @@ def format_plan(plan_: Plan) -> str:
             f"plan    {c['quant']} {c['format']} on {c['backend']}, {c['threads']} threads",
             f"threads {c['threads']}: {c['threads_reason']}",
             f"attention {c['attention']['kind']}: {c['attention']['reason']}",
-            f"draft   none: {c['draft_reason']}",
+            f"draft   {c['draft']['source'] + ' k=' + str(c['draft']['draft_tokens']) if c['draft'] else 'none'}: "
+            f"{c['draft_reason']}",
             f"memory  weights {mem['weights_bytes'] / GIB:.2f} GiB + KV {mem['kv_bytes'] / GIB:.3f} GiB + "
             f"runtime {(mem['runtime_bytes'] + mem['activation_bytes']) / GIB:.2f} GiB = "
             f"{mem['total_bytes'] / GIB:.2f} GiB of {mem['budget_bytes'] / GIB:.2f} GiB",

@@ -36,13 +36,15 @@ class LlamaCppBackend:
     name = "llama.cpp"
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, threads: int | None = None,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, flash_attn: bool | None = None) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise EdgecpmError(f"GGUF file not found: {path}")
+        # flash_attn=True: a batch's logits equal one-token-at-a-time logits (speculative verify; docs/speculative.md)
+        fa = {} if flash_attn is None else {"flash_attn": bool(flash_attn)}
         try:
             self.llm = open_llama(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
-                                  n_threads_batch=threads, logits_all=False)
+                                  n_threads_batch=threads, logits_all=False, **fa)
         except ValueError as exc:
             raise EdgecpmError(f"llama.cpp cannot load {path.name}: {exc}") from None
         self.path = path
@@ -109,7 +111,7 @@ class LlamaCppBackend:
 
 def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None,
                   dtype: str | None = None, threads: int | None = None, progress: bool = False,
-                  n_ctx: int | None = None, n_batch: int = 512, **_: Any) -> Any:
+                  n_ctx: int | None = None, n_batch: int = 512, flash_attn: bool | None = None, **_: Any) -> Any:
     """A plain `.gguf` -> backend; an artifact folder -> (backend, tokenizer from the GGUF vocabulary)."""
     p = Path(path)
     if p.is_dir():
@@ -126,7 +128,7 @@ def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = 
                       "(use backend='torch' for sparse attention)", stacklevel=3)
     if n_ctx is None:
         n_ctx = min(int(getattr(config, "max_position_embeddings", DEFAULT_N_CTX)), DEFAULT_N_CTX)
-    backend = LlamaCppBackend(model, n_ctx=int(n_ctx), threads=threads, n_batch=int(n_batch))
+    backend = LlamaCppBackend(model, n_ctx=int(n_ctx), threads=threads, n_batch=int(n_batch), flash_attn=flash_attn)
     if not p.is_dir():
         return Opened(backend)
     import gguf

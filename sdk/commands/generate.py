@@ -42,8 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # a llama.cpp target verifies drafts exactly only with flash attention (docs/speculative.md); others ignore it
+    spec = {"flash_attn": True} if args.draft not in (None, "none") else {}
     model = load(args.path, backend=args.backend, dtype=args.dtype, threads=args.threads, device=args.device,
-                 progress=not args.json)
+                 progress=not args.json, **spec)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                     top_k=args.top_k, seed=args.seed, stop=args.stop)

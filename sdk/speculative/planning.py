@@ -1,0 +1,114 @@
+"""Which speculative draft a plan should use on a device: source, k, and the speed-up the cost model expects.
+
+A chain of k drafted tokens with per-token acceptance rate a yields (1 - a^(k+1)) / (1 - a) tokens per target
+forward (Leviathan et al. 2023). One round costs k draft steps plus one verify of k+1 tokens, and the verify
+costs at least one pass over the weights (a decode step) and at least k+1 tokens at the predicted prefill rate:
+
+    speed-up(k) = tokens_per_round / (k * t_draft / t_decode + max(1, (k+1) * t_prefill_token / t_decode))
+
+Draft costs: prompt lookup is free (a search in the context); a lower-precision self-draft costs the predicted
+decode step of the same model at q4_0 on llama.cpp. Acceptance rates are measured on SmolLM2-135M over
+WikiText-2 (docs/benchmarks.md, "Speculative decoding"); they are properties of the draft/target pair and the
+text, so other models are planned with them as estimates and the plan says so. The planner takes no draft when
+the best predicted speed-up is under 1.05 (not worth a second model's memory and the variance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+MIN_GAIN = 1.05
+MAX_K = 8
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    rate: float
+    basis: str
+
+
+# per-token acceptance rates measured by benchmarks/speculative.py (median over runs), SmolLM2-135M greedy
+ACCEPTANCE = {
+    ("prompt-lookup", "repeat"): Acceptance(0.0, "SmolLM2-135M, repeat-the-passage task"),
+    ("q4_0 self-draft", "continue"): Acceptance(0.0, "SmolLM2-135M q4_0 drafting for q8_0, WikiText-2"),
+}
+
+
+def expected_tokens_per_round(rate: float, k: int) -> float:
+    if rate >= 1.0:
+        return float(k + 1)
+    return (1 - rate ** (k + 1)) / (1 - rate)
+
+
+def predicted_speedup(rate: float, k: int, draft_over_decode: float, prefill_token_over_decode: float) -> float:
+    verify = max(1.0, (k + 1) * prefill_token_over_decode)
+    return expected_tokens_per_round(rate, k) / (k * draft_over_decode + verify)
+
+
+def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(the plan's `draft` object or None, the reason) for the chosen candidate among all candidates.
+
+    Prompt lookup is weighed only for `task="repeat"` (input-grounded output): its gain is the output copying
+    the input, which a plan for a model and a device does not know.
+    """
+    if choice is None:
+        return None, "no plan fits this device, so there is nothing to draft for"
+    p = choice.prediction
+    if not p.decode_tokens_per_s or not p.prefill_tokens_per_s:
+        return None, "the device's speed is unknown (no bandwidth or compute figure), so no gain can be predicted"
+    t_dec = 1.0 / p.decode_tokens_per_s
+    t_tok = 1.0 / p.prefill_tokens_per_s
+    options = []
+    if task == "repeat":
+        options.append(
+            (
+                "prompt-lookup",
+                0.0,
+                ACCEPTANCE[("prompt-lookup", "repeat")],
+                "copies from the context; costs nothing to draft",
+            )
+        )
+    q4 = next((c for c in candidates if c.backend == "llama.cpp" and c.quant.name == "q4_0" and c.fits), None)
+    if q4 is not None and q4.prediction.decode_tokens_per_s and choice.quant.linear_bits > q4.quant.linear_bits + 1:
+        ratio = p.decode_tokens_per_s / q4.prediction.decode_tokens_per_s
+        options.append(
+            (
+                "q4_0 self-draft",
+                ratio,
+                ACCEPTANCE[("q4_0 self-draft", "continue")],
+                f"the same model as q4_0 on llama.cpp, a draft step costs {ratio:.2f} target steps",
+            )
+        )
+    if not options:
+        return None, (
+            f"the target is already {choice.quant.name} (no cheaper self-draft), and prompt lookup pays "
+            "off only when the output copies the input, which a plan does not know: pass "
+            "`--draft prompt-lookup` to generate for such tasks"
+        )
+    best = None
+    for source, cost, acc, why in options:
+        for k in range(1, MAX_K + 1):
+            s = predicted_speedup(acc.rate, k, cost, t_tok / t_dec)
+            if best is None or s > best[0]:
+                best = (s, source, k, cost, acc, why)
+    s, source, k, cost, acc, why = best
+    verify_cost = max(1.0, (k + 1) * t_tok / t_dec)
+    summary = (
+        f"{source} k={k}: acceptance {acc.rate:.2f} per token ({acc.basis}) gives "
+        f"{expected_tokens_per_round(acc.rate, k):.2f} tokens per target forward; a {k + 1}-token verify "
+        f"costs {verify_cost:.2f} decode steps; {why}"
+    )
+    if s < MIN_GAIN:
+        return None, f"no draft gains {MIN_GAIN:.2f}x here: the best, {summary}, predicts {s:.2f}x"
+    draft = {
+        "source": source,
+        "draft_tokens": k,
+        "frspec_vocab": None,
+        "acceptance_rate": acc.rate,
+        "acceptance_basis": acc.basis,
+        "expected_tokens_per_forward": round(expected_tokens_per_round(acc.rate, k), 3),
+        "predicted_speedup": round(s, 3),
+        "predicted_decode_tokens_per_s": round(p.decode_tokens_per_s * s, 2),
+    }
+    return draft, f"{summary}; predicted {s:.2f}x"
