@@ -36,7 +36,7 @@ def test_plans_draft_only_when_it_gains() -> None:
     for device in ("x86-64-laptop", "rtx-4090", "jetson-orin-nano-8gb"):
         c = edgecpm.plan("minicpm4-0.5b", device, quant="q8_0").to_dict()["choice"]
         if c["draft"] is None:
-            assert "no draft gains" in c["draft_reason"] or "already" in c["draft_reason"]
+            assert any(w in c["draft_reason"] for w in ("no draft gains", "already", "no q4_0"))
         else:
             d = c["draft"]
             assert d["source"] == "q4_0 self-draft" and 1 <= d["draft_tokens"] <= 8

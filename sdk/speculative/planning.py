@@ -28,10 +28,11 @@ class Acceptance:
     basis: str
 
 
-# per-token acceptance rates measured by benchmarks/speculative.py (median over runs), SmolLM2-135M greedy
+# per-token acceptance rates (accepted / drafted, median over runs) measured by benchmarks/speculative.py,
+# SmolLM2-135M greedy, 48 new tokens per run (docs/benchmarks.md, "Speculative decoding")
 ACCEPTANCE = {
-    ("prompt-lookup", "repeat"): Acceptance(0.0, "SmolLM2-135M, repeat-the-passage task"),
-    ("q4_0 self-draft", "continue"): Acceptance(0.0, "SmolLM2-135M q4_0 drafting for q8_0, WikiText-2"),
+    ("prompt-lookup", "repeat"): Acceptance(0.57, "SmolLM2-135M, repeat-a-WikiText-2-passage task, k=4"),
+    ("q4_0 self-draft", "continue"): Acceptance(0.69, "SmolLM2-135M q4_0 drafting for q8_0 on WikiText-2, k=2"),
 }
 
 
@@ -81,10 +82,13 @@ def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) ->
             )
         )
     if not options:
+        if q4 is None:
+            why = "no q4_0 llama.cpp option fits this plan's candidates to self-draft with"
+        else:
+            why = f"the target is already {choice.quant.name}, so a q4_0 self-draft would cost as much as it"
         return None, (
-            f"the target is already {choice.quant.name} (no cheaper self-draft), and prompt lookup pays "
-            "off only when the output copies the input, which a plan does not know: pass "
-            "`--draft prompt-lookup` to generate for such tasks"
+            f"{why}; prompt lookup pays off only when the output copies the input, which a plan does not "
+            "know: pass `--draft prompt-lookup` to generate for such tasks"
         )
     best = None
     for source, cost, acc, why in options:
@@ -95,12 +99,12 @@ def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) ->
     s, source, k, cost, acc, why = best
     verify_cost = max(1.0, (k + 1) * t_tok / t_dec)
     summary = (
-        f"{source} k={k}: acceptance {acc.rate:.2f} per token ({acc.basis}) gives "
+        f"acceptance {acc.rate:.2f} per token ({acc.basis}) gives "
         f"{expected_tokens_per_round(acc.rate, k):.2f} tokens per target forward; a {k + 1}-token verify "
         f"costs {verify_cost:.2f} decode steps; {why}"
     )
     if s < MIN_GAIN:
-        return None, f"no draft gains {MIN_GAIN:.2f}x here: the best, {summary}, predicts {s:.2f}x"
+        return None, f"no draft gains {MIN_GAIN:.2f}x here: the best, {source} k={k}: {summary}, predicts {s:.2f}x"
     draft = {
         "source": source,
         "draft_tokens": k,
