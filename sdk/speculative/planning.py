@@ -108,7 +108,6 @@ def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) ->
     draft = {
         "source": source,
         "draft_tokens": k,
-        "frspec_vocab": None,
         "acceptance_rate": acc.rate,
         "acceptance_basis": acc.basis,
         "expected_tokens_per_forward": round(expected_tokens_per_round(acc.rate, k), 3),
