@@ -42,3 +42,26 @@ def test_plans_draft_only_when_it_gains() -> None:
             assert d["source"] == "q4_0 self-draft" and 1 <= d["draft_tokens"] <= 8
             assert d["predicted_speedup"] >= MIN_GAIN
             assert d["predicted_decode_tokens_per_s"] > c["predicted"]["decode_tokens_per_s"]
+
+
+def test_report_section_renders_table_and_plot(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    from edgecpm.speculative.report import PLOT_NAME, section_markdown
+
+    rows = [
+        {
+            "target": "t",
+            "task": "repeat",
+            "draft": "prompt-lookup",
+            "k": k,
+            "decode_speedup": s,
+            "acceptance_length": 1 + s,
+            "tokens_per_target_forward": s,
+            "lossless": True,
+        }
+        for k, s in ((2, 1.2), (4, 1.5), (8, 1.9))
+    ]
+    md = section_markdown(rows, tmp_path)
+    assert md.count("| prompt-lookup |") == 3 and "1.90×" in md
+    png = (tmp_path / PLOT_NAME).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
