@@ -1,10 +1,10 @@
 """Which speculative draft a plan should use on a device: source, k, and the speed-up the cost model expects.
 
 A chain of k drafted tokens with per-token acceptance rate a yields (1 - a^(k+1)) / (1 - a) tokens per target
-forward (Leviathan et al. 2023). One round costs k draft steps plus one verify of k+1 tokens, and the verify
-costs at least one pass over the weights (a decode step) and at least k+1 tokens at the predicted prefill rate:
+forward (Leviathan et al. 2023). One round costs k draft steps plus one verify of k+1 tokens; the verify costs
+one decode step (a pass over the weights) plus the compute of k more tokens at the predicted prefill rate:
 
-    speed-up(k) = tokens_per_round / (k * t_draft / t_decode + max(1, (k+1) * t_prefill_token / t_decode))
+    speed-up(k) = tokens_per_round / (k * t_draft / t_decode + 1 + k * t_prefill_token / t_decode)
 
 Draft costs: prompt lookup is free (a search in the context); a lower-precision self-draft costs the predicted
 decode step of the same model at q4_0 on llama.cpp. Acceptance rates are measured on SmolLM2-135M over
@@ -43,7 +43,7 @@ def expected_tokens_per_round(rate: float, k: int) -> float:
 
 
 def predicted_speedup(rate: float, k: int, draft_over_decode: float, prefill_token_over_decode: float) -> float:
-    verify = max(1.0, (k + 1) * prefill_token_over_decode)
+    verify = 1.0 + k * prefill_token_over_decode
     return expected_tokens_per_round(rate, k) / (k * draft_over_decode + verify)
 
 
@@ -97,7 +97,7 @@ def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) ->
             if best is None or s > best[0]:
                 best = (s, source, k, cost, acc, why)
     s, source, k, cost, acc, why = best
-    verify_cost = max(1.0, (k + 1) * t_tok / t_dec)
+    verify_cost = 1.0 + k * t_tok / t_dec
     summary = (
         f"acceptance {acc.rate:.2f} per token ({acc.basis}) gives "
         f"{expected_tokens_per_round(acc.rate, k):.2f} tokens per target forward; a {k + 1}-token verify "
