@@ -83,7 +83,7 @@ def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) ->
         )
     if not options:
         if q4 is None:
-            why = "no q4_0 llama.cpp option fits this plan's candidates to self-draft with"
+            why = "the plan has no q4_0 llama.cpp candidate to self-draft with (the file fixes its quant, or none fits)"
         else:
             why = f"the target is already {choice.quant.name}, so a q4_0 self-draft would cost as much as it"
         return None, (
