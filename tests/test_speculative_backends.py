@@ -169,4 +169,4 @@ def test_smollm2_llamacpp_q8_0_with_flash_attention_is_lossless(smollm2_path, tm
     plain = m.generate_result(msgs, max_new_tokens=48)
     spec = m.generate_result(msgs, max_new_tokens=48, draft="prompt-lookup", draft_tokens=8)
     assert spec.token_ids == plain.token_ids
-    assert spec.extra["speculative"].tokens_per_target_forward > 2
+    assert spec.extra["speculative"].tokens_per_target_forward > 1.5
