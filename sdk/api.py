@@ -73,6 +73,10 @@ class LoadedModel:
             speculator = speculator_for(draft, self, draft_tokens)
         return Generator(self.backend, self.tokenizer, self.config.eos_token_ids, speculator=speculator)
 
+    def open_sibling(self, path: str | Path, threads: int | None = None) -> LoadedModel:
+        """Another model opened as `edgecpm.load` opens one (a speculative draft model, say)."""
+        return load(path, threads=threads)
+
     def logits(self, token_ids: Sequence[int]) -> np.ndarray:
         """Full-sequence logits `[len(token_ids), vocab]` float32 (for parity checks)."""
         ids = [int(i) for i in token_ids]

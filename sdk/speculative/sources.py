@@ -36,9 +36,7 @@ def resolve_draft(spec: Any, target: Any, threads: int | None = None) -> Draft |
     path = Path(text)
     if not path.exists():
         raise EdgecpmError(f"draft {text!r} is neither a draft name (prompt-lookup, none) nor a path")
-    from edgecpm.api import load
-
-    model = load(path, threads=threads)
+    model = target.open_sibling(path, threads=threads)
     return _model_draft(model.backend, target, f"{path.name} ({model.backend.name})")
 
 
