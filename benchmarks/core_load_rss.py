@@ -46,9 +46,20 @@ def main() -> None:
     out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     bound = 1.3 * weight_bytes + 300e6
-    print(json.dumps({"weight_bytes": weight_bytes, "peak_rss": r["peak"], "rss_after_import": r["after_import"],
-                      "bound": bound, "peak_over_weights": r["peak"] / weight_bytes,
-                      "load_seconds": round(r["seconds"], 2), "within_bound": r["peak"] <= bound}, indent=2))
+    print(
+        json.dumps(
+            {
+                "weight_bytes": weight_bytes,
+                "peak_rss": r["peak"],
+                "rss_after_import": r["after_import"],
+                "bound": bound,
+                "peak_over_weights": r["peak"] / weight_bytes,
+                "load_seconds": round(r["seconds"], 2),
+                "within_bound": r["peak"] <= bound,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

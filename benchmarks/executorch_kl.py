@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from executorch_peer import export_peer, write_llama_checkpoint  # noqa: E402
 
 import edgecpm  # noqa: E402
+from edgecpm.backends.executorch_ops import import_runtime_ops  # noqa: E402
 from edgecpm.default_model import default_model_path  # noqa: E402
-from edgecpm.exporters.executorch_lower import import_runtime_ops  # noqa: E402
 from edgecpm.exporters.registry import run_export  # noqa: E402
 from edgecpm.weights import open_checkpoint  # noqa: E402
 
@@ -79,25 +79,44 @@ def main() -> None:
     for quant in [q for q in args.quants.split(",") if q]:
         out = work / f"edgecpm-{quant}-g{args.group_size}"
         t = time.time()
-        run_export(src, "executorch", out, quant=quant, group_size=args.group_size, max_seq_len=64,
-                   max_context_len=ctx, progress=False)
+        run_export(
+            src,
+            "executorch",
+            out,
+            quant=quant,
+            group_size=args.group_size,
+            max_seq_len=64,
+            max_context_len=ctx,
+            progress=False,
+        )
         export_s = time.time() - t
-        results[f"edgecpm {quant}"] = {**compare(ref, run_pte_stepwise(out / "model.pte", ids)),
-                                       "pte_mb": (out / "model.pte").stat().st_size / 1e6, "export_s": export_s}
+        results[f"edgecpm {quant}"] = {
+            **compare(ref, run_pte_stepwise(out / "model.pte", ids)),
+            "pte_mb": (out / "model.pte").stat().st_size / 1e6,
+            "export_s": export_s,
+        }
         print(f"edgecpm {quant}", results[f"edgecpm {quant}"], flush=True)
     if not args.no_peer:
         _, source = open_checkpoint(src)
         ckpt, params = write_llama_checkpoint(config, source, work / "peer")
         pte = work / "peer" / f"peer-8da4w-g{args.group_size}.pte"
         t = time.time()
-        export_peer(ckpt, params, pte, "8da4w", args.group_size, 64, ctx, config.bos_token_id or 0,
-                    list(config.eos_token_ids))
-        results["executorch export_llm 8da4w"] = {**compare(ref, run_pte_stepwise(pte, ids)),
-                                                  "pte_mb": pte.stat().st_size / 1e6,
-                                                  "export_s": time.time() - t}
+        export_peer(
+            ckpt, params, pte, "8da4w", args.group_size, 64, ctx, config.bos_token_id or 0, list(config.eos_token_ids)
+        )
+        results["executorch export_llm 8da4w"] = {
+            **compare(ref, run_pte_stepwise(pte, ids)),
+            "pte_mb": pte.stat().st_size / 1e6,
+            "export_s": time.time() - t,
+        }
         print("peer 8da4w", results["executorch export_llm 8da4w"], flush=True)
-    summary = {"model": str(src), "positions": args.positions, "group_size": args.group_size,
-               "text": str(TEXT.name), "results": results}
+    summary = {
+        "model": str(src),
+        "positions": args.positions,
+        "group_size": args.group_size,
+        "text": str(TEXT.name),
+        "results": results,
+    }
     print(json.dumps(summary, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from executorch_peer import export_peer, write_llama_checkpoint  # noqa: E402
 
+from edgecpm.backends.executorch_ops import import_runtime_ops  # noqa: E402
 from edgecpm.backends.llamacpp_loader import open_llama
-from edgecpm.exporters.executorch_lower import import_runtime_ops  # noqa: E402
 from edgecpm.exporters.registry import run_export  # noqa: E402
 from edgecpm.synthetic import MINICPM4_05B_SHAPE, SyntheticSpec, cached_checkpoint  # noqa: E402
 from edgecpm.weights import open_checkpoint  # noqa: E402
@@ -60,8 +60,15 @@ class ETProgram:
 class LlamaCpp:
     def __init__(self, gguf: Path, threads: int, n_ctx: int, n_batch: int) -> None:
 
-        self.llm = open_llama(str(gguf), n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
-                                   n_threads_batch=threads, verbose=False)
+        self.llm = open_llama(
+            str(gguf),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=n_batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            verbose=False,
+        )
 
     def prefill(self, ids: list[int]) -> float:
         self.llm.reset()
@@ -103,8 +110,16 @@ def main() -> None:
     ours = work / f"edgecpm-8da4w-g{args.group_size}"
     if not (ours / "model.pte").exists():
         t = time.time()
-        run_export(src, "executorch", ours, quant="8da4w", group_size=args.group_size, max_seq_len=args.prefill,
-                   max_context_len=ctx, progress=False)
+        run_export(
+            src,
+            "executorch",
+            ours,
+            quant="8da4w",
+            group_size=args.group_size,
+            max_seq_len=args.prefill,
+            max_context_len=ctx,
+            progress=False,
+        )
         timings["edgecpm export s"] = time.time() - t
     peer = work / f"peer-8da4w-g{args.group_size}.pte"
     if not peer.exists():
@@ -124,9 +139,11 @@ def main() -> None:
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(args.threads)
-    engines = {"edgecpm ExecuTorch 8da4w": ETProgram(ours / "model.pte"),
-               "ExecuTorch export_llm 8da4w": ETProgram(peer),
-               "llama.cpp q4_0": LlamaCpp(gguf_file, args.threads, ctx, args.prefill)}
+    engines = {
+        "edgecpm ExecuTorch 8da4w": ETProgram(ours / "model.pte"),
+        "ExecuTorch export_llm 8da4w": ETProgram(peer),
+        "llama.cpp q4_0": LlamaCpp(gguf_file, args.threads, ctx, args.prefill),
+    }
     ids = torch.randint(0, config.vocab_size, (args.prefill,), generator=torch.Generator().manual_seed(0)).tolist()
     results: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in engines}
     for eng in engines.values():  # warm-up
@@ -141,15 +158,22 @@ def main() -> None:
             results[name]["decode"].append(eng.decode(len(ids), args.decode))
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in results.items()}
     base = med["ExecuTorch export_llm 8da4w"]
-    print(f"0.5B-shaped MiniCPM4 (hidden 1024, 24 layers, vocab 73448), threads {args.threads}, prefill "
-          f"{args.prefill} tokens, decode {args.decode} tokens, median of {args.runs} interleaved runs")
+    print(
+        f"0.5B-shaped MiniCPM4 (hidden 1024, 24 layers, vocab 73448), threads {args.threads}, prefill "
+        f"{args.prefill} tokens, decode {args.decode} tokens, median of {args.runs} interleaved runs"
+    )
     print("| engine | prefill tok/s | decode tok/s | prefill vs export_llm | decode vs export_llm |")
     print("|---|---|---|---|---|")
     for k, m in med.items():
-        print(f"| {k} | {m['prefill']:.1f} | {m['decode']:.1f} | {m['prefill'] / base['prefill']:.2f} | "
-              f"{m['decode'] / base['decode']:.2f} |")
-    sizes = {"edgecpm .pte MB": (ours / "model.pte").stat().st_size / 1e6, "peer .pte MB": peer.stat().st_size / 1e6,
-             "gguf MB": gguf_file.stat().st_size / 1e6}
+        print(
+            f"| {k} | {m['prefill']:.1f} | {m['decode']:.1f} | {m['prefill'] / base['prefill']:.2f} | "
+            f"{m['decode'] / base['decode']:.2f} |"
+        )
+    sizes = {
+        "edgecpm .pte MB": (ours / "model.pte").stat().st_size / 1e6,
+        "peer .pte MB": peer.stat().st_size / 1e6,
+        "gguf MB": gguf_file.stat().st_size / 1e6,
+    }
     print(json.dumps({**sizes, **timings}))
     if args.json:
         Path(args.json).write_text(json.dumps({"median": med, "runs": results, **sizes, **timings}, indent=2))

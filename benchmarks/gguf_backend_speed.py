@@ -58,8 +58,15 @@ def main() -> None:
     args = ap.parse_args()
     path = str(args.model or default_model_path())
     n_ctx = 512
-    llm = open_llama(path, n_ctx=n_ctx, n_batch=512, n_ubatch=512, n_threads=args.threads,
-                          n_threads_batch=args.threads, verbose=False)
+    llm = open_llama(
+        path,
+        n_ctx=n_ctx,
+        n_batch=512,
+        n_ubatch=512,
+        n_threads=args.threads,
+        n_threads_batch=args.threads,
+        verbose=False,
+    )
     backend = edgecpm.load(path, backend="llama.cpp", threads=args.threads, n_ctx=n_ctx).backend
     prompt = llm.tokenize(b"The history of the city begins in the Roman period, when", add_bos=True)
     direct_run(llm, prompt, 8)
@@ -77,12 +84,17 @@ def main() -> None:
         o.append(ot)
         ratios.append(ot / dt)
     print(f"model {path}, threads {args.threads}, {args.tokens} decode tokens x {args.runs} interleaved runs")
-    print(f"llama-cpp-python direct: median {statistics.median(d):.1f} tok/s  (runs: "
-          f"{', '.join(f'{x:.1f}' for x in d)})")
-    print(f"edgecpm llama.cpp backend: median {statistics.median(o):.1f} tok/s  (runs: "
-          f"{', '.join(f'{x:.1f}' for x in o)})")
-    print(f"ratio edgecpm / direct: median of per-run ratios {statistics.median(ratios):.3f}; ratio of medians "
-          f"{statistics.median(o) / statistics.median(d):.3f}")
+    print(
+        f"llama-cpp-python direct: median {statistics.median(d):.1f} tok/s  (runs: {', '.join(f'{x:.1f}' for x in d)})"
+    )
+    print(
+        f"edgecpm llama.cpp backend: median {statistics.median(o):.1f} tok/s  (runs: "
+        f"{', '.join(f'{x:.1f}' for x in o)})"
+    )
+    print(
+        f"ratio edgecpm / direct: median of per-run ratios {statistics.median(ratios):.3f}; ratio of medians "
+        f"{statistics.median(o) / statistics.median(d):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,15 @@ from edgecpm.backends.llamacpp_loader import open_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL = "f32,f16,bf16,q8_0,q6_k,q5_k_m,q5_1,q5_0,q4_k_m,q4_1,q4_0,tq2_0,tq1_0"
-SPEC = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16, num_kv_heads=2,
-            vocab_size=73448, dim_model_base=256)
+SPEC = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_layers=24,
+    num_heads=16,
+    num_kv_heads=2,
+    vocab_size=73448,
+    dim_model_base=256,
+)
 
 
 def text(path: Path | None) -> tuple[str, str]:
@@ -69,8 +76,16 @@ def mean_kl(ref: np.ndarray, got: np.ndarray) -> float:
 def llamacpp_logits(path: Path, ids: list[int], threads: int) -> np.ndarray:
 
     n = max(len(ids), 64)
-    llm = open_llama(str(path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+    llm = open_llama(
+        str(path),
+        n_ctx=n,
+        n_batch=n,
+        n_ubatch=n,
+        logits_all=True,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     llm.eval(ids)
     logits = np.array(llm.scores[: len(ids)], dtype=np.float32)
     llm.close()
@@ -84,8 +99,9 @@ def decode_speeds(paths: dict[str, Path], prompt: list[int], threads: int, round
     speeds: dict[str, list[float]] = {q: [] for q in paths}
     for _ in range(rounds):
         for quant, path in paths.items():
-            llm = open_llama(str(path), n_ctx=128, n_batch=64, n_threads=threads, n_threads_batch=threads,
-                                  verbose=False)
+            llm = open_llama(
+                str(path), n_ctx=128, n_batch=64, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
             v = llm.n_vocab()
             llm.eval(prompt)
             tok = int(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(v,)).argmax())
@@ -139,8 +155,9 @@ def main() -> None:
                 refs[kind] = reference(src, ids)
             ref, n_params = refs[kind]
             try:
-                art = edgecpm.export(src, format="gguf", out=tmp / quant, quant=quant, progress=False,
-                                     threads=args.threads)
+                art = edgecpm.export(
+                    src, format="gguf", out=tmp / quant, quant=quant, progress=False, threads=args.threads
+                )
             except EdgecpmError as exc:
                 rows[quant] = f"| {quant} | refused: {str(exc)[:90]} | | | | |"
                 print(rows[quant], flush=True)
@@ -150,8 +167,10 @@ def main() -> None:
             files[quant] = art.model_file
             top1 = float((got.argmax(-1) == ref.argmax(-1)).mean())
             note = " (ternary ckpt)" if kind == "ternary" else ""
-            rows[quant] = (f"| {quant}{note} | {size / 2**20:.1f} | {size * 8 / n_params:.2f} | {top1:.3f} | "
-                           f"{mean_kl(ref, got):.4f} | {{tps}} |")
+            rows[quant] = (
+                f"| {quant}{note} | {size / 2**20:.1f} | {size * 8 / n_params:.2f} | {top1:.3f} | "
+                f"{mean_kl(ref, got):.4f} | {{tps}} |"
+            )
             print(rows[quant].replace("{tps}", "(later)"), flush=True)
         speeds = decode_speeds(files, ids[:16], args.threads)
     finally:
@@ -161,6 +180,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for quant, row in rows.items():
         print(row.replace("{tps}", f"{speeds[quant]:.1f}") if quant in speeds else row)
+
 
 if __name__ == "__main__":
     main()

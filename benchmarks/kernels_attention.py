@@ -50,6 +50,7 @@ def bench_length(s: int, sp: SparseConfig, args: argparse.Namespace, dev: torch.
             fn()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
+
         return median_time(call, runs)
 
     sparse_fn = infllmv2_vectorized
@@ -60,11 +61,18 @@ def bench_length(s: int, sp: SparseConfig, args: argparse.Namespace, dev: torch.
     dec_sdpa = timed(lambda: dense_attention(q1, k, v), args.runs)
     pre_sparse = timed(lambda: sparse_fn(qc, k, v, sp, ck=ck), args.prefill_runs)
     pre_dense_same = timed(lambda: infllmv2_vectorized(qc, k, v, all_blocks, ck=ck), args.prefill_runs)
-    return {"S": s, "decode_sparse_ms": dec_sparse * 1e3, "decode_dense_same_path_ms": dec_dense_same * 1e3,
-            "decode_dense_sdpa_ms": dec_sdpa * 1e3, "decode_speedup_vs_same_path": dec_dense_same / dec_sparse,
-            "decode_speedup_vs_sdpa": dec_sdpa / dec_sparse, "prefill_chunk": args.chunk,
-            "prefill_sparse_ms": pre_sparse * 1e3, "prefill_dense_same_path_ms": pre_dense_same * 1e3,
-            "prefill_speedup_vs_same_path": pre_dense_same / pre_sparse}
+    return {
+        "S": s,
+        "decode_sparse_ms": dec_sparse * 1e3,
+        "decode_dense_same_path_ms": dec_dense_same * 1e3,
+        "decode_dense_sdpa_ms": dec_sdpa * 1e3,
+        "decode_speedup_vs_same_path": dec_dense_same / dec_sparse,
+        "decode_speedup_vs_sdpa": dec_sdpa / dec_sparse,
+        "prefill_chunk": args.chunk,
+        "prefill_sparse_ms": pre_sparse * 1e3,
+        "prefill_dense_same_path_ms": pre_dense_same * 1e3,
+        "prefill_speedup_vs_same_path": pre_dense_same / pre_sparse,
+    }
 
 
 def main() -> None:
@@ -75,8 +83,12 @@ def main() -> None:
     ap.add_argument("--prefill-runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--impl", choices=["vectorized", "triton"], default="vectorized",
-                    help="implementation timed as 'sparse' (the dense baselines stay the same)")
+    ap.add_argument(
+        "--impl",
+        choices=["vectorized", "triton"],
+        default="vectorized",
+        help="implementation timed as 'sparse' (the dense baselines stay the same)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -90,15 +102,20 @@ def main() -> None:
         row = bench_length(s, sp, args, dev)
         rows.append(row)
         if not args.json:
-            print(f"S={s:6d}  decode sparse {row['decode_sparse_ms']:7.2f} ms  dense(same path) "
-                  f"{row['decode_dense_same_path_ms']:7.2f} ms ({row['decode_speedup_vs_same_path']:.1f}x)  dense SDPA "
-                  f"{row['decode_dense_sdpa_ms']:7.2f} ms ({row['decode_speedup_vs_sdpa']:.1f}x) | prefill chunk of "
-                  f"{args.chunk}: sparse {row['prefill_sparse_ms']:8.1f} ms  dense(same path) "
-                  f"{row['prefill_dense_same_path_ms']:8.1f} ms ({row['prefill_speedup_vs_same_path']:.1f}x)",
-                  flush=True)
+            print(
+                f"S={s:6d}  decode sparse {row['decode_sparse_ms']:7.2f} ms  dense(same path) "
+                f"{row['decode_dense_same_path_ms']:7.2f} ms ({row['decode_speedup_vs_same_path']:.1f}x)  dense SDPA "
+                f"{row['decode_dense_sdpa_ms']:7.2f} ms ({row['decode_speedup_vs_sdpa']:.1f}x) | prefill chunk of "
+                f"{args.chunk}: sparse {row['prefill_sparse_ms']:8.1f} ms  dense(same path) "
+                f"{row['prefill_dense_same_path_ms']:8.1f} ms ({row['prefill_speedup_vs_same_path']:.1f}x)",
+                flush=True,
+            )
     if args.json:
-        print(json.dumps({"device": str(dev), "impl": args.impl, "threads": torch.get_num_threads(), "rows": rows},
-                         indent=2))
+        print(
+            json.dumps(
+                {"device": str(dev), "impl": args.impl, "threads": torch.get_num_threads(), "rows": rows}, indent=2
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -63,8 +63,8 @@ def main() -> None:
     cache = model.new_cache("static", max_len=args.context + 8)
     gen = torch.Generator().manual_seed(0)
     for state in cache.layers:
-        state.k[:, :, :args.context] = torch.randn(state.k[:, :, :args.context].shape, generator=gen)
-        state.v[:, :, :args.context] = torch.randn(state.v[:, :, :args.context].shape, generator=gen)
+        state.k[:, :, : args.context] = torch.randn(state.k[:, :, : args.context].shape, generator=gen)
+        state.v[:, :, : args.context] = torch.randn(state.v[:, :, : args.context].shape, generator=gen)
     cache.length = args.context
     results = {}
     for name, setting in (("sparse", sparse), ("dense", None), ("sparse_again", sparse)):
@@ -73,16 +73,23 @@ def main() -> None:
             state.extras.clear()
         results[name] = statistics.median(decode_seconds(model, cache, args.context, args.steps))
     sparse_s = min(results["sparse"], results["sparse_again"])
-    out = {"context": args.context, "threads": torch.get_num_threads(), "steps": args.steps,
-           "sparse_tok_s": 1 / sparse_s, "dense_tok_s": 1 / results["dense"],
-           "speedup": results["dense"] / sparse_s, "sparse_runs_ms": [results["sparse"] * 1e3,
-                                                                      results["sparse_again"] * 1e3]}
+    out = {
+        "context": args.context,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "sparse_tok_s": 1 / sparse_s,
+        "dense_tok_s": 1 / results["dense"],
+        "speedup": results["dense"] / sparse_s,
+        "sparse_runs_ms": [results["sparse"] * 1e3, results["sparse_again"] * 1e3],
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"0.5B-shaped model, context {args.context}, {out['threads']} threads: sparse {out['sparse_tok_s']:.2f} "
-              f"tok/s, dense {out['dense_tok_s']:.2f} tok/s, speedup {out['speedup']:.2f}x "
-              f"(sparse medians {out['sparse_runs_ms'][0]:.0f} / {out['sparse_runs_ms'][1]:.0f} ms)")
+        print(
+            f"0.5B-shaped model, context {args.context}, {out['threads']} threads: sparse {out['sparse_tok_s']:.2f} "
+            f"tok/s, dense {out['dense_tok_s']:.2f} tok/s, speedup {out['speedup']:.2f}x "
+            f"(sparse medians {out['sparse_runs_ms'][0]:.0f} / {out['sparse_runs_ms'][1]:.0f} ms)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,9 @@ def run_one(path: Path, env_value: str, threads: int) -> dict | str:
     import os
 
     env = dict(os.environ, EDGECPM_LLAMACPP_EXTRA_BUFTS=env_value)
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(path), str(threads)], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), str(threads)], capture_output=True, text=True, env=env, timeout=600
+    )
     if proc.returncode != 0:
         return f"crashed (exit {proc.returncode})"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -59,8 +60,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="edgecpm-amx-"))
     files = {}
     for q in args.quants:
-        files[q] = src if q == "q4_1" else Path(edgecpm.export(src, format="gguf", quant=q, out=work / f"{q}.gguf",
-                                                                progress=False).path)
+        files[q] = (
+            src
+            if q == "q4_1"
+            else Path(edgecpm.export(src, format="gguf", quant=q, out=work / f"{q}.gguf", progress=False).path)
+        )
     results: dict[tuple[str, str], list] = {}
     for r in range(args.rounds):
         for q, path in files.items():

@@ -47,13 +47,16 @@ def main() -> None:
     for quant in ["none", *args.quants]:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "art"
-            res = subprocess.run([sys.executable, "-c", CHILD, str(ckpt), str(out), quant], check=True,
-                                 capture_output=True, text=True)
+            res = subprocess.run(
+                [sys.executable, "-c", CHILD, str(ckpt), str(out), quant], check=True, capture_output=True, text=True
+            )
             r = json.loads(res.stdout.strip().splitlines()[-1])
             size = sum(f.stat().st_size for f in out.glob("*")) / 2**20 if out.exists() else 0
             peak = r["peak_kib"] * 1024
-            print(f"| {quant} | {peak / 2**20:.0f} | {r['base_kib'] / 1024:.0f} | {r['seconds']:.1f} | {size:.0f} | "
-                  f"{'yes' if peak <= bound else 'NO'} |")
+            print(
+                f"| {quant} | {peak / 2**20:.0f} | {r['base_kib'] / 1024:.0f} | {r['seconds']:.1f} | {size:.0f} | "
+                f"{'yes' if peak <= bound else 'NO'} |"
+            )
 
 
 if __name__ == "__main__":

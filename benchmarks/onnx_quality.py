@@ -78,8 +78,15 @@ def main() -> None:
         for label, quant, block, acc, *head in ONNX_VARIANTS:
             out = Path(tmp) / label.replace(" ", "_")
             t0 = time.perf_counter()
-            export(src, out, quant, progress=False, block_size=block, accuracy_level=acc,
-                   lm_head_bits=head[0] if head else None)
+            export(
+                src,
+                out,
+                quant,
+                progress=False,
+                block_size=block,
+                accuracy_level=acc,
+                lm_head_bits=head[0] if head else None,
+            )
             dt = time.perf_counter() - t0
             backend = OnnxBackend(out / "model.onnx", config)
             got = np.concatenate([backend.prefill(w, all_logits=True) for w in wins])

@@ -38,7 +38,7 @@ SPEC_05B = dict(MINICPM4_05B_SHAPE)
 def measure_decode(path: Path, backend: str, threads: int, context: int, decode_tokens: int, runs: int) -> dict:
     """Fresh measurement: prefill `context` random tokens, decode greedily; the profiler's statistics."""
     import edgecpm
-    from edgecpm.device_profiles.profiler import fast_step
+    from edgecpm.profiling.profiler import fast_step
 
     model = edgecpm.load(path, backend=backend, threads=threads)
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .profile import DeviceProfile, Fact
+from edgecpm.device_profiles.profile import DeviceProfile, Fact
 
 X86_FLAGS = (
     "sse4_2",
@@ -362,7 +362,7 @@ def profile_from_probe(data: dict[str, Any], backends: list[str] | None = None) 
         for k, v in (data.get("compute") or {}).items()
     }
     if backends is None:
-        from ..backends.registry import available_backends
+        from edgecpm.backends.registry import available_backends
 
         backends = available_backends()
     gpu = data.get("gpu") or {}
@@ -394,7 +394,7 @@ def profile_from_probe(data: dict[str, Any], backends: list[str] | None = None) 
 
 def host_profile(remeasure: bool = False) -> DeviceProfile:
     """The host profile, reusing the stored probe of this machine when there is one (see calibration.py)."""
-    from .host_store import load_calibration, save_probe
+    from edgecpm.device_profiles.host_store import load_calibration, save_probe
 
     hid = host_id()
     stored = None if remeasure else load_calibration(hid)

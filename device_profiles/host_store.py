@@ -66,3 +66,8 @@ def save_coefficients(probe: dict[str, Any], fitted: dict[str, dict[str, Any]]) 
     data["probe"] = probe
     data.setdefault("backends", {}).update(fitted)
     return _write(hid, data)
+
+
+def device_calibration_id(name: str) -> str:
+    """Calibration id of a (non-host) device profile: measurements imported from that device."""
+    return f"device-{name}"

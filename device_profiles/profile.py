@@ -14,8 +14,8 @@ from typing import Any
 
 import tomllib
 
-from ..errors import EdgecpmError
-from ..exporters.formats import KNOWN_BACKENDS as FORMAT_TABLE_BACKENDS
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.formats import KNOWN_BACKENDS as FORMAT_TABLE_BACKENDS
 
 PROFILE_DIR = Path(__file__).parent
 STATUSES = (
@@ -261,13 +261,9 @@ def list_profiles() -> list[DeviceProfile]:
     return [read_profile_file(p) for p in sorted(PROFILE_DIR.glob("*.toml"))]
 
 
-def load_profile(name: str | Path) -> DeviceProfile:
-    """A bundled profile by name, `host` (probed live), or a path to a TOML profile file."""
+def load_bundled_profile(name: str | Path) -> DeviceProfile:
+    """A bundled profile by name or a path to a TOML profile file (`catalog.load_profile` adds `host`)."""
     key = str(name)
-    if key == "host":
-        from .host import host_profile
-
-        return host_profile()
     if key.endswith(".toml") or Path(key).is_file():
         return read_profile_file(key)
     path = PROFILE_DIR / f"{key.lower()}.toml"

@@ -48,7 +48,7 @@ def render_with_format(fmt: dict[str, Any], messages: Sequence[dict[str, str]], 
 
 def prompt_format(render: Any) -> tuple[dict[str, Any] | None, str]:
     """Reduce `render(messages, add_generation_prompt) -> str` to the app's format; (format, "") or (None, why)."""
-    from ..errors import EdgecpmError
+    from edgecpm.errors import EdgecpmError
 
     start: dict[str, str] = {}
     prefix: dict[str, str] = {}
@@ -90,7 +90,7 @@ def prompt_format(render: Any) -> tuple[dict[str, Any] | None, str]:
 
 def benchmark_prompts(tokenizer: Any, max_context_len: int, text: str | None = None) -> dict[str, Any]:
     """The profiler's prompts that fit this bundle: first N tokens of its text, N from its context lengths."""
-    from ..device_profiles.profiler import DEFAULT_CONTEXTS, DEFAULT_DECODE_TOKENS, default_text
+    from edgecpm.profiling.profiler import DEFAULT_CONTEXTS, DEFAULT_DECODE_TOKENS, default_text
 
     decode = min(DEFAULT_DECODE_TOKENS, max(2, max_context_len // 4))
     # the app needs room for BOS and the runner's last position: prompt + decode + 2 <= context

@@ -18,13 +18,13 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
-from ..errors import EdgecpmError
-from ..progress import progress_bar
-from .artifact import Artifact
-from .executorch_quant import QUANTS, QuantReport, quantize_module
-from .registry import Option, run_export
-from .shell import ExportJob, Written
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.artifact import Artifact
+from edgecpm.exporters.executorch_quant import QUANTS, QuantReport, quantize_module
+from edgecpm.exporters.registry import Option, run_export
+from edgecpm.exporters.shell import ExportJob, Written
+from edgecpm.progress import progress_bar
 
 __all__ = ["QUANTS", "OPTIONS", "export", "prepare", "write", "build_module", "runner_metadata", "PTE_NAME"]
 
@@ -51,32 +51,43 @@ def runner_metadata(config: ModelConfig, max_seq_len: int, max_context_len: int)
 
 
 def _positive_int(name: str) -> Any:
-    return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else (
-        f"{name} is {v!r}; expected a positive integer")
+    return lambda v: (
+        None
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        else (f"{name} is {v!r}; expected a positive integer")
+    )
 
 
 OPTIONS: dict[str, Option] = {
     "max_seq_len": Option(DEFAULT_MAX_SEQ_LEN, _positive_int("max_seq_len")),  # longest prefill chunk
     "max_context_len": Option(None),  # KV cache length; None: min(max_position_embeddings, 1024)
-    "group_size": Option(32, lambda v: None if isinstance(v, int) and v >= 0 else (
-        f"group size {v}; expected 0 (per channel) or a positive integer")),
+    "group_size": Option(
+        32,
+        lambda v: (
+            None
+            if isinstance(v, int) and v >= 0
+            else (f"group size {v}; expected 0 (per channel) or a positive integer")
+        ),
+    ),
     "embedding_bits": Option(None, lambda v: None if v in (None, 4, 8) else f"embedding bits {v}; expected 4 or 8"),
     "all_logits": Option(False),  # forward returns logits for every position, not only the last
     "hqq": Option(True),  # torchao's HQQ scale search for int4 weights
-    "sparse_kernel": Option("decompose", lambda v: None if v == "decompose" else (
-        f"sparse kernel mode {v!r}; expected 'decompose'")),
+    "sparse_kernel": Option(
+        "decompose", lambda v: None if v == "decompose" else (f"sparse kernel mode {v!r}; expected 'decompose'")
+    ),
 }
 
 
-def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True,
-           **options: Any) -> Artifact:
+def export(
+    src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True, **options: Any
+) -> Artifact:
     """Export `src` (HF checkpoint dir or .gguf) to an ExecuTorch artifact folder `out` (options: `OPTIONS`)."""
     return run_export(src, "executorch", out, quant, progress, **options)
 
 
 def prepare(job: ExportJob) -> tuple[int, str]:
     """The context length of the program and how its InfLLM v2 layers run (dense / sparse / switch)."""
-    from .executorch_module import sparse_mode
+    from edgecpm.exporters.executorch_module import sparse_mode
 
     config, o = job.config, job.options
     if o["threads"]:
@@ -91,38 +102,68 @@ def prepare(job: ExportJob) -> tuple[int, str]:
 
 def write(job: ExportJob, prepared: tuple[int, str], tmp: Path) -> Written:
     """`model.pte` and the runner's tokenizer files, into `tmp`."""
-    from .executorch_lower import lower_to_pte
-    from .executorch_tokenizer import write_runner_tokenizer
+    from edgecpm.exporters.executorch_lower import lower_to_pte
+    from edgecpm.exporters.executorch_tokenizer import write_runner_tokenizer
 
     ctx, attn_mode = prepared
     config, source, quant, o = job.config, job.source, job.quant, job.options
     with progress_bar(total=5, desc="executorch export", enabled=job.progress) as bar:
-        tok_files = write_runner_tokenizer(job.src, config, tmp, getattr(source, "reader", None)
-                                           if job.src.suffix == ".gguf" else None)
+        tok_files = write_runner_tokenizer(
+            job.src, config, tmp, getattr(source, "reader", None) if job.src.suffix == ".gguf" else None
+        )
         bar.set_postfix_str("loading weights + quantizing")
-        module, report = build_module(config, source, ctx, quant, group_size=o["group_size"],
-                                      embedding_bits=o["embedding_bits"], hqq=o["hqq"],
-                                      all_logits=o["all_logits"])
+        module, report = build_module(
+            config,
+            source,
+            ctx,
+            quant,
+            group_size=o["group_size"],
+            embedding_bits=o["embedding_bits"],
+            hqq=o["hqq"],
+            all_logits=o["all_logits"],
+        )
         bar.update(2)
         bar.set_postfix_str("export + lower (XNNPACK)")
-        buffer = lower_to_pte(module, o["max_seq_len"], runner_metadata(config, o["max_seq_len"], ctx),
-                              quantized=quant != "fp32", has_sparse=attn_mode != "dense",
-                              sparse_mode=o["sparse_kernel"])
+        buffer = lower_to_pte(
+            module,
+            o["max_seq_len"],
+            runner_metadata(config, o["max_seq_len"], ctx),
+            quantized=quant != "fp32",
+            has_sparse=attn_mode != "dense",
+            sparse_mode=o["sparse_kernel"],
+        )
         bar.update(2)
         (tmp / PTE_NAME).write_bytes(buffer)
         bar.update(1)
-    return Written([PTE_NAME], tok_files, dict(
-        max_seq_len=o["max_seq_len"], max_context_len=ctx, logits="all" if o["all_logits"] else "last",
-        quantization=asdict(report), sparse_attention=attn_mode if config.has_sparse_layers else None,
-        sparse_kernel=o["sparse_kernel"] if attn_mode != "dense" else None, pte_bytes=len(buffer)))
+    return Written(
+        [PTE_NAME],
+        tok_files,
+        dict(
+            max_seq_len=o["max_seq_len"],
+            max_context_len=ctx,
+            logits="all" if o["all_logits"] else "last",
+            quantization=asdict(report),
+            sparse_attention=attn_mode if config.has_sparse_layers else None,
+            sparse_kernel=o["sparse_kernel"] if attn_mode != "dense" else None,
+            pte_bytes=len(buffer),
+        ),
+    )
 
 
-def build_module(config: ModelConfig, source: Any, max_context_len: int, quant: str = "fp32", *,
-                 group_size: int = 32, embedding_bits: int | None = None, hqq: bool = True,
-                 all_logits: bool = False) -> tuple[torch.nn.Module, QuantReport]:
+def build_module(
+    config: ModelConfig,
+    source: Any,
+    max_context_len: int,
+    quant: str = "fp32",
+    *,
+    group_size: int = 32,
+    embedding_bits: int | None = None,
+    hqq: bool = True,
+    all_logits: bool = False,
+) -> tuple[torch.nn.Module, QuantReport]:
     """The eager module that gets lowered (also what tests run in torch to check the program against)."""
-    from ..model import Model
-    from .executorch_module import ETDecoder
+    from edgecpm.exporters.executorch_module import ETDecoder
+    from edgecpm.model import Model
 
     model = Model.from_source(config, source, torch.float32)
     module = ETDecoder(model, max_context_len, all_logits=all_logits).eval()
@@ -137,16 +178,19 @@ def _check_lengths(config: ModelConfig, max_seq_len: int, ctx: int) -> None:
     if not isinstance(ctx, int) or ctx < max_seq_len:
         raise EdgecpmError(f"max_context_len is {ctx!r}; expected an integer >= max_seq_len ({max_seq_len})")
     if ctx > config.max_position_embeddings:
-        raise EdgecpmError(f"max_context_len {ctx} exceeds the model's max_position_embeddings "
-                           f"({config.max_position_embeddings})")
+        raise EdgecpmError(
+            f"max_context_len {ctx} exceeds the model's max_position_embeddings ({config.max_position_embeddings})"
+        )
 
 
 def _require_sparse_op() -> None:
     try:
-        from .. import runtime_kernels
+        from edgecpm import runtime_kernels
 
         runtime_kernels.infllmv2_decomposition  # noqa: B018
         torch.ops.edgecpm.infllmv2_attention  # noqa: B018
     except (ImportError, AttributeError, RuntimeError):
-        raise EdgecpmError("this checkpoint has InfLLM v2 sparse layers but edgecpm.runtime_kernels does not "
-                           "provide the infllmv2_attention op yet") from None
+        raise EdgecpmError(
+            "this checkpoint has InfLLM v2 sparse layers but edgecpm.runtime_kernels does not "
+            "provide the infllmv2_attention op yet"
+        ) from None

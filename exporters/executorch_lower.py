@@ -15,17 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import EdgecpmError
+from edgecpm.backends.executorch_ops import import_runtime_ops
+from edgecpm.errors import EdgecpmError
 
 
-def import_runtime_ops() -> None:
-    """The AOT + runtime kernels of `llama::*` (KV cache, SDPA) and `quantized_decomposed::*` (embeddings)."""
-    import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
-    import executorch.kernels.quantized  # noqa: F401
-
-
-def stable_sort_by_rank(x: torch.Tensor, *, stable: bool | None = None, dim: int = -1,
-                        descending: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def stable_sort_by_rank(
+    x: torch.Tensor, *, stable: bool | None = None, dim: int = -1, descending: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`aten.sort.stable` from comparisons, gather and scatter (ExecuTorch's runtime has no sort kernel).
 
     Element i goes to rank #{j: x_j before x_i} + #{j < i: x_j == x_i}: ties keep index order, exactly
@@ -50,10 +46,12 @@ def sparse_decompositions(mode: str) -> dict[Any, Callable[..., Any]]:
     The body's stable sort (block selection) is itself decomposed, since ExecuTorch has no sort kernel.
     """
     if mode == "decompose":
-        from ..runtime_kernels import infllmv2_decomposition  # the op's one definition
+        from edgecpm.runtime_kernels import infllmv2_decomposition  # the op's one definition
 
-        return {torch.ops.edgecpm.infllmv2_attention.default: infllmv2_decomposition,
-                torch.ops.aten.sort.stable: stable_sort_by_rank}
+        return {
+            torch.ops.edgecpm.infllmv2_attention.default: infllmv2_decomposition,
+            torch.ops.aten.sort.stable: stable_sort_by_rank,
+        }
     raise EdgecpmError(f"sparse kernel mode {mode!r}; expected 'decompose'")
 
 
@@ -68,8 +66,15 @@ def _sparse_safe_configs() -> list[Any]:
     return [c for c in ALL_PARTITIONER_CONFIGS if c.__name__ != "PermuteConfig"]
 
 
-def lower_to_pte(module: nn.Module, max_seq_len: int, metadata: dict[str, Any], *, quantized: bool,
-                 has_sparse: bool = False, sparse_mode: str = "decompose") -> bytes:
+def lower_to_pte(
+    module: nn.Module,
+    max_seq_len: int,
+    metadata: dict[str, Any],
+    *,
+    quantized: bool,
+    has_sparse: bool = False,
+    sparse_mode: str = "decompose",
+) -> bytes:
     """Export `module.forward(tokens[1,S], input_pos[1])` with 1 <= S <= max_seq_len to a `.pte` buffer."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
         XnnpackDynamicallyQuantizedPartitioner,
@@ -88,12 +93,20 @@ def lower_to_pte(module: nn.Module, max_seq_len: int, metadata: dict[str, Any], 
     decomps = sparse_decompositions(sparse_mode) if has_sparse else {}
     ep = ep.run_decompositions(decomps)
     partitioners = ([XnnpackDynamicallyQuantizedPartitioner()] if quantized else []) + [
-        XnnpackPartitioner(configs=_sparse_safe_configs()) if has_sparse else XnnpackPartitioner()]
-    edge = to_edge_transform_and_lower(ep, partitioner=partitioners,
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=False),
-                                       constant_methods=metadata)
-    program = edge.to_executorch(ExecutorchBackendConfig(
-        extract_delegate_segments=True, do_quant_fusion_and_const_prop=quantized,
-        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
-        sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass()))
+        XnnpackPartitioner(configs=_sparse_safe_configs()) if has_sparse else XnnpackPartitioner()
+    ]
+    edge = to_edge_transform_and_lower(
+        ep,
+        partitioner=partitioners,
+        compile_config=EdgeCompileConfig(_check_ir_validity=False),
+        constant_methods=metadata,
+    )
+    program = edge.to_executorch(
+        ExecutorchBackendConfig(
+            extract_delegate_segments=True,
+            do_quant_fusion_and_const_prop=quantized,
+            memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+            sym_shape_eval_pass=ConstraintBasedSymShapeEvalPass(),
+        )
+    )
     return program.buffer

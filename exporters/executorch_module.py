@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import runtime_kernels  # noqa: F401  (registers torch.ops.edgecpm.infllmv2_attention)
-from ..config import ModelConfig, SparseConfig
-from ..errors import EdgecpmError
-from ..layers import RotaryEmbedding
-from ..model import Model
+from edgecpm import runtime_kernels  # noqa: F401  (registers torch.ops.edgecpm.infllmv2_attention)
+from edgecpm.config import ModelConfig, SparseConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.layers import RotaryEmbedding
+from edgecpm.model import Model
 
 
 def _linear_from(weight: torch.Tensor, scale: float = 1.0) -> nn.Linear:
@@ -58,8 +58,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 class ETAttention(nn.Module):
     """One logical layer's attention with its own KV cache buffers (shared layers share the linears)."""
 
-    def __init__(self, src: nn.Module, config: ModelConfig, max_context: int, residual_scale: float,
-                 sparse: SparseConfig | None, projections: dict[str, nn.Linear] | None = None) -> None:
+    def __init__(
+        self,
+        src: nn.Module,
+        config: ModelConfig,
+        max_context: int,
+        residual_scale: float,
+        sparse: SparseConfig | None,
+        projections: dict[str, nn.Linear] | None = None,
+    ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = src.num_heads, src.num_kv_heads
         self.head_dim = src.head_dim
@@ -82,8 +89,9 @@ class ETAttention(nn.Module):
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
-                total: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, total: torch.Tensor
+    ) -> torch.Tensor:
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
@@ -111,8 +119,17 @@ class ETAttention(nn.Module):
         v = self.v_cache[:, :total].transpose(1, 2)
         # dense_len = -1: the op body is always the sparse algorithm (the dense switch is done above)
         out = torch.ops.edgecpm.infllmv2_attention(
-            q.transpose(1, 2), k, v, sc.kernel_size, sc.kernel_stride, sc.init_blocks, sc.block_size,
-            sc.window_size, sc.topk, -1)
+            q.transpose(1, 2),
+            k,
+            v,
+            sc.kernel_size,
+            sc.kernel_stride,
+            sc.init_blocks,
+            sc.block_size,
+            sc.window_size,
+            sc.topk,
+            -1,
+        )
         return out.transpose(1, 2)
 
 
@@ -127,7 +144,7 @@ class ETLightning(nn.Module):
 
     def __init__(self, src: nn.Module, config: ModelConfig, residual_scale: float) -> None:
         super().__init__()
-        from ..runtime_kernels.lightning import sala_log_decay
+        from edgecpm.runtime_kernels.lightning import sala_log_decay
 
         self.num_heads, self.num_kv_heads, self.head_dim = src.num_heads, src.num_kv_heads, src.head_dim
         self.use_rope, self.scale = src.use_rope, src.scale
@@ -152,8 +169,9 @@ class ETLightning(nn.Module):
         rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
         return x * emb.cos() + rotated * emb.sin()
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
-                total: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, total: torch.Tensor
+    ) -> torch.Tensor:
         b, s, _ = x.shape
         h, d = self.num_heads, self.head_dim
         q = self.q_proj(x).view(b, s, h, d)
@@ -197,16 +215,16 @@ def sparse_mode(sparse: SparseConfig | None, max_context: int) -> str:
 
 
 class ETDecoderLayer(nn.Module):
-    def __init__(self, attn: ETAttention, in_norm: ETRMSNorm, post_norm: ETRMSNorm,
-                 mlp: nn.ModuleDict) -> None:
+    def __init__(self, attn: ETAttention, in_norm: ETRMSNorm, post_norm: ETRMSNorm, mlp: nn.ModuleDict) -> None:
         super().__init__()
         self.attn = attn
         self.input_norm = in_norm
         self.post_norm = post_norm
         self.mlp = mlp
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int,
-                total: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, total: torch.Tensor
+    ) -> torch.Tensor:
         h = h + self.attn(self.input_norm(h), cos, sin, start, total)
         x = self.post_norm(h)
         return h + self.mlp["down_proj"](F.silu(self.mlp["gate_proj"](x)) * self.mlp["up_proj"](x))
@@ -239,17 +257,21 @@ class ETDecoder(nn.Module):
             if spec.attention == "lightning":  # recurrent state per logical layer; linears not shared
                 n1 = ETRMSNorm(src.input_layernorm.weight, cfg.rms_norm_eps)
                 n2 = ETRMSNorm(src.post_attention_layernorm.weight, cfg.rms_norm_eps)
-                mlp = nn.ModuleDict({
-                    "gate_proj": _linear_from(src.mlp.gate_proj.weight),
-                    "up_proj": _linear_from(src.mlp.up_proj.weight),
-                    "down_proj": _linear_from(src.mlp.down_proj.weight, rs),
-                })
+                mlp = nn.ModuleDict(
+                    {
+                        "gate_proj": _linear_from(src.mlp.gate_proj.weight),
+                        "up_proj": _linear_from(src.mlp.up_proj.weight),
+                        "down_proj": _linear_from(src.mlp.down_proj.weight, rs),
+                    }
+                )
                 layers.append(ETDecoderLayer(ETLightning(src.self_attn, cfg, rs), n1, n2, mlp))
                 continue
             sparse = cfg.sparse if spec.attention == "infllmv2" else None
             if sparse is not None and sparse.use_nope:
-                raise EdgecpmError("InfLLM v2 with use_nope (block selection on pre-RoPE keys) has no "
-                                   "ExecuTorch op form yet; export a checkpoint with use_nope=false")
+                raise EdgecpmError(
+                    "InfLLM v2 with use_nope (block selection on pre-RoPE keys) has no "
+                    "ExecuTorch op form yet; export a checkpoint with use_nope=false"
+                )
             if key in shared:
                 proj, n1, n2, mlp = shared[key]
                 attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj)
@@ -257,11 +279,13 @@ class ETDecoder(nn.Module):
                 attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse)
                 n1 = ETRMSNorm(src.input_layernorm.weight, cfg.rms_norm_eps)
                 n2 = ETRMSNorm(src.post_attention_layernorm.weight, cfg.rms_norm_eps)
-                mlp = nn.ModuleDict({
-                    "gate_proj": _linear_from(src.mlp.gate_proj.weight),
-                    "up_proj": _linear_from(src.mlp.up_proj.weight),
-                    "down_proj": _linear_from(src.mlp.down_proj.weight, rs),
-                })
+                mlp = nn.ModuleDict(
+                    {
+                        "gate_proj": _linear_from(src.mlp.gate_proj.weight),
+                        "up_proj": _linear_from(src.mlp.up_proj.weight),
+                        "down_proj": _linear_from(src.mlp.down_proj.weight, rs),
+                    }
+                )
                 shared[key] = (attn.projections, n1, n2, mlp)
             layers.append(ETDecoderLayer(attn, n1, n2, mlp))
         self.layers = nn.ModuleList(layers)
@@ -276,8 +300,9 @@ class ETDecoder(nn.Module):
         cos_s, sin_s = rotary.cos_sin(pos, 1)
         cos_l, sin_l = rotary.cos_sin(pos, n + 1 if rotary.short is None else rotary.original_max + 1)
         self.switch_len = rotary.original_max if rotary.short is not None else math.inf
-        self.two_tables = bool(rotary.short is not None and n > rotary.original_max
-                               and not torch.equal(rotary.short, rotary.long))
+        self.two_tables = bool(
+            rotary.short is not None and n > rotary.original_max and not torch.equal(rotary.short, rotary.long)
+        )
         self.register_buffer("cos_short", cos_s, persistent=False)
         self.register_buffer("sin_short", sin_s, persistent=False)
         if self.two_tables:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 QUANTS = ("fp32", "8da4w", "8da8w")
 
@@ -31,8 +31,14 @@ class QuantReport:
     hqq: bool = True
 
 
-def quantize_module(module: nn.Module, quant: str, group_size: int = 32, embedding_bits: int | None = None,
-                    embedding_group_size: int = 32, hqq: bool = True) -> QuantReport:
+def quantize_module(
+    module: nn.Module,
+    quant: str,
+    group_size: int = 32,
+    embedding_bits: int | None = None,
+    embedding_group_size: int = 32,
+    hqq: bool = True,
+) -> QuantReport:
     """Quantize `module` in place (no-op for fp32); return what was quantized."""
     if quant not in QUANTS:
         raise EdgecpmError(f"unknown ExecuTorch quant {quant!r}; expected one of {', '.join(QUANTS)}")
@@ -66,9 +72,15 @@ def quantize_module(module: nn.Module, quant: str, group_size: int = 32, embeddi
 
         dim = next(m for m in module.modules() if isinstance(m, nn.Embedding)).embedding_dim
         if dim % embedding_group_size:
-            raise EdgecpmError(f"embedding width {dim} is not a multiple of the embedding group size "
-                               f"{embedding_group_size}")
-        quantize_(module, IntxWeightOnlyConfig(weight_dtype=torch.int4 if embedding_bits == 4 else torch.int8,
-                                               granularity=PerGroup(embedding_group_size)),
-                  filter_fn=lambda m, fqn: isinstance(m, nn.Embedding))
+            raise EdgecpmError(
+                f"embedding width {dim} is not a multiple of the embedding group size {embedding_group_size}"
+            )
+        quantize_(
+            module,
+            IntxWeightOnlyConfig(
+                weight_dtype=torch.int4 if embedding_bits == 4 else torch.int8,
+                granularity=PerGroup(embedding_group_size),
+            ),
+            filter_fn=lambda m, fqn: isinstance(m, nn.Embedding),
+        )
     return report

@@ -15,12 +15,17 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
-from ..errors import EdgecpmError
-from ..tokenizer import read_added_tokens
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.tokenizer import read_added_tokens
 
-_HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                  "generation_config.json", "chat_template.jinja")
+_HF_SIDE_FILES = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 
 
 def write_runner_tokenizer(src: Path, config: ModelConfig, out: Path, gguf_reader: Any = None) -> list[str]:
@@ -82,13 +87,12 @@ def _check_bpe_json(path: Path) -> None:
 
 
 def _from_gguf(reader: Any, config: ModelConfig, out: Path) -> list[str]:
-    from ..gguf_vocab import tokenizer_from_gguf
-    from ..tokenizer import HFTokenizer, SentencePieceTokenizer
+    from edgecpm.gguf_vocab import tokenizer_from_gguf
+    from edgecpm.tokenizer import HFTokenizer, SentencePieceTokenizer
 
     tok = tokenizer_from_gguf(reader, config.eos_token_ids)
     specials = {str(i): {"content": t, "special": True} for t, i in tok.special_tokens.items()}
-    side = {"add_bos_token": tok.add_bos, "chat_template": tok.chat_template,
-            "added_tokens_decoder": specials}
+    side = {"add_bos_token": tok.add_bos, "chat_template": tok.chat_template, "added_tokens_decoder": specials}
     if isinstance(tok, SentencePieceTokenizer):
         (out / "tokenizer.model").write_bytes(tok.sp.serialized_model_proto())
         name = "tokenizer.model"
@@ -113,5 +117,7 @@ def _check_vocab(out: Path, name: str, config: ModelConfig) -> None:
 
         size = Tokenizer.from_file(str(out / name)).get_vocab_size(with_added_tokens=True)
     if size > config.vocab_size:
-        raise EdgecpmError(f"the tokenizer has {size} tokens but the model only {config.vocab_size} logits; "
-                           "ExecuTorch's runner would read past the logits")
+        raise EdgecpmError(
+            f"the tokenizer has {size} tokens but the model only {config.vocab_size} logits; "
+            "ExecuTorch's runner would read past the logits"
+        )

@@ -218,8 +218,9 @@ TABLE: dict[str, FormatFacts] = {
         "fp32",
         {
             "lightning_layers": Feature(
-                KEPT, "the recurrent state of each lightning layer is a mutable buffer (no KV cache); rollback "
-                "(truncate) below the current length is refused"
+                KEPT,
+                "the recurrent state of each lightning layer is a mutable buffer (no KV cache); rollback "
+                "(truncate) below the current length is refused",
             ),
             "output_gates": Feature(KEPT, "a sigmoid gate on the attention output"),
             "nope_layers": Feature(KEPT, "attention without rotary embedding"),

@@ -23,12 +23,10 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 
-from ..config import ModelConfig
-from ..errors import EdgecpmError
-from ..progress import progress_bar
-from ..weights.gguf_source import BLOCK_TENSOR_NAMES, INFLLM_KEY_PREFIX, SHARED_LAYERS_KEY, GGUFSource
-from .artifact import Artifact
-from .gguf_quant import (
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.artifact import Artifact
+from edgecpm.exporters.gguf_quant import (
     QUANTS,
     QuantScheme,
     byte_shape,
@@ -37,15 +35,18 @@ from .gguf_quant import (
     scheme,
     tensor_type,
 )
-from .gguf_vocab_writer import write_vocab
-from .registry import Option, run_export
-from .shell import ExportJob, Written
+from edgecpm.exporters.gguf_vocab_writer import write_vocab
+from edgecpm.exporters.registry import Option, run_export
+from edgecpm.exporters.shell import ExportJob, Written
+from edgecpm.progress import progress_bar
+from edgecpm.weights.gguf_source import BLOCK_TENSOR_NAMES, INFLLM_KEY_PREFIX, SHARED_LAYERS_KEY, GGUFSource
 
 __all__ = ["QUANTS", "OPTIONS", "export", "prepare", "write", "plan_tensors"]
 OPTIONS: dict[str, Option] = {
     # ternary quants: accept re-grouping finer (per-32 / per-128) ternary scales to one per 256 values
-    "ternary_regroup": Option(False, lambda v: None if isinstance(v, bool) else
-                              f"ternary_regroup is {v!r}; expected true or false"),
+    "ternary_regroup": Option(
+        False, lambda v: None if isinstance(v, bool) else f"ternary_regroup is {v!r}; expected true or false"
+    ),
 }
 MODEL_FILE = "model.gguf"
 GGML_QUANT_VERSION = 2
@@ -65,8 +66,9 @@ class TensorPlan:
         return int(np.prod(byte_shape(self.shape, self.qtype)))
 
 
-def export(src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True,
-           **options: Any) -> Artifact:
+def export(
+    src: str | Path, out: str | Path, quant: str | None = None, progress: bool = True, **options: Any
+) -> Artifact:
     """Export `src` (HF checkpoint dir or .gguf) to `out` (an artifact folder, or a path ending in .gguf)."""
     return run_export(src, "gguf", out, quant, progress, **options)
 
@@ -91,12 +93,15 @@ def write(job: ExportJob, prepared: tuple[QuantScheme, str, list[TensorPlan]], s
             llamacpp_quantize(str(intermediate), str(model), s.llama_ftype, job.options["threads"])
             bar.update(1)
         intermediate.unlink()
-    extra = dict(architecture=arch, tensor_types=_tensor_types(model), file_bytes=model.stat().st_size,
-                 source=str(job.src))
+    extra = dict(
+        architecture=arch, tensor_types=_tensor_types(model), file_bytes=model.stat().st_size, source=str(job.src)
+    )
     if regroup is not None:  # the error re-grouping ternary scales made, per tensor (relative RMS)
         errors = {n: (e / r) ** 0.5 if r else 0.0 for n, (e, r) in regroup.items()}
-        extra["ternary_regroup_error"] = {"max": round(max(errors.values(), default=0.0), 6),
-                                          "per_tensor": {n: round(v, 6) for n, v in errors.items()}}
+        extra["ternary_regroup_error"] = {
+            "max": round(max(errors.values(), default=0.0), 6),
+            "per_tensor": {n: round(v, 6) for n, v in errors.items()},
+        }
     return Written([job.model_name], [], extra)
 
 
@@ -110,6 +115,7 @@ def target_architecture(config: ModelConfig) -> str:
 
 def plan_tensors(config: ModelConfig, source: Any, s: QuantScheme, arch: str) -> list[TensorPlan]:
     """Every tensor of the output in order, with its type; raises before anything is written."""
+
     def entry(gname: str, hf: str, heads: int = 0, matrix: bool = False) -> TensorPlan:
         if hf not in source:
             raise EdgecpmError(f"tensor {hf!r} is missing from the checkpoint")
@@ -120,10 +126,21 @@ def plan_tensors(config: ModelConfig, source: Any, s: QuantScheme, arch: str) ->
     for i, spec in enumerate(config.layers):
         w = spec.weight_layer  # shared layers are duplicated: llama.cpp needs every blk.N
         for gsuffix, hsuffix in BLOCK_TENSOR_NAMES.items():
-            heads = config.num_heads if gsuffix == "attn_q.weight" else \
-                config.num_kv_heads if gsuffix == "attn_k.weight" else 0
-            plan.append(entry(f"blk.{i}.{gsuffix}", f"model.layers.{w}.{hsuffix}", heads,
-                              matrix=not gsuffix.endswith("norm.weight")))
+            heads = (
+                config.num_heads
+                if gsuffix == "attn_q.weight"
+                else config.num_kv_heads
+                if gsuffix == "attn_k.weight"
+                else 0
+            )
+            plan.append(
+                entry(
+                    f"blk.{i}.{gsuffix}",
+                    f"model.layers.{w}.{hsuffix}",
+                    heads,
+                    matrix=not gsuffix.endswith("norm.weight"),
+                )
+            )
     plan.append(entry("output_norm.weight", "model.norm.weight"))
     if not config.tie_word_embeddings:
         plan.append(entry("output.weight", "lm_head.weight"))
@@ -131,18 +148,30 @@ def plan_tensors(config: ModelConfig, source: Any, s: QuantScheme, arch: str) ->
     if rs is not None:
         n = (config.head_dim // 2,)
         if arch == "minicpm":
-            plan += [TensorPlan("rope_factors_long.weight", None, n, GGMLQuantizationType.F32),
-                     TensorPlan("rope_factors_short.weight", None, n, GGMLQuantizationType.F32)]
+            plan += [
+                TensorPlan("rope_factors_long.weight", None, n, GGMLQuantizationType.F32),
+                TensorPlan("rope_factors_short.weight", None, n, GGMLQuantizationType.F32),
+            ]
         elif rs.long_factor == rs.short_factor:
             plan.append(TensorPlan("rope_freqs.weight", None, n, GGMLQuantizationType.F32))
         else:
-            raise EdgecpmError("a llama GGUF holds one rope frequency table; this model has distinct "
-                               "LongRoPE long/short factors")
+            raise EdgecpmError(
+                "a llama GGUF holds one rope frequency table; this model has distinct LongRoPE long/short factors"
+            )
     return plan
 
 
-def write_gguf(path: Path, config: ModelConfig, source: Any, plan: list[TensorPlan], s: QuantScheme,
-               arch: str, src_path: Path, progress: bool, regroup: dict | None = None) -> None:
+def write_gguf(
+    path: Path,
+    config: ModelConfig,
+    source: Any,
+    plan: list[TensorPlan],
+    s: QuantScheme,
+    arch: str,
+    src_path: Path,
+    progress: bool,
+    regroup: dict | None = None,
+) -> None:
     """Header and metadata first, then one tensor at a time (nothing else is held in memory)."""
     writer = GGUFWriter(path, arch)
     try:
@@ -152,8 +181,9 @@ def write_gguf(path: Path, config: ModelConfig, source: Any, plan: list[TensorPl
         else:
             write_vocab(writer, hf_dir=src_path, n_vocab=config.vocab_size, architecture=arch)
         for t in plan:
-            writer.add_tensor_info(t.gguf_name, byte_shape(t.shape, t.qtype), np.dtype(np.uint8), t.nbytes,
-                                   raw_dtype=t.qtype)
+            writer.add_tensor_info(
+                t.gguf_name, byte_shape(t.shape, t.qtype), np.dtype(np.uint8), t.nbytes, raw_dtype=t.qtype
+            )
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
@@ -211,8 +241,10 @@ def write_metadata(writer: GGUFWriter, config: ModelConfig, s: QuantScheme, arch
         # llama.cpp needs every blk.N (shared blocks are written again); edgecpm's loader reads which are one
         # (each block names the first block holding its weights: blk.N of a stepped model need not exist)
         first: dict[int, int] = {}
-        writer.add_array(f"{arch}.{SHARED_LAYERS_KEY}",
-                         [first.setdefault(spec.weight_layer, i) for i, spec in enumerate(config.layers)])
+        writer.add_array(
+            f"{arch}.{SHARED_LAYERS_KEY}",
+            [first.setdefault(spec.weight_layer, i) for i, spec in enumerate(config.layers)],
+        )
     writer.add_file_type(int(s.file_type))
     writer.add_quantization_version(GGML_QUANT_VERSION)
 
@@ -226,8 +258,9 @@ def _tensor_bytes(t: TensorPlan, config: ModelConfig, source: Any, regroup: dict
     w = source.get(t.hf_name)
     if t.permute_heads:
         w = _permute_rows(w, t.permute_heads)
-    return quantize_tensor(w, t.qtype, t.gguf_name, ternary=t.ternary, regroup=regroup is not None and t.ternary,
-                           stats=regroup)
+    return quantize_tensor(
+        w, t.qtype, t.gguf_name, ternary=t.ternary, regroup=regroup is not None and t.ternary, stats=regroup
+    )
 
 
 def _permute_rows(w: torch.Tensor, n_head: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
-from ..errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 T = GGMLQuantizationType
 
@@ -35,21 +35,24 @@ class QuantScheme:
 # Embedding/output policy (a documented choice, docs/gguf.md): float schemes keep their type; every numpy
 # integer scheme stores the 73k-row embedding/output as Q8_0 (the most faithful type gguf.quants can write;
 # llama.cpp itself would use Q6_K, which only its C quantizer produces); K-quants let llama.cpp decide.
-SCHEMES: dict[str, QuantScheme] = {s.name: s for s in (
-    QuantScheme("f32", T.F32, T.F32, LlamaFileType.ALL_F32),
-    QuantScheme("f16", T.F16, T.F16, LlamaFileType.MOSTLY_F16),
-    QuantScheme("bf16", T.BF16, T.BF16, LlamaFileType.MOSTLY_BF16),
-    QuantScheme("q8_0", T.Q8_0, T.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-    QuantScheme("q4_0", T.Q4_0, T.Q8_0, LlamaFileType.MOSTLY_Q4_0),
-    QuantScheme("q4_1", T.Q4_1, T.Q8_0, LlamaFileType.MOSTLY_Q4_1),
-    QuantScheme("q5_0", T.Q5_0, T.Q8_0, LlamaFileType.MOSTLY_Q5_0),
-    QuantScheme("q5_1", T.Q5_1, T.Q8_0, LlamaFileType.MOSTLY_Q5_1),
-    QuantScheme("q4_k_m", T.F16, T.F16, LlamaFileType.MOSTLY_F16, "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
-    QuantScheme("q5_k_m", T.F16, T.F16, LlamaFileType.MOSTLY_F16, "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
-    QuantScheme("q6_k", T.F16, T.F16, LlamaFileType.MOSTLY_F16, "LLAMA_FTYPE_MOSTLY_Q6_K"),
-    QuantScheme("tq1_0", T.TQ1_0, T.Q8_0, LlamaFileType.MOSTLY_TQ1_0, ternary=True),
-    QuantScheme("tq2_0", T.TQ2_0, T.Q8_0, LlamaFileType.MOSTLY_TQ2_0, ternary=True),
-)}
+SCHEMES: dict[str, QuantScheme] = {
+    s.name: s
+    for s in (
+        QuantScheme("f32", T.F32, T.F32, LlamaFileType.ALL_F32),
+        QuantScheme("f16", T.F16, T.F16, LlamaFileType.MOSTLY_F16),
+        QuantScheme("bf16", T.BF16, T.BF16, LlamaFileType.MOSTLY_BF16),
+        QuantScheme("q8_0", T.Q8_0, T.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+        QuantScheme("q4_0", T.Q4_0, T.Q8_0, LlamaFileType.MOSTLY_Q4_0),
+        QuantScheme("q4_1", T.Q4_1, T.Q8_0, LlamaFileType.MOSTLY_Q4_1),
+        QuantScheme("q5_0", T.Q5_0, T.Q8_0, LlamaFileType.MOSTLY_Q5_0),
+        QuantScheme("q5_1", T.Q5_1, T.Q8_0, LlamaFileType.MOSTLY_Q5_1),
+        QuantScheme("q4_k_m", T.F16, T.F16, LlamaFileType.MOSTLY_F16, "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
+        QuantScheme("q5_k_m", T.F16, T.F16, LlamaFileType.MOSTLY_F16, "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
+        QuantScheme("q6_k", T.F16, T.F16, LlamaFileType.MOSTLY_F16, "LLAMA_FTYPE_MOSTLY_Q6_K"),
+        QuantScheme("tq1_0", T.TQ1_0, T.Q8_0, LlamaFileType.MOSTLY_TQ1_0, ternary=True),
+        QuantScheme("tq2_0", T.TQ2_0, T.Q8_0, LlamaFileType.MOSTLY_TQ2_0, ternary=True),
+    )
+}
 QUANTS: tuple[str, ...] = tuple(SCHEMES)
 EMBEDDING_TENSORS = ("token_embd.weight", "output.weight")
 # rows quantized per numpy call: bounds the float32 temporaries to ~chunk * row_length * 4 bytes * a few
@@ -71,8 +74,9 @@ def tensor_type(s: QuantScheme, gguf_name: str, shape: tuple[int, ...]) -> GGMLQ
     block = GGML_QUANT_SIZES[want][0]
     if shape[-1] % block:
         if s.ternary and gguf_name not in EMBEDDING_TENSORS:
-            raise EdgecpmError(f"tensor {gguf_name} has rows of {shape[-1]} values; {s.name} needs a "
-                               f"multiple of {block}")
+            raise EdgecpmError(
+                f"tensor {gguf_name} has rows of {shape[-1]} values; {s.name} needs a multiple of {block}"
+            )
         return T.F16  # what the official converter falls back to
     return want
 
@@ -81,8 +85,14 @@ def byte_shape(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> tuple[int
     return quant_shape_to_byte_shape(shape, qtype)
 
 
-def quantize_tensor(t: torch.Tensor, qtype: GGMLQuantizationType, name: str,
-                    ternary: bool = False, regroup: bool = False, stats: dict | None = None) -> np.ndarray:
+def quantize_tensor(
+    t: torch.Tensor,
+    qtype: GGMLQuantizationType,
+    name: str,
+    ternary: bool = False,
+    regroup: bool = False,
+    stats: dict | None = None,
+) -> np.ndarray:
     """`t` (any float dtype, 1-D or 2-D) -> uint8 bytes of `qtype`, a block of rows at a time.
 
     `regroup` (ternary types): a ternary matrix with finer scales than one per 256 values is re-grouped to TQ's
@@ -94,7 +104,7 @@ def quantize_tensor(t: torch.Tensor, qtype: GGMLQuantizationType, name: str,
     out = np.empty(byte_shape((rows, cols), qtype), dtype=np.uint8)
     step = max(1, _CHUNK_ELEMENTS // max(cols, 1))
     for r0 in range(0, rows, step):
-        chunk = t[r0:r0 + step].float().numpy()
+        chunk = t[r0 : r0 + step].float().numpy()
         if ternary and regroup:
             check_ternary(chunk, name, r0, regroup=True)
             chunk, err, ref = regroup_ternary(chunk)
@@ -104,7 +114,7 @@ def quantize_tensor(t: torch.Tensor, qtype: GGMLQuantizationType, name: str,
         elif ternary:
             check_ternary(chunk, name, r0)
         q = quantize(chunk, qtype)
-        out[r0:r0 + step] = np.ascontiguousarray(q).view(np.uint8).reshape(len(chunk), -1)
+        out[r0 : r0 + step] = np.ascontiguousarray(q).view(np.uint8).reshape(len(chunk), -1)
     return out
 
 
@@ -128,24 +138,26 @@ def regroup_error(rows: np.ndarray) -> float:
     return (err / ref) ** 0.5 if ref else 0.0
 
 
-def check_ternary(rows: np.ndarray, name: str, first_row: int = 0, rtol: float = 1e-3,
-                  regroup: bool = False) -> None:
+def check_ternary(rows: np.ndarray, name: str, first_row: int = 0, rtol: float = 1e-3, regroup: bool = False) -> None:
     """Every 256-value block must be d * {-1, 0, +1} for a single d, else TQ would change the weights.
 
     With `regroup` a ternary tensor with finer scales (per 32 or 128 values, BitCPM-CANN style) passes; the
     refusal otherwise names its granularity and the error re-grouping would make.
     """
-    from ..weights.ternary import detect_ternary
+    from edgecpm.weights.ternary import detect_ternary
 
     block = 256
     if rows.shape[-1] % block:
-        raise EdgecpmError(f"tensor {name} has rows of {rows.shape[-1]} values; ternary types need a "
-                           f"multiple of {block}")
+        raise EdgecpmError(
+            f"tensor {name} has rows of {rows.shape[-1]} values; ternary types need a multiple of {block}"
+        )
     info = detect_ternary(torch.from_numpy(np.ascontiguousarray(rows)))
     if regroup:
         if info is None:
-            raise EdgecpmError(f"tensor {name} is not ternary (its values are not scale*{{-1,0,+1}} at any "
-                               "granularity), so re-grouping its scales cannot make it TQ1_0/TQ2_0")
+            raise EdgecpmError(
+                f"tensor {name} is not ternary (its values are not scale*{{-1,0,+1}} at any "
+                "granularity), so re-grouping its scales cannot make it TQ1_0/TQ2_0"
+            )
         return
     a = np.abs(rows.reshape(-1, block))
     d = a.max(axis=1, keepdims=True)
@@ -159,11 +171,13 @@ def check_ternary(rows: np.ndarray, name: str, first_row: int = 0, rtol: float =
                 f"tensor {name} is not ternary with one scale per 256 values: its scales are per "
                 f"{info.granularity.replace('group', 'group of ')}, finer than TQ1_0/TQ2_0 store; re-grouping "
                 f"to one scale per 256 values would change it by {regroup_error(rows):.1%} (relative RMS); pass "
-                "--option ternary_regroup=true to export with that error, or use onnx/executorch")
+                "--option ternary_regroup=true to export with that error, or use onnx/executorch"
+            )
         raise EdgecpmError(
             f"tensor {name} is not ternary: row {row} has a 256-value block with {len(vals)} distinct "
             f"magnitudes (e.g. {vals[0]:.4g} and {vals[-1]:.4g}); TQ1_0/TQ2_0 need values "
-            "scale*{-1,0,+1} with one scale per 256 values")
+            "scale*{-1,0,+1} with one scale per 256 values"
+        )
 
 
 def llamacpp_quantize(src: str, dst: str, ftype_name: str, threads: int | None = None) -> None:
@@ -171,8 +185,7 @@ def llamacpp_quantize(src: str, dst: str, ftype_name: str, threads: int | None =
     try:
         import llama_cpp
     except ImportError:
-        raise EdgecpmError("K-quants are produced by llama.cpp's quantizer: pip install llama-cpp-python") \
-            from None
+        raise EdgecpmError("K-quants are produced by llama.cpp's quantizer: pip install llama-cpp-python") from None
     from llama_cpp import _logger
     from llama_cpp._utils import suppress_stdout_stderr
 

@@ -14,13 +14,14 @@ from typing import Any
 
 from gguf import GGUFValueType, GGUFWriter, SpecialVocab, TokenType
 
-from ..chat import MINICPM4_CHATML
-from ..errors import EdgecpmError
-from ..tokenizer import read_added_tokens
+from edgecpm.chat import MINICPM4_CHATML
+from edgecpm.errors import EdgecpmError
+from edgecpm.tokenizer import read_added_tokens
 
 
-def write_vocab(writer: GGUFWriter, *, hf_dir: Path | None = None, reader: Any = None, n_vocab: int,
-                architecture: str = "minicpm") -> None:
+def write_vocab(
+    writer: GGUFWriter, *, hf_dir: Path | None = None, reader: Any = None, n_vocab: int, architecture: str = "minicpm"
+) -> None:
     if reader is not None:
         copy_gguf_vocab(writer, reader)
     elif hf_dir is not None:
@@ -49,8 +50,9 @@ def write_sentencepiece_vocab(writer: GGUFWriter, directory: Path, n_vocab: int,
 
     model_file = directory / "tokenizer.model"
     if not model_file.is_file():
-        raise EdgecpmError(f"{directory} has no tokenizer.model; the GGUF exporter writes SentencePiece "
-                           "vocabularies (MiniCPM4's kind)")
+        raise EdgecpmError(
+            f"{directory} has no tokenizer.model; the GGUF exporter writes SentencePiece vocabularies (MiniCPM4's kind)"
+        )
     sp = SentencePieceProcessor()
     try:
         sp.Load(str(model_file))
@@ -67,9 +69,17 @@ def write_sentencepiece_vocab(writer: GGUFWriter, directory: Path, n_vocab: int,
     for i in range(n_pieces):
         tokens[i] = sp.IdToPiece(i)
         scores[i] = float(sp.GetScore(i))
-        types[i] = int(TokenType.UNKNOWN if sp.IsUnknown(i) else TokenType.CONTROL if sp.IsControl(i) else
-                       TokenType.UNUSED if sp.IsUnused(i) else TokenType.BYTE if sp.IsByte(i) else
-                       TokenType.NORMAL)
+        types[i] = int(
+            TokenType.UNKNOWN
+            if sp.IsUnknown(i)
+            else TokenType.CONTROL
+            if sp.IsControl(i)
+            else TokenType.UNUSED
+            if sp.IsUnused(i)
+            else TokenType.BYTE
+            if sp.IsByte(i)
+            else TokenType.NORMAL
+        )
     for tid, (text, special) in read_added_tokens(directory).items():
         if tid >= size:
             raise EdgecpmError(f"added token {text!r} has id {tid}, outside the vocabulary of {size}")

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
-from ..errors import EdgecpmError
-from ..jsonfile import read_json, safe_member
-from .formats import EXPORT_FORMATS, FORMAT_BACKENDS  # noqa: F401 - FORMAT_BACKENDS re-exported for edgecpm.load
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.formats import EXPORT_FORMATS, FORMAT_BACKENDS  # noqa: F401 - FORMAT_BACKENDS re-exported for edgecpm.load
+from edgecpm.jsonfile import read_json, safe_member
 
 MANIFEST_NAME = "edgecpm.json"
 FORMATS = EXPORT_FORMATS  # read from the format table, like the default backend of each (FORMAT_BACKENDS)
@@ -47,13 +47,29 @@ class Manifest:
         return write_json_atomic(Path(directory) / MANIFEST_NAME, asdict(self))
 
 
-def make_manifest(fmt: str, quant: str, config: ModelConfig, model_files: list[str], source_checksum: str,
-                  tokenizer_files: list[str] | None = None, **extra: Any) -> Manifest:
-    from .. import __version__
+def make_manifest(
+    fmt: str,
+    quant: str,
+    config: ModelConfig,
+    model_files: list[str],
+    source_checksum: str,
+    tokenizer_files: list[str] | None = None,
+    **extra: Any,
+) -> Manifest:
+    from edgecpm.version import __version__
 
     sparse = asdict(config.sparse) if config.sparse is not None else None
-    return Manifest(fmt, quant, config.to_dict(), model_files, source_checksum, __version__,
-                    tokenizer_files or [], sparse, dict(extra))
+    return Manifest(
+        fmt,
+        quant,
+        config.to_dict(),
+        model_files,
+        source_checksum,
+        __version__,
+        tokenizer_files or [],
+        sparse,
+        dict(extra),
+    )
 
 
 def read_manifest(directory: str | Path) -> Manifest:
@@ -71,8 +87,15 @@ def read_manifest(directory: str | Path) -> Manifest:
         raise EdgecpmError(f"{path} is malformed: {exc}") from None
     if m.format not in FORMATS:
         raise EdgecpmError(f"{path}: format {m.format!r}; expected one of {', '.join(FORMATS)}")
-    for key, kind in (("quant", str), ("config", dict), ("model_files", list), ("source_checksum", str),
-                      ("tool_version", str), ("tokenizer_files", list), ("extra", dict)):
+    for key, kind in (
+        ("quant", str),
+        ("config", dict),
+        ("model_files", list),
+        ("source_checksum", str),
+        ("tool_version", str),
+        ("tokenizer_files", list),
+        ("extra", dict),
+    ):
         if not isinstance(getattr(m, key), kind):
             raise EdgecpmError(f"{path}: field '{key}' is malformed; expected {kind.__name__}")
     if m.sparse is not None and not isinstance(m.sparse, dict):

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from onnx import TensorProto
 
-from ..config import ModelConfig
-from ..errors import EdgecpmError
-from .onnx_graph import GraphBuilder
-from .onnx_quant import quantize
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.onnx_graph import GraphBuilder
+from edgecpm.exporters.onnx_quant import quantize
 
 MS = "com.microsoft"
 SPARSE_DOMAIN = "ai.edgecpm"
@@ -66,7 +66,7 @@ def rope_caches(config: ModelConfig) -> tuple[np.ndarray, np.ndarray, int]:
     LongRoPE switches to the long factors only past `original_max_position_embeddings`; published MiniCPM4
     configs never get there (max == original max), so the graph's context is capped at the original max.
     """
-    from ..layers import RotaryEmbedding
+    from edgecpm.layers import RotaryEmbedding
 
     length = config.max_position_embeddings
     if config.rope_scaling is not None:

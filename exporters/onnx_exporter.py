@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgecpmError
-from ..progress import progress_bar
-from .artifact import Artifact
-from .manifest import write_json_atomic
-from .onnx_decoder import MS, QUANT_BITS, SPARSE_DOMAIN, DecoderGraph, OnnxOptions, rope_caches
-from .onnx_genai import genai_config
-from .onnx_graph import GraphBuilder, save_model
-from .onnx_quant import check_block_size
-from .registry import Option, run_export
-from .shell import ExportJob, Written
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.artifact import Artifact
+from edgecpm.exporters.manifest import write_json_atomic
+from edgecpm.exporters.onnx_decoder import MS, QUANT_BITS, SPARSE_DOMAIN, DecoderGraph, OnnxOptions, rope_caches
+from edgecpm.exporters.onnx_genai import genai_config
+from edgecpm.exporters.onnx_graph import GraphBuilder, save_model
+from edgecpm.exporters.onnx_quant import check_block_size
+from edgecpm.exporters.registry import Option, run_export
+from edgecpm.exporters.shell import ExportJob, Written
+from edgecpm.progress import progress_bar
 
 QUANTS = tuple(QUANT_BITS)
 SUPPORTED_OPSETS = range(18, 24)  # ai.onnx; the InfLLM v2 function body is traced at the same opset
@@ -45,12 +45,19 @@ OPTIONS: dict[str, Option] = {
     # int4/int8 group size along K, a power of two >= 16 (K need not be a multiple)
     "block_size": Option(32, _block_size),
     # MatMulNBits: 0 = fp32 activations, 4 = int8 activations (faster on CPU)
-    "accuracy_level": Option(4, lambda v: None if v in (0, 1, 2, 3, 4)
-                             else f"accuracy_level {v} is invalid; expected 0..4"),
+    "accuracy_level": Option(
+        4, lambda v: None if v in (0, 1, 2, 3, 4) else f"accuracy_level {v} is invalid; expected 0..4"
+    ),
     # None = 8 for int4/int8, as llama.cpp keeps the output matrix at >= 6 bits
     "lm_head_bits": Option(None, _one_of("lm_head_bits", (None, 4, 8))),
-    "opset": Option(21, lambda v: None if v in SUPPORTED_OPSETS else (
-        f"ONNX opset {v} is not supported; expected {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")),
+    "opset": Option(
+        21,
+        lambda v: (
+            None
+            if v in SUPPORTED_OPSETS
+            else (f"ONNX opset {v} is not supported; expected {SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}")
+        ),
+    ),
     "sparse": Option(True, _one_of("sparse", (True, False))),  # False: InfLLM v2 layers as dense attention
     "max_length": Option(None),  # written to genai_config.json
     "genai_threads": Option(None),  # written to genai_config.json
@@ -65,14 +72,19 @@ def export(src: Any, out: Any, quant: str | None = None, progress: bool = True, 
 
 def prepare(job: ExportJob) -> tuple[OnnxOptions, bool]:
     o = job.options
-    opts = OnnxOptions(quant=job.quant, block_size=o["block_size"], accuracy_level=o["accuracy_level"],
-                       lm_head_bits=o["lm_head_bits"], opset=o["opset"])
+    opts = OnnxOptions(
+        quant=job.quant,
+        block_size=o["block_size"],
+        accuracy_level=o["accuracy_level"],
+        lm_head_bits=o["lm_head_bits"],
+        opset=o["opset"],
+    )
     return opts, bool(o["sparse"] and job.config.has_sparse_layers)
 
 
 def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Written:
     """`model.onnx` + `model.onnx.data`, genai_config.json and the tokenizer files, into `tmp`."""
-    from .onnx_tokenizer import write_tokenizer_files
+    from edgecpm.exporters.onnx_tokenizer import write_tokenizer_files
 
     opts, use_sparse = prepared
     config, source = job.config, job.source
@@ -82,7 +94,7 @@ def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Writ
 
     functions = []
     if use_sparse:
-        from .onnx_infllmv2 import sparse_function
+        from edgecpm.exporters.onnx_infllmv2 import sparse_function
 
         functions.append(
             sparse_function(config.sparse, config.num_heads, config.num_kv_heads, config.head_dim, opts.opset)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ModelConfig
+from edgecpm.config import ModelConfig
 
 MODEL_TYPE = "decoder"
 

@@ -20,9 +20,9 @@ import onnx
 import torch
 from onnx import helper
 
-from ..config import SparseConfig
-from ..errors import EdgecpmError
-from .onnx_decoder import SPARSE_DOMAIN, SPARSE_OP
+from edgecpm.config import SparseConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.onnx_decoder import SPARSE_DOMAIN, SPARSE_OP
 
 ATTRIBUTES = ("kernel_size", "kernel_stride", "init_blocks", "block_size", "window_size", "topk", "dense_len")
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -31,7 +31,7 @@ AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 def sparse_fn(sparse: SparseConfig) -> AttentionFn:
     """The runtime's export-friendly InfLLM v2 body (`infllmv2_decomposition`) with `sparse` bound."""
     try:
-        from ..runtime_kernels import infllmv2_decomposition
+        from edgecpm.runtime_kernels import infllmv2_decomposition
     except ImportError:
         raise EdgecpmError(
             "this build of edgecpm.runtime_kernels has no InfLLM v2 kernel; cannot export sparse attention"
@@ -56,7 +56,7 @@ def sparse_fn(sparse: SparseConfig) -> AttentionFn:
 
 
 def dense_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    from ..runtime_kernels import dense_attention
+    from edgecpm.runtime_kernels import dense_attention
 
     return dense_attention(q, k, v)
 

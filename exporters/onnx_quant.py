@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 VALID_BITS = (4, 8)
 

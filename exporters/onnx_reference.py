@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig
-from ..weights.base import MemorySource
-from .onnx_decoder import OnnxOptions
-from .onnx_quant import quantize
+from edgecpm.config import ModelConfig
+from edgecpm.exporters.onnx_decoder import OnnxOptions
+from edgecpm.exporters.onnx_quant import quantize
+from edgecpm.weights.base import MemorySource
 
 LINEAR_SUFFIXES = (
     "q_proj.weight",

@@ -13,9 +13,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
-from ..errors import EdgecpmError
-from ..tokenizer import read_added_tokens
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.tokenizer import read_added_tokens
 
 SPIECE_SPACE = "\u2581"
 
@@ -94,8 +94,8 @@ def write_tokenizer_files(src: Path, config: ModelConfig, out: Path) -> list[str
 def _gguf_tokenizer(path: Path, config: ModelConfig, out: Path) -> dict[str, Any]:
     from gguf import GGUFReader
 
-    from ..gguf_vocab import CONTROL, USER_DEFINED, _bpe_backend, _spm_proto
-    from ..weights.gguf_source import field_value
+    from edgecpm.gguf_vocab import CONTROL, USER_DEFINED, _bpe_backend, _spm_proto
+    from edgecpm.weights.gguf_source import field_value
 
     reader = GGUFReader(str(path))
     kind = field_value(reader, "tokenizer.ggml.model")

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 
 
-def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                    scale: float | None = None) -> torch.Tensor:
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Causal attention of T new queries over S keys (the queries are the last T positions).
 
     GQA folds each group's query heads into rows against their shared KV head (no copy of the keys); math is

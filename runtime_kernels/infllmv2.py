@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SparseConfig
-from ..errors import EdgecpmError
-from . import registry
-from .infllmv2_state import InfLLMv2State
+from edgecpm.config import SparseConfig
+from edgecpm.errors import EdgecpmError
+from edgecpm.runtime_kernels import registry
+from edgecpm.runtime_kernels.infllmv2_state import InfLLMv2State
 
 
-def infllmv2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sparse: SparseConfig, *,
-                       state: InfLLMv2State | None = None, impl: str | None = None,
-                       score_q: torch.Tensor | None = None, score_k: torch.Tensor | None = None) -> torch.Tensor:
+def infllmv2_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sparse: SparseConfig,
+    *,
+    state: InfLLMv2State | None = None,
+    impl: str | None = None,
+    score_q: torch.Tensor | None = None,
+    score_k: torch.Tensor | None = None,
+) -> torch.Tensor:
     """InfLLM v2 sparse causal attention (dense while the context is shorter than `sparse.dense_len`).
 
     q `[B, Hq, T, D]`; k, v `[B, Hkv, S, D]`: the whole visible context, the T queries being its last T
@@ -23,25 +31,30 @@ def infllmv2_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sparse
     pre-RoPE queries and keys when `sparse.use_nope`. With a state, pass the whole `score_k` history.
     """
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
-        raise EdgecpmError(f"infllmv2_attention expects q [B,Hq,T,D] and k, v [B,Hkv,S,D]; got "
-                           f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+        raise EdgecpmError(
+            f"infllmv2_attention expects q [B,Hq,T,D] and k, v [B,Hkv,S,D]; got "
+            f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
+        )
     b, hq, t, d = q.shape
     if k.shape[0] != b or k.shape[3] != d or hq % k.shape[1] or t > k.shape[2]:
-        raise EdgecpmError(f"infllmv2_attention: q {list(q.shape)} does not fit k {list(k.shape)} (batch, "
-                           "head dim, GQA group or T > S)")
+        raise EdgecpmError(
+            f"infllmv2_attention: q {list(q.shape)} does not fit k {list(k.shape)} (batch, "
+            "head dim, GQA group or T > S)"
+        )
     if sparse.block_size % sparse.kernel_stride:
-        raise EdgecpmError(f"sparse block_size {sparse.block_size} is not a multiple of kernel_stride "
-                           f"{sparse.kernel_stride}")
+        raise EdgecpmError(
+            f"sparse block_size {sparse.block_size} is not a multiple of kernel_stride {sparse.kernel_stride}"
+        )
     name = registry.resolve("infllmv2", q.device, impl)
     ck = state.update(k if score_k is None else score_k) if state is not None else None
     if name == "reference":
-        from .infllmv2_reference import infllmv2_reference
+        from edgecpm.runtime_kernels.infllmv2_reference import infllmv2_reference
 
         return infllmv2_reference(q, k, v, sparse, score_q=score_q, score_k=score_k)
     if name == "triton":
-        from .infllmv2_triton import infllmv2_triton
+        from edgecpm.runtime_kernels.infllmv2_triton import infllmv2_triton
 
         return infllmv2_triton(q, k, v, sparse, ck=ck, score_q=score_q, score_k=score_k)
-    from .infllmv2_vectorized import infllmv2_vectorized
+    from edgecpm.runtime_kernels.infllmv2_vectorized import infllmv2_vectorized
 
     return infllmv2_vectorized(q, k, v, sparse, ck=ck, score_q=score_q, score_k=score_k)

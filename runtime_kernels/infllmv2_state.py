@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SparseConfig
-from .infllmv2_vectorized import compress_keys, num_kernels
+from edgecpm.config import SparseConfig
+from edgecpm.runtime_kernels.infllmv2_vectorized import compress_keys, num_kernels
 
 
 class InfLLMv2State:
@@ -34,7 +34,7 @@ class InfLLMv2State:
         if self.ck is None:
             self.ck = k.new_zeros((k.shape[0], k.shape[1], 0, k.shape[3]), dtype=torch.float32)
         if need > have:
-            tail = k[:, :, have * st:(need - 1) * st + ks]
+            tail = k[:, :, have * st : (need - 1) * st + ks]
             self.ck = torch.cat([self.ck, compress_keys(tail, ks, st)], dim=2)
             self.kernels_computed += need - have
         self.length = s
@@ -43,7 +43,7 @@ class InfLLMv2State:
     def truncate(self, n: int) -> None:
         """Keep the state of the first n tokens."""
         if self.ck is not None:
-            self.ck = self.ck[:, :, :num_kernels(n, self.sparse.kernel_size, self.sparse.kernel_stride)]
+            self.ck = self.ck[:, :, : num_kernels(n, self.sparse.kernel_size, self.sparse.kernel_stride)]
         self.length = min(self.length, n)
 
 

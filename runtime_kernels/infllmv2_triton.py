@@ -16,17 +16,48 @@ import torch
 import triton
 import triton.language as tl
 
-from ..config import SparseConfig
-from .dense import dense_attention
-from .infllmv2_vectorized import QUERY_CHUNK, block_scores, compress_keys_padded, num_kernels, select_blocks
+from edgecpm.config import SparseConfig
+from edgecpm.runtime_kernels.dense import dense_attention
+from edgecpm.runtime_kernels.infllmv2_vectorized import (
+    QUERY_CHUNK,
+    block_scores,
+    compress_keys_padded,
+    num_kernels,
+    select_blocks,
+)
 
 
 @triton.jit
-def _sparse_block_attn(Q, K, V, IDX, ACC, ML, T, S, SLOTS, PER_SPLIT, G, D, scale,
-                       stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_ks,
-                       stride_ib, stride_ih, stride_it, H_KV, SPLITS,
-                       BLOCK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                       BLOCK_N: tl.constexpr):
+def _sparse_block_attn(
+    Q,
+    K,
+    V,
+    IDX,
+    ACC,
+    ML,
+    T,
+    S,
+    SLOTS,
+    PER_SPLIT,
+    G,
+    D,
+    scale,
+    stride_qb,
+    stride_qh,
+    stride_qt,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_ib,
+    stride_ih,
+    stride_it,
+    H_KV,
+    SPLITS,
+    BLOCK: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     pid_bh = tl.program_id(0)
     t = tl.program_id(1)
     split = tl.program_id(2)
@@ -75,8 +106,16 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (max(1, n) - 1).bit_length())
 
 
-def sparse_blocks_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
-                         valid: torch.Tensor, block_size: int, scale: float, splits: int | None = None) -> torch.Tensor:
+def sparse_blocks_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    valid: torch.Tensor,
+    block_size: int,
+    scale: float,
+    splits: int | None = None,
+) -> torch.Tensor:
     """Stage 2 over chosen blocks: idx/valid `[B, Hkv, T, slots]` from `select_blocks`. Returns fp32.
 
     The slots of each query are split over `splits` programs (flash-decoding) so that decode, with only
@@ -96,10 +135,35 @@ def sparse_blocks_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx:
     acc = torch.empty(b * hkv, t, splits, bg, bd, dtype=torch.float32, device=q.device)
     ml = torch.empty(b * hkv, t, splits, 2, bg, dtype=torch.float32, device=q.device)
     _sparse_block_attn[(b * hkv, t, splits)](
-        q, k, v, idx, acc, ml, t, s, slots, per_split, g, d, scale,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        idx.stride(0), idx.stride(1), idx.stride(2), hkv, splits,
-        BLOCK=block_size, BLOCK_G=bg, BLOCK_D=bd, BLOCK_N=_pow2(block_size))
+        q,
+        k,
+        v,
+        idx,
+        acc,
+        ml,
+        t,
+        s,
+        slots,
+        per_split,
+        g,
+        d,
+        scale,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        idx.stride(0),
+        idx.stride(1),
+        idx.stride(2),
+        hkv,
+        splits,
+        BLOCK=block_size,
+        BLOCK_G=bg,
+        BLOCK_D=bd,
+        BLOCK_N=_pow2(block_size),
+    )
     m, l_sum = ml[:, :, :, 0], ml[:, :, :, 1]  # [B*Hkv, T, splits, BG]
     m_all = m.amax(2, keepdim=True)
     w = torch.exp(m - m_all)
@@ -108,9 +172,16 @@ def sparse_blocks_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, idx:
     return out.reshape(b, hq, t, d)
 
 
-def infllmv2_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: SparseConfig,
-                    ck: torch.Tensor | None = None, scale: float | None = None,
-                    score_q: torch.Tensor | None = None, score_k: torch.Tensor | None = None) -> torch.Tensor:
+def infllmv2_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sp: SparseConfig,
+    ck: torch.Tensor | None = None,
+    scale: float | None = None,
+    score_q: torch.Tensor | None = None,
+    score_k: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Same contract as `infllmv2_vectorized`; selection in torch, attention in Triton."""
     s = k.shape[2]
     if 0 <= sp.dense_len and s < sp.dense_len:
@@ -124,8 +195,9 @@ def infllmv2_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: Spars
     for start in range(0, t, QUERY_CHUNK):
         end = min(t, start + QUERY_CHUNK)
         s_c = s - t + end
-        ck_c = ck[:, :, :num_kernels(s_c, sp.kernel_size, sp.kernel_stride)]
+        ck_c = ck[:, :, : num_kernels(s_c, sp.kernel_size, sp.kernel_stride)]
         idx, valid = select_blocks(block_scores(score_q[:, :, start:end], ck_c, s_c, sp), sp)
-        outs.append(sparse_blocks_triton(q[:, :, start:end], k[:, :, :s_c], v[:, :, :s_c], idx, valid,
-                                         sp.block_size, scale))
+        outs.append(
+            sparse_blocks_triton(q[:, :, start:end], k[:, :, :s_c], v[:, :, :s_c], idx, valid, sp.block_size, scale)
+        )
     return torch.cat(outs, dim=2).to(q.dtype)

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..config import SparseConfig
+from edgecpm.config import SparseConfig
 
 # eager prefill: queries per chunk, bytes per batch of score/gather tensors
 QUERY_CHUNK = 256
@@ -84,7 +84,7 @@ def block_scores(q: torch.Tensor, ck: torch.Tensor, s: int, sp: SparseConfig) ->
     per_block = shared.view(b, hkv, t, nb, r)
     pooled = per_block.amax(-1)
     if pad:
-        spill = F.pad(per_block[..., r - pad:].amax(-1), (1, 0))[..., :nb]  # previous block's last kernels
+        spill = F.pad(per_block[..., r - pad :].amax(-1), (1, 0))[..., :nb]  # previous block's last kernels
         pooled = torch.maximum(pooled, spill)
     blk = torch.arange(nb, device=q.device)
     qblk = (pos // bs)[:, None]
@@ -111,9 +111,17 @@ def select_blocks(scores: torch.Tensor, sp: SparseConfig) -> tuple[torch.Tensor,
     return torch.where(valid, order, torch.zeros_like(order)), valid
 
 
-def _attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uidx: torch.Tensor,
-                   allowed: torch.Tensor, s: int, block_size: int, scale: float,
-                   pos: torch.Tensor | None = None) -> torch.Tensor:
+def _attend_groups(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    uidx: torch.Tensor,
+    allowed: torch.Tensor,
+    s: int,
+    block_size: int,
+    scale: float,
+    pos: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Attention of query groups over gathered blocks.
 
     q `[B, Hkv, G, N, Qg, D]` (N groups of Qg consecutive queries), uidx `[B, Hkv, N, U]` block indices,
@@ -148,9 +156,15 @@ def _attend_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uidx: torc
     return out.permute(0, 1, 3, 2, 4, 5).to(q.dtype)
 
 
-def sparse_attention_traced(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor,
-                            sp: SparseConfig, scale: float | None = None,
-                            score_q: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_attention_traced(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ck: torch.Tensor,
+    sp: SparseConfig,
+    scale: float | None = None,
+    score_q: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The sparse path with one gather per query: what `torch.export` sees (dynamic S and T)."""
     b, hq, t, d = q.shape
     hkv, s = k.shape[1], k.shape[2]
@@ -162,19 +176,51 @@ def sparse_attention_traced(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
     return out.reshape(b, hq, t, d)
 
 
-def _attend_batched(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, uidx: torch.Tensor, allowed: torch.Tensor,
-                    s: int, block_size: int, scale: float, pos: torch.Tensor) -> torch.Tensor:
+def _attend_batched(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    uidx: torch.Tensor,
+    allowed: torch.Tensor,
+    s: int,
+    block_size: int,
+    scale: float,
+    pos: torch.Tensor,
+) -> torch.Tensor:
     """`_attend_groups` over batches of groups, each batch's gathered keys and scores about SCORE_BYTES."""
     b, hkv, g, n, qg, d = q.shape
     u = uidx.shape[-1]
     per_group = b * hkv * u * block_size * 4 * (g * qg + 2 * d)
     step = max(1, SCORE_BYTES // max(per_group, 1))
-    return torch.cat([_attend_groups(q[:, :, :, i:i + step], k, v, uidx[:, :, i:i + step], allowed[:, :, i:i + step],
-                                     s, block_size, scale, pos[i:i + step]) for i in range(0, n, step)], dim=3)
+    return torch.cat(
+        [
+            _attend_groups(
+                q[:, :, :, i : i + step],
+                k,
+                v,
+                uidx[:, :, i : i + step],
+                allowed[:, :, i : i + step],
+                s,
+                block_size,
+                scale,
+                pos[i : i + step],
+            )
+            for i in range(0, n, step)
+        ],
+        dim=3,
+    )
 
 
-def _sparse_chunk_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor, s: int,
-                        sp: SparseConfig, scale: float, score_q: torch.Tensor) -> torch.Tensor:
+def _sparse_chunk_eager(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ck: torch.Tensor,
+    s: int,
+    sp: SparseConfig,
+    scale: float,
+    score_q: torch.Tensor,
+) -> torch.Tensor:
     """Eager prefill chunk. When the queries of a 64-query block mostly agree on their blocks, the block's
     union is gathered once and shared (a block-sparse matmul); when they disagree (union much larger than
     the budget), each query gathers its own blocks, so the cost stays bounded by the budget either way."""
@@ -196,8 +242,9 @@ def _sparse_chunk_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: t
     u = int(union.sum(-1).max())
     if u > UNION_LIMIT * idx.shape[-1]:
         pos = (torch.arange(t, device=q.device) + (s - t)).view(t, 1)
-        out = _attend_batched(q.view(b, hkv, g, t, 1, d), k, v, idx, valid[:, :, :, None, :], s, sp.block_size,
-                              scale, pos)
+        out = _attend_batched(
+            q.view(b, hkv, g, t, 1, d), k, v, idx, valid[:, :, :, None, :], s, sp.block_size, scale, pos
+        )
         return out.reshape(b, hq, t, d)
     _, uidx = torch.sort(union.to(torch.int8), dim=-1, descending=True, stable=True)
     uidx = uidx[..., :u]
@@ -209,15 +256,22 @@ def _sparse_chunk_eager(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: t
     return out.reshape(b, hkv, g, n * qg_size, d)[:, :, :, front:].reshape(b, hq, t, d)
 
 
-def infllmv2_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: SparseConfig,
-                        ck: torch.Tensor | None = None, scale: float | None = None,
-                        score_q: torch.Tensor | None = None, score_k: torch.Tensor | None = None) -> torch.Tensor:
+def infllmv2_vectorized(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    sp: SparseConfig,
+    ck: torch.Tensor | None = None,
+    scale: float | None = None,
+    score_q: torch.Tensor | None = None,
+    score_k: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sparse attention (dense below `dense_len`).
 
     `ck`: precomputed compressed keys (decode state). `score_q` / `score_k`: other queries/keys to select blocks
     with (the pre-RoPE ones when `use_nope`); attention itself always uses q, k, v.
     """
-    from .dense import dense_attention
+    from edgecpm.runtime_kernels.dense import dense_attention
 
     s = k.shape[2]
     if 0 <= sp.dense_len and s < sp.dense_len:
@@ -234,7 +288,16 @@ def infllmv2_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sp: S
         end = min(t, start + QUERY_CHUNK)
         # the chunk's queries are the last (end) positions of a context of s - t + end keys
         s_c = s - t + end
-        outs.append(_sparse_chunk_eager(q[:, :, start:end], k[:, :, :s_c], v[:, :, :s_c],
-                                        ck[:, :, :num_kernels(s_c, sp.kernel_size, sp.kernel_stride)],
-                                        s_c, sp, scale, score_q[:, :, start:end]))
+        outs.append(
+            _sparse_chunk_eager(
+                q[:, :, start:end],
+                k[:, :, :s_c],
+                v[:, :, :s_c],
+                ck[:, :, : num_kernels(s_c, sp.kernel_size, sp.kernel_stride)],
+                s_c,
+                sp,
+                scale,
+                score_q[:, :, start:end],
+            )
+        )
     return torch.cat(outs, dim=2)

@@ -15,14 +15,15 @@ import math
 
 import torch
 
-from ..errors import EdgecpmError
-from . import registry
+from edgecpm.errors import EdgecpmError
+from edgecpm.runtime_kernels import registry
 
 CHUNK = 64
 
 
 def alibi_slopes(num_heads: int) -> list[float]:
     """ALiBi slopes: for a power of two n, slope_h = 2^(-8(h+1)/n); otherwise the standard interleave."""
+
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
         return [start ** (h + 1) for h in range(n)]
@@ -30,7 +31,7 @@ def alibi_slopes(num_heads: int) -> list[float]:
     if num_heads & (num_heads - 1) == 0:
         return power_of_two(num_heads)
     closest = 2 ** int(math.floor(math.log2(num_heads)))
-    return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][:num_heads - closest]
+    return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
 
 
 def sala_log_decay(num_heads: int) -> torch.Tensor:
@@ -38,8 +39,14 @@ def sala_log_decay(num_heads: int) -> torch.Tensor:
     return -torch.tensor(alibi_slopes(num_heads), dtype=torch.float32)
 
 
-def lightning_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
-                        scale: float, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def lightning_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float,
+    state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One token at a time, straight from the recurrence."""
     b, h, t, dk = q.shape
     dv = v.shape[-1]
@@ -52,9 +59,15 @@ def lightning_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_d
     return out, s
 
 
-def lightning_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor,
-                         scale: float, state: torch.Tensor | None = None,
-                         chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+def lightning_vectorized(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float,
+    state: torch.Tensor | None = None,
+    chunk: int = CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked form: per chunk, intra-chunk attention under a decay mask plus the state carried in."""
     b, h, t, dk = q.shape
     dv = v.shape[-1]
@@ -63,7 +76,7 @@ def lightning_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     g = log_decay.float().to(q.device)[None, :, None]  # [1, H, 1]
     outs = []
     for start in range(0, t, chunk):
-        qc, kc, vc = q[:, :, start:start + chunk], k[:, :, start:start + chunk], v[:, :, start:start + chunk]
+        qc, kc, vc = q[:, :, start : start + chunk], k[:, :, start : start + chunk], v[:, :, start : start + chunk]
         n = qc.shape[2]
         i = torch.arange(n, device=q.device, dtype=torch.float32)
         diff = i[:, None] - i[None, :]
@@ -76,22 +89,32 @@ def lightning_vectorized(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_
     return torch.cat(outs, dim=2), s
 
 
-def lightning_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, *,
-                        scale: float | None = None, state: torch.Tensor | None = None,
-                        impl: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def lightning_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    *,
+    scale: float | None = None,
+    state: torch.Tensor | None = None,
+    impl: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Lightning attention of T new tokens continuing from `state`; returns (out fp32, new state)."""
     if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise EdgecpmError(f"lightning_attention expects q, k [B,H,T,Dk] and v [B,H,T,Dv]; got {list(q.shape)}, "
-                           f"{list(k.shape)}, {list(v.shape)}")
+        raise EdgecpmError(
+            f"lightning_attention expects q, k [B,H,T,Dk] and v [B,H,T,Dv]; got {list(q.shape)}, "
+            f"{list(k.shape)}, {list(v.shape)}"
+        )
     if log_decay.shape != (q.shape[1],):
-        raise EdgecpmError(f"lightning_attention: log_decay has shape {list(log_decay.shape)}; expected "
-                           f"[{q.shape[1]}] (one per head)")
+        raise EdgecpmError(
+            f"lightning_attention: log_decay has shape {list(log_decay.shape)}; expected [{q.shape[1]}] (one per head)"
+        )
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     name = registry.resolve("lightning", q.device, impl)
     if name == "reference":
         return lightning_reference(q, k, v, log_decay, scale, state)
     if name == "triton":
-        from .lightning_triton import lightning_triton
+        from edgecpm.runtime_kernels.lightning_triton import lightning_triton
 
         return lightning_triton(q, k, v, log_decay, scale, state)
     return lightning_vectorized(q, k, v, log_decay, scale, state)
@@ -111,8 +134,15 @@ class LightningState:
         self._base: tuple[torch.Tensor | None, int] = (None, 0)
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, scale: float,
-            impl: str | None = None) -> torch.Tensor:
+    def run(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        log_decay: torch.Tensor,
+        scale: float,
+        impl: str | None = None,
+    ) -> torch.Tensor:
         """Attend T new tokens and advance the state; returns `[B, H, T, Dv]` fp32."""
         self._base = (self.state, self.length)
         self._last = (k, v)
@@ -126,15 +156,18 @@ class LightningState:
             return
         base_state, base_len = self._base
         if self._last is None or not base_len <= n < self.length:
-            raise EdgecpmError(f"cannot roll a lightning-attention state back from {self.length} to {n} tokens "
-                               f"(only to {base_len}..{self.length}, the span of the latest call)")
+            raise EdgecpmError(
+                f"cannot roll a lightning-attention state back from {self.length} to {n} tokens "
+                f"(only to {base_len}..{self.length}, the span of the latest call)"
+            )
         k, v = self._last
         keep = n - base_len
         if keep == 0:
             self.state = base_state
         else:
             dummy_q = k[:, :, :keep]
-            _, self.state = lightning_vectorized(dummy_q, k[:, :, :keep], v[:, :, :keep], self._log_decay, 1.0,
-                                                 base_state)
+            _, self.state = lightning_vectorized(
+                dummy_q, k[:, :, :keep], v[:, :, :keep], self._log_decay, 1.0, base_state
+            )
         self.length = n
         self._last = (k[:, :, :keep], v[:, :, :keep])

@@ -14,8 +14,9 @@ import triton.language as tl
 
 
 @triton.jit
-def _lightning_chunked(Q, K, V, G, S0, O, SOUT, T, H, DK, DV, scale,
-                       BLOCK_T: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr):
+def _lightning_chunked(
+    Q, K, V, G, S0, O, SOUT, T, H, DK, DV, scale, BLOCK_T: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr
+):
     bh = tl.program_id(0)
     pv = tl.program_id(1)
     g = tl.load(G + bh % H)
@@ -35,8 +36,7 @@ def _lightning_chunked(Q, K, V, G, S0, O, SOUT, T, H, DK, DV, scale,
         qk_off = bh * T * DK + tt[:, None] * DK + offs_k[None, :]
         q = tl.load(Q + qk_off, mask=mt[:, None] & mk[None, :], other=0.0)
         k = tl.load(K + qk_off, mask=mt[:, None] & mk[None, :], other=0.0)
-        v = tl.load(V + bh * T * DV + tt[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :],
-                    other=0.0)
+        v = tl.load(V + bh * T * DV + tt[:, None] * DV + offs_v[None, :], mask=mt[:, None] & mv[None, :], other=0.0)
         n = tl.minimum(T - t0, BLOCK_T).to(tl.float32)
         att = tl.dot(q, tl.trans(k), input_precision="ieee") * intra
         o = tl.dot(att, v, input_precision="ieee")
@@ -51,8 +51,15 @@ def _pow2(n: int) -> int:
     return max(16, 1 << (max(1, n) - 1).bit_length())
 
 
-def lightning_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, scale: float,
-                     state: torch.Tensor | None = None, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+def lightning_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    scale: float,
+    state: torch.Tensor | None = None,
+    chunk: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as `lightning_vectorized`: (out `[B, H, T, Dv]` fp32, final state fp32)."""
     b, h, t, dk = q.shape
     dv = v.shape[-1]
@@ -62,6 +69,21 @@ def lightning_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_deca
     s_out = torch.empty_like(s0)
     block_dv = min(64, _pow2(dv))
     grid = (b * h, triton.cdiv(dv, block_dv))
-    _lightning_chunked[grid](q, k, v, log_decay.float().to(q.device).contiguous(), s0, out, s_out, t, h, dk, dv,
-                             scale, BLOCK_T=_pow2(min(chunk, max(t, 1))), BLOCK_DK=_pow2(dk), BLOCK_DV=block_dv)
+    _lightning_chunked[grid](
+        q,
+        k,
+        v,
+        log_decay.float().to(q.device).contiguous(),
+        s0,
+        out,
+        s_out,
+        t,
+        h,
+        dk,
+        dv,
+        scale,
+        BLOCK_T=_pow2(min(chunk, max(t, 1))),
+        BLOCK_DK=_pow2(dk),
+        BLOCK_DV=block_dv,
+    )
     return out, s_out

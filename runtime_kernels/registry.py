@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 IMPLS = ("reference", "vectorized", "triton")
 KERNELS = ("infllmv2", "lightning", "ternary")
@@ -37,8 +37,7 @@ def _from_env(kernel: str) -> str | None:
     for part in raw.split(","):
         name, _, value = part.partition("=")
         if name.strip() not in KERNELS:
-            raise EdgecpmError(f"EDGECPM_KERNELS names kernel {name.strip()!r}; expected one of "
-                               f"{', '.join(KERNELS)}")
+            raise EdgecpmError(f"EDGECPM_KERNELS names kernel {name.strip()!r}; expected one of {', '.join(KERNELS)}")
         if name.strip() == kernel:
             return value.strip()
     return None
@@ -50,12 +49,10 @@ def resolve(kernel: str, device: torch.device, impl: str | None = None) -> str:
     if choice is None:
         return "vectorized"
     if choice not in IMPLS:
-        raise EdgecpmError(f"kernel implementation {choice!r} for {kernel}; expected one of "
-                           f"{', '.join(IMPLS)}")
+        raise EdgecpmError(f"kernel implementation {choice!r} for {kernel}; expected one of {', '.join(IMPLS)}")
     if choice == "triton":
         if not triton_available():
             raise EdgecpmError("the triton kernels need the 'triton' package (pip install edgecpm[triton])")
         if device.type != "cuda" and not triton_interpreting():
-            raise EdgecpmError(f"the triton kernels need a CUDA device or TRITON_INTERPRET=1 (tensor on "
-                               f"{device})")
+            raise EdgecpmError(f"the triton kernels need a CUDA device or TRITON_INTERPRET=1 (tensor on {device})")
     return choice

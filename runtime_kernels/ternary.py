@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import EdgecpmError
-from . import registry
+from edgecpm.errors import EdgecpmError
+from edgecpm.runtime_kernels import registry
 
 ROW_TILE = 256
 
@@ -45,8 +45,10 @@ class TernaryWeight:
 
 def _check(k: int, group: int) -> None:
     if group <= 0 or group % 4 or k % group:
-        raise EdgecpmError(f"ternary packing needs a group size that is a multiple of 4 and divides the input "
-                           f"width; got group {group} for width {k}")
+        raise EdgecpmError(
+            f"ternary packing needs a group size that is a multiple of 4 and divides the input "
+            f"width; got group {group} for width {k}"
+        )
 
 
 def pack_ternary(codes: torch.Tensor, scales: torch.Tensor, group: int) -> TernaryWeight:
@@ -152,7 +154,7 @@ def ternary_matmul(x: torch.Tensor, tw: TernaryWeight, *, impl: str | None = Non
     if name == "reference":
         return ternary_matmul_reference(x, tw)
     if name == "triton" and tw.trits_per_byte == 4:
-        from .ternary_triton import ternary_matmul_triton
+        from edgecpm.runtime_kernels.ternary_triton import ternary_matmul_triton
 
         return ternary_matmul_triton(x, tw)
     return ternary_matmul_vectorized(x, tw)

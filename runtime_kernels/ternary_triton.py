@@ -15,8 +15,23 @@ import triton.language as tl
 
 
 @triton.jit
-def _ternary_mm(X, P, SC, O, M, N, K, GROUP, stride_xm, stride_pn, stride_sn, stride_om,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _ternary_mm(
+    X,
+    P,
+    SC,
+    O,
+    M,
+    N,
+    K,
+    GROUP,
+    stride_xm,
+    stride_pn,
+    stride_sn,
+    stride_om,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -47,6 +62,21 @@ def ternary_matmul_triton(x: torch.Tensor, tw: Any) -> torch.Tensor:
     out = torch.empty(m, n, device=x.device)
     block_m = 16 if m <= 16 else 64
     grid = (triton.cdiv(m, block_m), triton.cdiv(n, 64))
-    _ternary_mm[grid](xf, packed, scales, out, m, n, k, tw.group, xf.stride(0), packed.stride(0), scales.stride(0),
-                      out.stride(0), BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=64)
+    _ternary_mm[grid](
+        xf,
+        packed,
+        scales,
+        out,
+        m,
+        n,
+        k,
+        tw.group,
+        xf.stride(0),
+        packed.stride(0),
+        scales.stride(0),
+        out.stride(0),
+        BLOCK_M=block_m,
+        BLOCK_N=64,
+        BLOCK_K=64,
+    )
     return out.reshape(*x.shape[:-1], n)

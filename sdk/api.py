@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend
-from .backends.registry import open_backend
-from .config import ModelConfig, is_preset
-from .default_model import resolve_model_path
-from .errors import EdgecpmError
-from .generation import GenerationResult, Generator, SamplingParams
-from .tokenizer import Tokenizer
+from edgecpm.backends.base import Backend
+from edgecpm.backends.registry import open_backend
+from edgecpm.config import ModelConfig, is_preset
+from edgecpm.default_model import resolve_model_path
+from edgecpm.errors import EdgecpmError
+from edgecpm.generation import GenerationResult, Generator, SamplingParams
+from edgecpm.tokenizer import Tokenizer
 
 
 @dataclass
@@ -42,10 +42,19 @@ class LoadedModel:
         bos_text = tok.id_to_text(tok.bos_id) if tok.bos_id is not None else None
         return tok.encode(text, add_bos=tok.add_bos and not (bos_text and text.startswith(bos_text)))
 
-    def generate(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
-                 temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                 stop: Sequence[str] | str | None = None, stream: bool = False, draft: Any = None,
-                 draft_tokens: int | None = None) -> str | Iterator[str]:
+    def generate(
+        self,
+        prompt_or_messages: str | Sequence[dict[str, str]],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        stream: bool = False,
+        draft: Any = None,
+        draft_tokens: int | None = None,
+    ) -> str | Iterator[str]:
         """Generated text, or an iterator of text pieces with `stream=True`.
 
         `draft` turns on speculative decoding (same output): "prompt-lookup", "eagle", a draft model path, a
@@ -57,10 +66,18 @@ class LoadedModel:
             return generator.stream(ids, max_new_tokens, params, stops)
         return generator.run(ids, max_new_tokens, params, stops).text
 
-    def generate_result(self, prompt_or_messages: str | Sequence[dict[str, str]], max_new_tokens: int = 128,
-                        temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                        stop: Sequence[str] | str | None = None, draft: Any = None,
-                        draft_tokens: int | None = None) -> GenerationResult:
+    def generate_result(
+        self,
+        prompt_or_messages: str | Sequence[dict[str, str]],
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Sequence[str] | str | None = None,
+        draft: Any = None,
+        draft_tokens: int | None = None,
+    ) -> GenerationResult:
         """Like `generate` but with token ids, finish reason and timings (and `extra["speculative"]` stats)."""
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
         return self._generator(draft, draft_tokens).run(ids, max_new_tokens, params, stops)
@@ -68,7 +85,7 @@ class LoadedModel:
     def _generator(self, draft: Any, draft_tokens: int | None) -> Generator:
         speculator = None
         if draft is not None:
-            from .speculative import speculator_for
+            from edgecpm.speculative import speculator_for
 
             speculator = speculator_for(draft, self, draft_tokens)
         return Generator(self.backend, self.tokenizer, self.config.eos_token_ids, speculator=speculator)
@@ -87,17 +104,31 @@ class LoadedModel:
             raise EdgecpmError(f"token id {bad[0]} is outside the vocabulary (size {self.config.vocab_size})")
         return np.asarray(self.backend.prefill(ids, all_logits=True), dtype=np.float32)
 
-    def _prepare(self, prompt: Any, temperature: float, top_p: float, top_k: int, seed: int | None,
-                 stop: Sequence[str] | str | None) -> tuple[list[int], SamplingParams, list[str]]:
+    def _prepare(
+        self,
+        prompt: Any,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+        stop: Sequence[str] | str | None,
+    ) -> tuple[list[int], SamplingParams, list[str]]:
         ids = self.encode_prompt(prompt)
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         return ids, params, stops
 
 
-def load(path: str | Path | None = None, backend: str = "auto", device: str | None = None,
-         dtype: str | None = None, threads: int | None = None, progress: bool = False,
-         ode_steps: int | None = None, **options: Any) -> LoadedModel:
+def load(
+    path: str | Path | None = None,
+    backend: str = "auto",
+    device: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    ode_steps: int | None = None,
+    **options: Any,
+) -> LoadedModel:
     """Open a checkpoint, GGUF file or artifact and return a `LoadedModel`.
 
     `device` names a device profile (e.g. "host"); it supplies the thread count unless `threads` is given.
@@ -112,27 +143,36 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
     if threads is None and device is not None:
         threads = _threads_from_profile(device)
 
-    from .exporters.manifest import FORMAT_BACKENDS, is_artifact, read_manifest
+    from edgecpm.exporters.manifest import FORMAT_BACKENDS, is_artifact, read_manifest
 
     if p.is_dir() and is_artifact(p):
         manifest = read_manifest(p)
         name = FORMAT_BACKENDS[manifest.format] if backend == "auto" else backend
         if name == "torch":
             if manifest.format != "gguf":
-                raise EdgecpmError(f"the torch backend cannot run a {manifest.format} artifact; load its source "
-                                   "checkpoint instead")
+                raise EdgecpmError(
+                    f"the torch backend cannot run a {manifest.format} artifact; load its source checkpoint instead"
+                )
             # a GGUF artifact's weights are readable: run them on the reference model (e.g. with sparse attention)
-            return load(p / manifest.model_files[0], backend="torch", dtype=dtype, threads=threads,
-                        progress=progress, ode_steps=ode_steps, **options)
+            return load(
+                p / manifest.model_files[0],
+                backend="torch",
+                dtype=dtype,
+                threads=threads,
+                progress=progress,
+                ode_steps=ode_steps,
+                **options,
+            )
         _check_fixed_steps(manifest.model_config, ode_steps, manifest.format)
-        opened = open_backend(name, p, manifest.model_config, manifest, dtype=dtype, threads=threads,
-                              progress=progress, **options)
+        opened = open_backend(
+            name, p, manifest.model_config, manifest, dtype=dtype, threads=threads, progress=progress, **options
+        )
         backend_obj, tokenizer = opened.backend, opened.tokenizer
         if tokenizer is None:
             tokenizer = _artifact_tokenizer(p, manifest.model_config)
         return LoadedModel(p, manifest.model_config, tokenizer, backend_obj, manifest.format)
 
-    from .weights import open_checkpoint
+    from edgecpm.weights import open_checkpoint
 
     config, source = open_checkpoint(p)
     if p.suffix == ".gguf" and backend == "llama.cpp":
@@ -140,39 +180,42 @@ def load(path: str | Path | None = None, backend: str = "auto", device: str | No
     else:
         config = config.with_ode_steps(ode_steps)
     if p.suffix == ".gguf":
-        from .gguf_vocab import tokenizer_from_gguf
+        from edgecpm.gguf_vocab import tokenizer_from_gguf
 
         tokenizer = tokenizer_from_gguf(source.reader, config.eos_token_ids)
         fmt = "gguf"
     else:
-        from .tokenizer import load_tokenizer_dir
+        from edgecpm.tokenizer import load_tokenizer_dir
 
         tokenizer = load_tokenizer_dir(p, bos_id=config.bos_token_id, eos_ids=config.eos_token_ids)
         fmt = "hf"
     name = "torch" if backend == "auto" else backend
     if name == "llama.cpp" and fmt != "gguf":
         raise EdgecpmError("the llama.cpp backend runs .gguf files; export the checkpoint with --format gguf first")
-    backend_obj = open_backend(name, p, config, None, source=source, dtype=dtype, threads=threads,
-                               progress=progress, **options).backend
+    backend_obj = open_backend(
+        name, p, config, None, source=source, dtype=dtype, threads=threads, progress=progress, **options
+    ).backend
     return LoadedModel(p, config, tokenizer, backend_obj, fmt)
 
 
 def _check_fixed_steps(config: ModelConfig, ode_steps: int | None, fmt: str) -> None:
     """Exported graphs have their depth built in: only the step count they were exported with can run."""
     if ode_steps is not None and ode_steps != config.num_layers:
-        raise EdgecpmError(f"this {fmt} model runs {config.num_layers} layer steps (fixed at export); export it "
-                           f"with --option ode_steps={ode_steps}, or load the source checkpoint with ode_steps")
+        raise EdgecpmError(
+            f"this {fmt} model runs {config.num_layers} layer steps (fixed at export); export it "
+            f"with --option ode_steps={ode_steps}, or load the source checkpoint with ode_steps"
+        )
 
 
 def _artifact_tokenizer(directory: Path, config: ModelConfig) -> Tokenizer:
-    from .tokenizer import load_tokenizer_dir
+    from edgecpm.tokenizer import load_tokenizer_dir
 
     return load_tokenizer_dir(directory, bos_id=config.bos_token_id, eos_ids=config.eos_token_ids)
 
 
 def _threads_from_profile(device: str) -> int | None:
     try:
-        from .device_profiles import load_profile
+        from edgecpm.device_profiles import load_profile
     except ImportError:
         raise EdgecpmError(f"device profiles are not available; cannot use device {device!r}") from None
     profile = load_profile(device)

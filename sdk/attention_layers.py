@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import LayerSpec, ModelConfig
-from .kv_cache import KVCache
-from .layers import RMSNorm, apply_rotary
-from .runtime_kernels import InfLLMv2State, dense_attention, infllmv2_attention
-from .runtime_kernels.infllmv2_state import KeyHistory
-from .runtime_kernels.lightning import LightningState, lightning_attention, sala_log_decay
+from edgecpm.config import LayerSpec, ModelConfig
+from edgecpm.kv_cache import KVCache
+from edgecpm.layers import RMSNorm, apply_rotary
+from edgecpm.runtime_kernels import InfLLMv2State, dense_attention, infllmv2_attention
+from edgecpm.runtime_kernels.infllmv2_state import KeyHistory
+from edgecpm.runtime_kernels.lightning import LightningState, lightning_attention, sala_log_decay
 
 
 class SoftmaxAttention(nn.Module):
@@ -35,8 +35,9 @@ class SoftmaxAttention(nn.Module):
         self.use_rope = spec.use_rope
         self.sparse = config.sparse if spec.attention == "infllmv2" else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
-                layer_index: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer_index: int
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -57,9 +58,16 @@ class SoftmaxAttention(nn.Module):
             out = out * torch.sigmoid(self.o_gate(x))
         return self.o_proj(out)
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache | None,
-               layer_index: int, score_q: torch.Tensor | None = None,
-               score_k: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cache: KVCache | None,
+        layer_index: int,
+        score_q: torch.Tensor | None = None,
+        score_k: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Dense, or InfLLM v2 (which itself stays dense while the context is shorter than `dense_len`)."""
         if self.sparse is None:
             return dense_attention(q, k, v)
@@ -93,7 +101,7 @@ class LightningAttention(nn.Module):
         self.z_proj = nn.Linear(h, inner, bias=False) if lc.output_gate else None
         self.use_rope = spec.use_rope
         self.rope_theta = config.rope_theta
-        self.scale = lc.head_dim ** -0.5
+        self.scale = lc.head_dim**-0.5
         # not a buffer: the model is built on the meta device and `to_empty` would leave a buffer uninitialized
         self._log_decay: torch.Tensor | None = None
 
@@ -104,8 +112,9 @@ class LightningAttention(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         return apply_rotary(x, emb.cos(), emb.sin())
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
-                layer_index: int) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer_index: int
+    ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).float()
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).float()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 MINICPM4_CHATML = (
     "{% for message in messages %}"
@@ -29,8 +29,13 @@ def _sandbox():
         intercepted_binops = frozenset(["*", "**", "%", "+"])
 
         def call_binop(self, context, operator, left, right):  # noqa: ANN001 - jinja2's signature
-            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64 \
-                    and isinstance(left, (int, float)) and abs(left) > 1:
+            if (
+                operator == "**"
+                and isinstance(right, (int, float))
+                and abs(right) > 64
+                and isinstance(left, (int, float))
+                and abs(left) > 1
+            ):
                 raise EdgecpmError("chat template error: exponent too large")
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
@@ -60,8 +65,14 @@ def _bounded_filter(fn):
     return wrapper
 
 
-def render_chat(template: str | None, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool = True,
-                bos_token: str = "", eos_token: str = "") -> str:
+def render_chat(
+    template: str | None,
+    messages: Sequence[dict[str, str]],
+    *,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+) -> str:
     import sys
 
     from jinja2 import TemplateError
@@ -89,8 +100,12 @@ def render_chat(template: str | None, messages: Sequence[dict[str, str]], *, add
         compiled = env.from_string(template or MINICPM4_CHATML)
         sys.settrace(tracer)
         try:
-            out = compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                  bos_token=bos_token, eos_token=eos_token)
+            out = compiled.render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token=bos_token,
+                eos_token=eos_token,
+            )
         finally:
             sys.settrace(previous)
     except EdgecpmError:

@@ -16,15 +16,16 @@ import time
 import traceback
 from pathlib import Path
 
-from . import commands
-from .errors import EdgecpmError
-from .optional import missing_dependency
-from .version import __version__
+from edgecpm import commands
+from edgecpm.errors import EdgecpmError
+from edgecpm.optional import missing_dependency
+from edgecpm.version import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgecpm", description="Export, run and profile MiniCPM4-family models "
-                                     "on edge devices.")
+    parser = argparse.ArgumentParser(
+        prog="edgecpm", description="Export, run and profile MiniCPM4-family models on edge devices."
+    )
     parser.add_argument("--version", action="version", version=f"edgecpm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -56,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a log file
         log = write_crash_log(argv if argv is not None else sys.argv[1:])
         where = f"; full log: {log}" if log else ""
-        print(f"edgecpm: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{where}",
-              file=sys.stderr)
+        print(
+            f"edgecpm: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{where}", file=sys.stderr
+        )
         return 1
 
 
@@ -71,8 +73,10 @@ def write_crash_log(argv: list[str]) -> Path | None:
         folder = crash_log_dir()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-        path.write_text(f"edgecpm {__version__}, python {sys.version.split()[0]}\nargv: {argv}\n\n"
-                        f"{traceback.format_exc()}", encoding="utf-8")
+        path.write_text(
+            f"edgecpm {__version__}, python {sys.version.split()[0]}\nargv: {argv}\n\n{traceback.format_exc()}",
+            encoding="utf-8",
+        )
         return path
     except OSError:
         return None

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import ConfigError, EdgecpmError
-from .jsonfile import read_json
+from edgecpm.errors import ConfigError, EdgecpmError
+from edgecpm.jsonfile import read_json
 
 AttentionKind = Literal["dense", "infllmv2", "lightning"]
 
@@ -149,8 +149,7 @@ class ModelConfig:
         w = [s.weight_layer for s in self.layers]
         n = len(w)
         for period in range(1, n // 2 + 1):
-            if n % period == 0 and len(set(w[:period])) == period and all(
-                    w[i] == w[i % period] for i in range(n)):
+            if n % period == 0 and len(set(w[:period])) == period and all(w[i] == w[i % period] for i in range(n)):
                 return (OdeSegment(0, n, period),)
         segments, i = [], 0
         while i < n:
@@ -193,27 +192,29 @@ class ModelConfig:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
             raise ConfigError(f"ode_steps is {steps!r}; expected a positive integer")
         if self.trained_layers:
-            raise ConfigError(f"this model is already integrated with {self.num_layers} ODE steps (trained with "
-                              f"{self.trained_layers}); re-export it from its source checkpoint to change "
-                              "ode_steps")
+            raise ConfigError(
+                f"this model is already integrated with {self.num_layers} ODE steps (trained with "
+                f"{self.trained_layers}); re-export it from its source checkpoint to change "
+                "ode_steps"
+            )
         if not self.ode_segments():
-            raise ConfigError("ode_steps needs a shared-layer model (config.json 'shared_layers'); this model "
-                              "has no weight-shared layers")
+            raise ConfigError(
+                "ode_steps needs a shared-layer model (config.json 'shared_layers'); this model "
+                "has no weight-shared layers"
+            )
         counts = self._ode_plan(steps)
         if counts is None:
             valid = ", ".join(str(n) for n in self.valid_ode_steps())
-            raise ConfigError(f"ode_steps={steps} does not divide the shared layers evenly; expected one of "
-                              f"{valid}")
+            raise ConfigError(f"ode_steps={steps} does not divide the shared layers evenly; expected one of {valid}")
         layers: list[LayerSpec] = []
         by_start = {seg.start: (seg, count) for seg, count in zip(self.ode_segments(), counts)}
         i = 0
         while i < self.num_layers:
             if i in by_start:
                 seg, count = by_start[i]
-                block = self.layers[seg.start:seg.start + seg.period]
+                block = self.layers[seg.start : seg.start + seg.period]
                 step = seg.length / count
-                layers += [replace(block[k % seg.period], step=block[k % seg.period].step * step)
-                           for k in range(count)]
+                layers += [replace(block[k % seg.period], step=block[k % seg.period].step * step) for k in range(count)]
                 i += seg.length
             else:
                 layers.append(self.layers[i])
@@ -255,9 +256,10 @@ class ModelConfig:
     @property
     def is_plain_dense(self) -> bool:
         """True when every layer is the standard dense MiniCPM block (what llama.cpp's `minicpm` arch runs)."""
-        return all(
-            s.attention in ("dense", "infllmv2") and s.use_rope and not s.output_gate for s in self.layers
-        ) and self.num_weight_layers == self.num_layers
+        return (
+            all(s.attention in ("dense", "infllmv2") and s.use_rope and not s.output_gate for s in self.layers)
+            and self.num_weight_layers == self.num_layers
+        )
 
     def kv_bytes_per_token(self, bytes_per_element: float = 2.0) -> float:
         """Softmax-attention KV cache bytes per token (lightning layers keep a fixed state instead)."""
@@ -338,16 +340,24 @@ def _check_stored_config(d: Any) -> None:
     if not isinstance(d, Mapping):
         raise ConfigError("manifest config is not an object")
     known = {f.name for f in ModelConfig.__dataclass_fields__.values()} - {"extra"}
-    required = {f.name for f in ModelConfig.__dataclass_fields__.values() if f.default is f.default_factory
-                is dataclass_missing}
+    required = {
+        f.name for f in ModelConfig.__dataclass_fields__.values() if f.default is f.default_factory is dataclass_missing
+    }
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"manifest config has unknown field {unknown[0]!r}")
     missing = sorted(required - set(d))
     if missing:
         raise ConfigError(f"manifest config lacks field {missing[0]!r}")
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim",
-                "max_position_embeddings"):
+    for key in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "max_position_embeddings",
+    ):
         if not is_int(d[key]) or not 0 < d[key] < 1 << 40:
             raise bad(key, "a positive integer")
     if not is_int(d["num_layers"]) or not 0 < d["num_layers"] <= MAX_LAYERS:
@@ -371,23 +381,35 @@ def _check_stored_config(d: Any) -> None:
     if not isinstance(layers, list) or len(layers) != d["num_layers"]:
         raise bad("layers", "one entry per layer")
     for i, spec in enumerate(layers):
-        if not isinstance(spec, Mapping) or set(spec) - set(LayerSpec.__dataclass_fields__) \
-                or spec.get("attention", "dense") not in ("dense", "infllmv2", "lightning") \
-                or not (is_int(spec.get("weight_layer", 0))
-                        and 0 <= spec.get("weight_layer", 0) <= max(i, d.get("trained_layers", 0) - 1)) \
-                or not is_pos_num(spec.get("step", 1.0)) \
-                or not all(isinstance(spec.get(k, False), bool) for k in ("use_rope", "output_gate", "ternary")):
-            raise bad(f"layers[{i}]", "an attention kind, a stored weight layer, a positive ODE step and "
-                      "true/false flags")
+        if (
+            not isinstance(spec, Mapping)
+            or set(spec) - set(LayerSpec.__dataclass_fields__)
+            or spec.get("attention", "dense") not in ("dense", "infllmv2", "lightning")
+            or not (
+                is_int(spec.get("weight_layer", 0))
+                and 0 <= spec.get("weight_layer", 0) <= max(i, d.get("trained_layers", 0) - 1)
+            )
+            or not is_pos_num(spec.get("step", 1.0))
+            or not all(isinstance(spec.get(k, False), bool) for k in ("use_rope", "output_gate", "ternary"))
+        ):
+            raise bad(
+                f"layers[{i}]", "an attention kind, a stored weight layer, a positive ODE step and true/false flags"
+            )
     rs = d.get("rope_scaling")
     if rs is not None:
-        if not isinstance(rs, Mapping) or set(rs) != set(RopeScaling.__dataclass_fields__) \
-                or not is_int(rs["original_max_position_embeddings"]) \
-                or not 0 < rs["original_max_position_embeddings"] < 1 << 40:
+        if (
+            not isinstance(rs, Mapping)
+            or set(rs) != set(RopeScaling.__dataclass_fields__)
+            or not is_int(rs["original_max_position_embeddings"])
+            or not 0 < rs["original_max_position_embeddings"] < 1 << 40
+        ):
             raise bad("rope_scaling", "the LongRoPE fields")
         for key in ("long_factor", "short_factor"):
-            if not isinstance(rs[key], list) or len(rs[key]) != d["head_dim"] // 2 \
-                    or not all(is_pos_num(x) for x in rs[key]):
+            if (
+                not isinstance(rs[key], list)
+                or len(rs[key]) != d["head_dim"] // 2
+                or not all(is_pos_num(x) for x in rs[key])
+            ):
                 raise bad(f"rope_scaling.{key}", "head_dim/2 positive numbers")
     for key, cls_ in (("sparse", SparseConfig), ("lightning", LightningConfig)):
         block = d.get(key)
@@ -432,8 +454,14 @@ def _get(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], default:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list",
-             dict: "an object"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true/false",
+        list: "a list",
+        dict: "an object",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -457,13 +485,16 @@ def _parse_rope_scaling(d: Mapping[str, Any], head_dim: int) -> RopeScaling | No
         for name, lst in (("long_factor", long_f), ("short_factor", short_f)):
             if len(lst) != head_dim // 2:
                 raise ConfigError(
-                    f"config field 'rope_scaling.{name}' has {len(lst)} values; expected head_dim/2 = "
-                    f"{head_dim // 2}")
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1e300
-                       and math.isfinite(x) for x in lst):
+                    f"config field 'rope_scaling.{name}' has {len(lst)} values; expected head_dim/2 = {head_dim // 2}"
+                )
+            if not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < 1e300 and math.isfinite(x)
+                for x in lst
+            ):
                 raise ConfigError(f"config field 'rope_scaling.{name}' must hold positive numbers")
-        orig = _get(rs, "original_max_position_embeddings", int,
-                    d.get("max_position_embeddings", 0), where="rope_scaling.")
+        orig = _get(
+            rs, "original_max_position_embeddings", int, d.get("max_position_embeddings", 0), where="rope_scaling."
+        )
         _positive(orig, "rope_scaling.original_max_position_embeddings")
         return RopeScaling("longrope", tuple(float(x) for x in long_f), tuple(float(x) for x in short_f), orig)
     if kind in (None, "default"):
@@ -491,7 +522,8 @@ def _parse_sparse(d: Mapping[str, Any]) -> SparseConfig | None:
     if values["block_size"] % values["kernel_stride"]:
         raise ConfigError(
             f"config field 'sparse_config.block_size' ({values['block_size']}) must be a multiple of "
-            f"kernel_stride ({values['kernel_stride']})")
+            f"kernel_stride ({values['kernel_stride']})"
+        )
     return SparseConfig(**values)
 
 
@@ -530,14 +562,20 @@ def _parse_layer_sharing(d: Mapping[str, Any], num_layers: int) -> tuple[list[in
         weight_map = list(range(num_layers))
         seen: set[int] = set()
         for g, group in enumerate(groups):
-            ok = isinstance(group, list) and len(group) >= 2 and all(
-                isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in group)
+            ok = (
+                isinstance(group, list)
+                and len(group) >= 2
+                and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in group)
+            )
             if not ok:
-                raise ConfigError(f"config field 'shared_layers.groups[{g}]' is {group!r}; expected a list of at "
-                                  f"least two layer indices in [0, {num_layers})")
+                raise ConfigError(
+                    f"config field 'shared_layers.groups[{g}]' is {group!r}; expected a list of at "
+                    f"least two layer indices in [0, {num_layers})"
+                )
             if seen & set(group) or len(set(group)) != len(group):
-                raise ConfigError(f"config field 'shared_layers.groups[{g}]' repeats a layer; each layer may be "
-                                  "in one group once")
+                raise ConfigError(
+                    f"config field 'shared_layers.groups[{g}]' repeats a layer; each layer may be in one group once"
+                )
             seen |= set(group)
             for i in group:
                 weight_map[i] = min(group)
@@ -546,7 +584,8 @@ def _parse_layer_sharing(d: Mapping[str, Any], num_layers: int) -> tuple[list[in
     if unique <= 0 or num_layers % unique:
         raise ConfigError(
             f"config field 'shared_layers.num_unique_layers' is {unique}; expected a positive divisor of "
-            f"num_hidden_layers ({num_layers})")
+            f"num_hidden_layers ({num_layers})"
+        )
     order = _get(sl, "order", str, "cycle", where="shared_layers.")
     if order == "cycle":
         return [i % unique for i in range(num_layers)], step
@@ -568,29 +607,33 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
         if archs[0] not in SUPPORTED_ARCHITECTURES:
             raise ConfigError(
                 f"config field 'architectures' is {archs[0]!r}; expected one of "
-                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}")
+                f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}"
+            )
         arch = SUPPORTED_ARCHITECTURES[archs[0]]
     elif model_type in ("minicpm", "llama", "minicpm_sala"):
         arch = model_type
     else:
-        raise ConfigError(f"config field 'architectures' is missing and model_type is {model_type!r}; expected "
-                          "MiniCPMForCausalLM, MiniCPMSALAForCausalLM or LlamaForCausalLM")
+        raise ConfigError(
+            f"config field 'architectures' is missing and model_type is {model_type!r}; expected "
+            "MiniCPMForCausalLM, MiniCPMSALAForCausalLM or LlamaForCausalLM"
+        )
 
     hidden = _get(d, "hidden_size", int)
     num_heads = _get(d, "num_attention_heads", int)
     num_layers = _get(d, "num_hidden_layers", int)
-    for key, value in (("hidden_size", hidden), ("num_attention_heads", num_heads),
-                       ("num_hidden_layers", num_layers)):
+    for key, value in (("hidden_size", hidden), ("num_attention_heads", num_heads), ("num_hidden_layers", num_layers)):
         _positive(value, key, MAX_LAYERS if key == "num_hidden_layers" else None)
     num_kv = _get(d, "num_key_value_heads", int, num_heads)
     _positive(num_kv, "num_key_value_heads")
     if num_heads % num_kv:
-        raise ConfigError(f"config field 'num_key_value_heads' ({num_kv}) must divide num_attention_heads "
-                          f"({num_heads})")
+        raise ConfigError(
+            f"config field 'num_key_value_heads' ({num_kv}) must divide num_attention_heads ({num_heads})"
+        )
     head_dim = _get(d, "head_dim", int, 0) or hidden // num_heads
     if head_dim * num_heads != hidden and "head_dim" not in d:
-        raise ConfigError(f"config field 'hidden_size' ({hidden}) must be a multiple of num_attention_heads "
-                          f"({num_heads})")
+        raise ConfigError(
+            f"config field 'hidden_size' ({hidden}) must be a multiple of num_attention_heads ({num_heads})"
+        )
     _positive(head_dim, "head_dim")
     if head_dim % 2:
         raise ConfigError(f"head_dim is {head_dim}; expected an even number (rotary pairs)")
@@ -624,8 +667,9 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
     if arch == "minicpm_sala":
         mixers = _get(d, "mixer_types", list)
         if len(mixers) != num_layers:
-            raise ConfigError(f"config field 'mixer_types' has {len(mixers)} entries; expected num_hidden_layers "
-                              f"({num_layers})")
+            raise ConfigError(
+                f"config field 'mixer_types' has {len(mixers)} entries; expected num_hidden_layers ({num_layers})"
+            )
         lightning = LightningConfig(
             num_heads=_get(d, "lightning_nh", int, num_heads),
             num_kv_heads=_get(d, "lightning_nkv", int, num_heads),
@@ -635,8 +679,11 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
             output_norm=_get(d, "use_output_norm", bool, True),
             output_gate=_get(d, "use_output_gate", bool, True),
         )
-        for key, value in (("lightning_nh", lightning.num_heads), ("lightning_nkv", lightning.num_kv_heads),
-                           ("lightning_head_dim", lightning.head_dim)):
+        for key, value in (
+            ("lightning_nh", lightning.num_heads),
+            ("lightning_nkv", lightning.num_kv_heads),
+            ("lightning_head_dim", lightning.head_dim),
+        ):
             _positive(value, key)
         attn_rope = _get(d, "attn_use_rope", bool, False)
         attn_gate = _get(d, "attn_use_output_gate", bool, True)
@@ -645,11 +692,11 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
                 kind: AttentionKind = "infllmv2" if sparse is not None else "dense"
                 layers.append(LayerSpec(kind, weight_map[i], attn_rope, attn_gate, ternary))
             elif mixer == "lightning-attn":
-                layers.append(LayerSpec("lightning", weight_map[i], lightning.use_rope, lightning.output_gate,
-                                        ternary))
+                layers.append(LayerSpec("lightning", weight_map[i], lightning.use_rope, lightning.output_gate, ternary))
             else:
-                raise ConfigError(f"config field 'mixer_types[{i}]' is {mixer!r}; expected 'minicpm4' or "
-                                  "'lightning-attn'")
+                raise ConfigError(
+                    f"config field 'mixer_types[{i}]' is {mixer!r}; expected 'minicpm4' or 'lightning-attn'"
+                )
     else:
         kind = "infllmv2" if sparse is not None else "dense"
         layers = [LayerSpec(kind, weight_map[i], True, False, ternary) for i in range(num_layers)]
@@ -669,13 +716,30 @@ def config_from_hf_dict(d: Mapping[str, Any], *, has_lm_head: bool | None = None
         raise ConfigError(f"config field 'bos_token_id' is {bos!r}; expected an integer")
 
     return ModelConfig(
-        architecture=arch, vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-        num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_kv, head_dim=head_dim,
-        max_position_embeddings=max_pos, rms_norm_eps=eps, rope_theta=rope_theta,
-        scale_emb=scale_emb, scale_depth=scale_depth, dim_model_base=dim_model_base,
-        tie_word_embeddings=tied, bos_token_id=bos, eos_token_ids=_parse_eos(d), layers=tuple(layers),
-        rope_scaling=_parse_rope_scaling(d, head_dim), sparse=sparse, lightning=lightning, ode_step=ode_step,
-        torch_dtype=str(d.get("torch_dtype", d.get("dtype", "bfloat16"))), name=name,
+        architecture=arch,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv,
+        head_dim=head_dim,
+        max_position_embeddings=max_pos,
+        rms_norm_eps=eps,
+        rope_theta=rope_theta,
+        scale_emb=scale_emb,
+        scale_depth=scale_depth,
+        dim_model_base=dim_model_base,
+        tie_word_embeddings=tied,
+        bos_token_id=bos,
+        eos_token_ids=_parse_eos(d),
+        layers=tuple(layers),
+        rope_scaling=_parse_rope_scaling(d, head_dim),
+        sparse=sparse,
+        lightning=lightning,
+        ode_step=ode_step,
+        torch_dtype=str(d.get("torch_dtype", d.get("dtype", "bfloat16"))),
+        name=name,
         extra={k: d[k] for k in ("mup_denominator",) if k in d},
     )
 
@@ -699,29 +763,73 @@ def load_hf_config(path: str | Path, *, has_lm_head: bool | None = None) -> Mode
 
 PRESET_HF_CONFIGS: dict[str, dict[str, Any]] = {
     "minicpm4-0.5b": {
-        "architectures": ["MiniCPMForCausalLM"], "hidden_size": 1024, "intermediate_size": 4096,
-        "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 73448,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-5, "scale_emb": 12, "scale_depth": 1.4,
-        "dim_model_base": 256, "bos_token_id": 1, "eos_token_id": [2, 73440], "torch_dtype": "bfloat16",
+        "architectures": ["MiniCPMForCausalLM"],
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "vocab_size": 73448,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-5,
+        "scale_emb": 12,
+        "scale_depth": 1.4,
+        "dim_model_base": 256,
+        "bos_token_id": 1,
+        "eos_token_id": [2, 73440],
+        "torch_dtype": "bfloat16",
     },
     "minicpm4-8b": {
-        "architectures": ["MiniCPMForCausalLM"], "hidden_size": 4096, "intermediate_size": 16384,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 2, "vocab_size": 73448,
-        "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "scale_emb": 12, "scale_depth": 1.4,
-        "dim_model_base": 256, "bos_token_id": 1, "eos_token_id": [2, 73440], "torch_dtype": "bfloat16",
-        "tie_word_embeddings": False, "sparse_config": asdict(SparseConfig()),
+        "architectures": ["MiniCPMForCausalLM"],
+        "hidden_size": 4096,
+        "intermediate_size": 16384,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 2,
+        "vocab_size": 73448,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "scale_emb": 12,
+        "scale_depth": 1.4,
+        "dim_model_base": 256,
+        "bos_token_id": 1,
+        "eos_token_id": [2, 73440],
+        "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False,
+        "sparse_config": asdict(SparseConfig()),
     },
     # MiniCPM-SALA 9B: 8 sparse (minicpm4) layers, 24 lightning layers (docs/variants.md: a secondary source)
     "minicpm-sala": {
-        "architectures": ["MiniCPMSALAForCausalLM"], "model_type": "minicpm_sala", "hidden_size": 4096,
-        "intermediate_size": 16384, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 2,
-        "head_dim": 128, "lightning_nh": 32, "lightning_nkv": 32, "lightning_head_dim": 128,
+        "architectures": ["MiniCPMSALAForCausalLM"],
+        "model_type": "minicpm_sala",
+        "hidden_size": 4096,
+        "intermediate_size": 16384,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 2,
+        "head_dim": 128,
+        "lightning_nh": 32,
+        "lightning_nkv": 32,
+        "lightning_head_dim": 128,
         "mixer_types": ["minicpm4" if i in (0, 9, 16, 17, 22, 29, 30, 31) else "lightning-attn" for i in range(32)],
-        "attn_use_rope": False, "lightning_use_rope": True, "qk_norm": True, "use_output_gate": True,
-        "use_output_norm": True, "attn_use_output_gate": True, "vocab_size": 73448,
-        "max_position_embeddings": 524288, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "scale_emb": 12,
-        "scale_depth": 1.4, "dim_model_base": 256, "mup_denominator": 32, "bos_token_id": 1,
-        "eos_token_id": [2, 73440], "torch_dtype": "bfloat16", "tie_word_embeddings": False,
+        "attn_use_rope": False,
+        "lightning_use_rope": True,
+        "qk_norm": True,
+        "use_output_gate": True,
+        "use_output_norm": True,
+        "attn_use_output_gate": True,
+        "vocab_size": 73448,
+        "max_position_embeddings": 524288,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "scale_emb": 12,
+        "scale_depth": 1.4,
+        "dim_model_base": 256,
+        "mup_denominator": 32,
+        "bos_token_id": 1,
+        "eos_token_id": [2, 73440],
+        "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False,
         "sparse_config": asdict(SparseConfig()),
     },
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 DEFAULT_MODEL_NAME = "smollm2"
 _GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from .backends.base import Backend
-from .errors import EdgecpmError
-from .tokenizer import StreamDecoder, Tokenizer
+from edgecpm.backends.base import Backend
+from edgecpm.errors import EdgecpmError
+from edgecpm.tokenizer import StreamDecoder, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -92,16 +92,23 @@ class GenerationResult:
 class Generator:
     """Runs the decode loop; `stream()` yields text pieces, `run()` returns a `GenerationResult`."""
 
-    def __init__(self, backend: Backend, tokenizer: Tokenizer, eos_ids: Sequence[int] = (),
-                 speculator: Any = None) -> None:
+    def __init__(
+        self, backend: Backend, tokenizer: Tokenizer, eos_ids: Sequence[int] = (), speculator: Any = None
+    ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.eos_ids = set(eos_ids) | set(tokenizer.eos_ids)
         # an `edgecpm.speculative.Speculator`: drafts tokens and verifies them on `backend` (same output)
         self.speculator = speculator
 
-    def stream(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams,
-               stop: Sequence[str] = (), result: GenerationResult | None = None) -> Iterator[str]:
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        stop: Sequence[str] = (),
+        result: GenerationResult | None = None,
+    ) -> Iterator[str]:
         if max_new_tokens < 0:
             raise EdgecpmError(f"max_new_tokens is {max_new_tokens}; expected >= 0")
         if not prompt_ids:
@@ -141,8 +148,14 @@ class Generator:
         out.decode_seconds = time.perf_counter() - t0 - out.prefill_seconds
         out.text = text
 
-    def _plain_tokens(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams,
-                      rng: np.random.Generator, out: GenerationResult) -> Iterator[int]:
+    def _plain_tokens(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int,
+        params: SamplingParams,
+        rng: np.random.Generator,
+        out: GenerationResult,
+    ) -> Iterator[int]:
         """One target forward per token; the consumer stops at eos or a stop string."""
         t0 = time.perf_counter()
         logits = self.backend.prefill(prompt_ids)
@@ -153,8 +166,9 @@ class Generator:
             if step + 1 < max_new_tokens:
                 logits = self.backend.decode([token])[-1]
 
-    def run(self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams,
-            stop: Sequence[str] = ()) -> GenerationResult:
+    def run(
+        self, prompt_ids: Sequence[int], max_new_tokens: int, params: SamplingParams, stop: Sequence[str] = ()
+    ) -> GenerationResult:
         result = GenerationResult("", [], len(prompt_ids), "length", 0.0, 0.0)
         for _ in self.stream(prompt_ids, max_new_tokens, params, stop, result):
             pass

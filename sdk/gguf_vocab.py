@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import EdgecpmError
-from .tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer
-from .weights.gguf_source import field_value
+from edgecpm.errors import EdgecpmError
+from edgecpm.tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer
+from edgecpm.weights.gguf_source import field_value
 
 # GGUF token types (llama.cpp): 1 NORMAL, 2 UNKNOWN, 3 CONTROL, 4 USER_DEFINED, 5 UNUSED, 6 BYTE
 CONTROL, USER_DEFINED = 3, 4
@@ -27,8 +27,9 @@ def tokenizer_from_gguf(reader: Any, eos_ids: tuple[int, ...] = ()) -> Tokenizer
     except EdgecpmError:
         raise
     except (TypeError, ValueError, IndexError, KeyError, OverflowError, AttributeError, UnicodeError) as exc:
-        raise EdgecpmError(f"GGUF tokenizer metadata is malformed ({type(exc).__name__}: "
-                           f"{' '.join(str(exc).split())[:200]})") from None
+        raise EdgecpmError(
+            f"GGUF tokenizer metadata is malformed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        ) from None
 
 
 def _tokenizer_from_gguf(reader: Any, eos_ids: tuple[int, ...]) -> Tokenizer:
@@ -46,11 +47,18 @@ def _tokenizer_from_gguf(reader: Any, eos_ids: tuple[int, ...]) -> Tokenizer:
         scores = field_value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
         add_prefix = field_value(reader, "tokenizer.ggml.add_space_prefix", True)
         add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", True)
-        proto = _spm_proto(tokens, scores, types, add_prefix, unk_id=int(field_value(
-            reader, "tokenizer.ggml.unknown_token_id", 0)))
-        return SentencePieceTokenizer(model_proto=proto, special_tokens=special,
-                                      bos_id=None if bos is None else int(bos), eos_ids=eos_all,
-                                      add_bos=bool(add_bos), chat_template=template, vocab_size=len(tokens))
+        proto = _spm_proto(
+            tokens, scores, types, add_prefix, unk_id=int(field_value(reader, "tokenizer.ggml.unknown_token_id", 0))
+        )
+        return SentencePieceTokenizer(
+            model_proto=proto,
+            special_tokens=special,
+            bos_id=None if bos is None else int(bos),
+            eos_ids=eos_all,
+            add_bos=bool(add_bos),
+            chat_template=template,
+            vocab_size=len(tokens),
+        )
     if model == "gpt2":
         merges = field_value(reader, "tokenizer.ggml.merges")
         if not merges:
@@ -58,8 +66,14 @@ def _tokenizer_from_gguf(reader: Any, eos_ids: tuple[int, ...]) -> Tokenizer:
         add_bos = field_value(reader, "tokenizer.ggml.add_bos_token", False)
         pre = field_value(reader, "tokenizer.ggml.pre", "default")
         backend = _bpe_backend(tokens, merges, special, pre)
-        return HFTokenizer(backend, bos_id=None if bos is None else int(bos), eos_ids=eos_all,
-                           add_bos=bool(add_bos), chat_template=template, special_tokens=special)
+        return HFTokenizer(
+            backend,
+            bos_id=None if bos is None else int(bos),
+            eos_ids=eos_all,
+            add_bos=bool(add_bos),
+            chat_template=template,
+            special_tokens=special,
+        )
     raise EdgecpmError(f"GGUF tokenizer model {model!r} is not supported; expected 'llama' or 'gpt2'")
 
 
@@ -101,9 +115,12 @@ def _bpe_backend(tokens: list[str], merges: list[str], special: dict[str, int], 
         tk.pre_tokenizer = byte_level
     else:
         # other byte-level BPE flavours: split with the GPT-2 regex, then map bytes
-        tk.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(_GPT2_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tk.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(_GPT2_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special])
     return tk

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 
 def _reject_constant(name: str) -> Any:

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import torch
 
-from .config import ModelConfig
-from .errors import EdgecpmError
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError
 
 CacheMode = Literal["static", "dynamic"]
 
@@ -28,8 +28,15 @@ class LayerState:
 
 
 class KVCache:
-    def __init__(self, config: ModelConfig, *, mode: CacheMode = "dynamic", max_len: int | None = None,
-                 batch: int = 1, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        mode: CacheMode = "dynamic",
+        max_len: int | None = None,
+        batch: int = 1,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         if mode not in ("static", "dynamic"):
             raise EdgecpmError(f"KV cache mode {mode!r}; expected 'static' or 'dynamic'")
         if mode == "static" and not max_len:
@@ -55,9 +62,9 @@ class KVCache:
         if self.mode == "static":
             if start + t > self.max_len:
                 raise EdgecpmError(f"context of {start + t} tokens exceeds the static cache size {self.max_len}")
-            state.k[:, :, start:start + t] = k_new
-            state.v[:, :, start:start + t] = v_new
-            return state.k[:, :, :start + t], state.v[:, :, :start + t]
+            state.k[:, :, start : start + t] = k_new
+            state.v[:, :, start : start + t] = v_new
+            return state.k[:, :, : start + t], state.v[:, :, : start + t]
         if state.k is None or start == 0:
             state.k, state.v = k_new, v_new
         else:

@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import attention_layers
-from .config import ModelConfig
-from .errors import WeightError
-from .kv_cache import KVCache
-from .layers import MLP, RMSNorm, RotaryEmbedding
-from .weights.base import WeightSource
+from edgecpm import attention_layers
+from edgecpm.config import ModelConfig
+from edgecpm.errors import WeightError
+from edgecpm.kv_cache import KVCache
+from edgecpm.layers import MLP, RMSNorm, RotaryEmbedding
+from edgecpm.weights.base import WeightSource
 
 
 class DecoderLayer(nn.Module):
@@ -49,14 +49,20 @@ class Model(nn.Module):
         physical = sorted({s.weight_layer for s in config.layers})
         self.layers = nn.ModuleDict({str(i): DecoderLayer(config, i) for i in physical})
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
-                                                                         bias=False)
+        self.lm_head = (
+            None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        )
         self.rotary = RotaryEmbedding(config)
 
     # ---- construction ----
     @classmethod
-    def from_source(cls, config: ModelConfig, source: WeightSource, dtype: torch.dtype = torch.float32,
-                    progress: Callable[[int], None] | None = None) -> Model:
+    def from_source(
+        cls,
+        config: ModelConfig,
+        source: WeightSource,
+        dtype: torch.dtype = torch.float32,
+        progress: Callable[[int], None] | None = None,
+    ) -> Model:
         """Build on the meta device, allocate once, then copy tensors in one at a time (no second copy)."""
         with torch.device("meta"):
             model = cls(config)
@@ -69,8 +75,9 @@ class Model(nn.Module):
                 raise WeightError(f"tensor {hf_name!r} is missing from the checkpoint")
             src_shape = tuple(source.shape(hf_name))
             if src_shape != tuple(param.shape):
-                raise WeightError(f"tensor {hf_name!r} has shape {list(src_shape)}; the config implies "
-                                  f"{list(param.shape)}")
+                raise WeightError(
+                    f"tensor {hf_name!r} has shape {list(src_shape)}; the config implies {list(param.shape)}"
+                )
             with torch.no_grad():
                 param.copy_(source.get(hf_name))
             if progress is not None:

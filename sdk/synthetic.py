@@ -22,12 +22,27 @@ from typing import Any
 
 import numpy as np
 
-MINICPM4_SPECIAL_TOKENS = ["<|im_end|>", "<|im_start|>", "<|tool_call|>", "<|execute_start|>", "<|execute_end|>",
-                           "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+MINICPM4_SPECIAL_TOKENS = [
+    "<|im_end|>",
+    "<|im_start|>",
+    "<|tool_call|>",
+    "<|execute_start|>",
+    "<|execute_end|>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+]
 _GENERATOR_VERSION = "3"
 # the published MiniCPM4-0.5B shapes (openbmb/MiniCPM4-0.5B config.json), for full-size benchmarks
-MINICPM4_05B_SHAPE: dict[str, int] = dict(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
-                                          num_kv_heads=2, vocab_size=73448, dim_model_base=256)
+MINICPM4_05B_SHAPE: dict[str, int] = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_layers=24,
+    num_heads=16,
+    num_kv_heads=2,
+    vocab_size=73448,
+    dim_model_base=256,
+)
 _CORPUS = Path(__file__).with_name("data") / "wikitext2_excerpt.txt"
 
 
@@ -97,10 +112,23 @@ def train_tokenizer(pieces: int) -> bytes:
     lines = [ln for ln in _CORPUS.read_text(encoding="utf-8").splitlines() if ln.strip()]
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_writer=buf, vocab_size=pieces, model_type="bpe",
-        byte_fallback=True, character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-        split_digits=True, allow_whitespace_only_pieces=True, remove_extra_whitespaces=False,
-        normalization_rule_name="identity", minloglevel=2, num_threads=1)
+        sentence_iterator=iter(lines),
+        model_writer=buf,
+        vocab_size=pieces,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
+        num_threads=1,
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
     tmp.write_bytes(buf.getvalue())
@@ -150,8 +178,12 @@ def config_dict(spec: SyntheticSpec, vocab_size: int) -> dict[str, Any]:
         cfg["rope_theta"] = spec.rope_theta
     if spec.longrope:
         factors = _longrope_factors(head_dim // 2, rng)
-        cfg["rope_scaling"] = {"rope_type": "longrope", "long_factor": factors, "short_factor": factors,
-                               "original_max_position_embeddings": spec.max_position_embeddings}
+        cfg["rope_scaling"] = {
+            "rope_type": "longrope",
+            "long_factor": factors,
+            "short_factor": factors,
+            "original_max_position_embeddings": spec.max_position_embeddings,
+        }
     if not spec.tied:
         cfg["tie_word_embeddings"] = False
     if spec.sparse_config is not None:
@@ -160,10 +192,23 @@ def config_dict(spec: SyntheticSpec, vocab_size: int) -> dict[str, Any]:
         cfg["shared_layers"] = {"num_unique_layers": spec.shared_unique_layers, "ode_step": spec.ode_step or 1.0}
     if spec.sala_mixers:
         mixers = [spec.sala_mixers[i % len(spec.sala_mixers)] for i in range(spec.num_layers)]
-        cfg.update({"model_type": "minicpm_sala", "mixer_types": mixers, "lightning_nh": spec.num_heads,
-                    "lightning_nkv": spec.num_heads, "lightning_head_dim": head_dim, "lightning_scale": "1/sqrt(d)",
-                    "attn_use_rope": False, "lightning_use_rope": True, "qk_norm": True, "use_output_gate": True,
-                    "use_output_norm": True, "attn_use_output_gate": True, "tie_word_embeddings": False})
+        cfg.update(
+            {
+                "model_type": "minicpm_sala",
+                "mixer_types": mixers,
+                "lightning_nh": spec.num_heads,
+                "lightning_nkv": spec.num_heads,
+                "lightning_head_dim": head_dim,
+                "lightning_scale": "1/sqrt(d)",
+                "attn_use_rope": False,
+                "lightning_use_rope": True,
+                "qk_norm": True,
+                "use_output_gate": True,
+                "use_output_norm": True,
+                "attn_use_output_gate": True,
+                "tie_word_embeddings": False,
+            }
+        )
     cfg.update(spec.extra_config)
     return cfg
 
@@ -181,8 +226,8 @@ def write_random_checkpoint(directory: str | Path, spec: SyntheticSpec = Synthet
     import torch
     from safetensors.torch import save_file
 
-    from .config import config_from_hf_dict
-    from .weights.safetensors_source import expected_shapes
+    from edgecpm.config import config_from_hf_dict
+    from edgecpm.weights.safetensors_source import expected_shapes
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,7 +256,7 @@ def write_random_checkpoint(directory: str | Path, spec: SyntheticSpec = Synthet
     weight_map: dict[str, str] = {}
     total = 0
     for s in range(shards):
-        chunk = names[s * per:(s + 1) * per]
+        chunk = names[s * per : (s + 1) * per]
         if not chunk:
             continue
         fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors" if shards > 1 else "model.safetensors"
@@ -220,8 +265,9 @@ def write_random_checkpoint(directory: str | Path, spec: SyntheticSpec = Synthet
             weight_map[n] = fname
             total += tensors[n].numel() * tensors[n].element_size()
     if shards > 1:
-        (out / "model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+        )
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     _write_tokenizer_files(out, sp_model, vocab_size)
     return out
@@ -231,24 +277,63 @@ def _write_tokenizer_files(out: Path, sp_model: bytes, vocab_size: int) -> None:
     (out / "tokenizer.model").write_bytes(sp_model)
     first_special = vocab_size - len(MINICPM4_SPECIAL_TOKENS)
     added = {tok: first_special + i for i, tok in enumerate(MINICPM4_SPECIAL_TOKENS)}
-    decoder = {"0": {"content": "<unk>", "special": True}, "1": {"content": "<s>", "special": True},
-               "2": {"content": "</s>", "special": True}}
+    decoder = {
+        "0": {"content": "<unk>", "special": True},
+        "1": {"content": "<s>", "special": True},
+        "2": {"content": "</s>", "special": True},
+    }
     for tok, i in added.items():
-        decoder[str(i)] = {"content": tok, "lstrip": False, "normalized": False, "rstrip": False,
-                           "single_word": False, "special": True}
-    chatml = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
-              "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
-              "{% endif %}")
-    tok_cfg = {"add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "<|im_end|>",
-               "unk_token": "<unk>", "pad_token": None, "added_tokens_decoder": decoder,
-               "additional_special_tokens": MINICPM4_SPECIAL_TOKENS, "chat_template": chatml,
-               "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 1 << 60,
-               "tokenizer_class": "LlamaTokenizer"}
+        decoder[str(i)] = {
+            "content": tok,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+    chatml = (
+        "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+        "{% endif %}"
+    )
+    tok_cfg = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "<|im_end|>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "added_tokens_decoder": decoder,
+        "additional_special_tokens": MINICPM4_SPECIAL_TOKENS,
+        "chat_template": chatml,
+        "clean_up_tokenization_spaces": False,
+        "legacy": True,
+        "model_max_length": 1 << 60,
+        "tokenizer_class": "LlamaTokenizer",
+    }
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
     (out / "added_tokens.json").write_text(json.dumps(added, indent=2))
-    (out / "special_tokens_map.json").write_text(json.dumps(
-        {"bos_token": "<s>", "eos_token": "<|im_end|>", "unk_token": "<unk>",
-         "additional_special_tokens": MINICPM4_SPECIAL_TOKENS}, indent=2))
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": 1, "eos_token_id": [2, first_special], "pad_token_id": 2, "do_sample": True,
-         "temperature": 0.8, "top_p": 0.8}, indent=2))
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "<|im_end|>",
+                "unk_token": "<unk>",
+                "additional_special_tokens": MINICPM4_SPECIAL_TOKENS,
+            },
+            indent=2,
+        )
+    )
+    (out / "generation_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token_id": 1,
+                "eos_token_id": [2, first_special],
+                "pad_token_id": 2,
+                "do_sample": True,
+                "temperature": 0.8,
+                "top_p": 0.8,
+            },
+            indent=2,
+        )
+    )

@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .chat import render_chat
-from .errors import EdgecpmError
-from .jsonfile import read_json
+from edgecpm.chat import render_chat
+from edgecpm.errors import EdgecpmError
+from edgecpm.jsonfile import read_json
 
 
 class Tokenizer:
@@ -58,9 +58,13 @@ class Tokenizer:
         return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
 
     def apply_chat_template(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
-                           bos_token=self.id_to_text(self.bos_id) if self.bos_id is not None else "",
-                           eos_token=self.id_to_text(self.eos_ids[0]) if self.eos_ids else "")
+        return render_chat(
+            self.chat_template,
+            messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.id_to_text(self.bos_id) if self.bos_id is not None else "",
+            eos_token=self.id_to_text(self.eos_ids[0]) if self.eos_ids else "",
+        )
 
     def id_to_text(self, token_id: int) -> str:
         for text, i in self.special_tokens.items():
@@ -85,10 +89,18 @@ class Tokenizer:
 class SentencePieceTokenizer(Tokenizer):
     """MiniCPM4's `tokenizer.model` plus the added/special tokens of `tokenizer_config.json`."""
 
-    def __init__(self, model_file: str | Path | None = None, *, model_proto: bytes | None = None,
-                 special_tokens: dict[str, int] | None = None, bos_id: int | None = None,
-                 eos_ids: Sequence[int] = (), add_bos: bool = True, chat_template: str | None = None,
-                 vocab_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model_file: str | Path | None = None,
+        *,
+        model_proto: bytes | None = None,
+        special_tokens: dict[str, int] | None = None,
+        bos_id: int | None = None,
+        eos_ids: Sequence[int] = (),
+        add_bos: bool = True,
+        chat_template: str | None = None,
+        vocab_size: int | None = None,
+    ) -> None:
         import sentencepiece as spm
 
         self.sp = spm.SentencePieceProcessor()
@@ -102,14 +114,17 @@ class SentencePieceTokenizer(Tokenizer):
                 if self.sp.IsControl(i) and self.sp.IdToPiece(i) not in self.special_tokens:
                     self.special_tokens[self.sp.IdToPiece(i)] = i
         except (OSError, RuntimeError, UnicodeDecodeError) as exc:  # a damaged proto can hold non-UTF-8 pieces
-            raise EdgecpmError(f"cannot load SentencePiece model {model_file or '<gguf vocab>'}: "
-                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}") from None
+            raise EdgecpmError(
+                f"cannot load SentencePiece model {model_file or '<gguf vocab>'}: "
+                f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            ) from None
         self.bos_id = bos_id if bos_id is not None else (self.sp.bos_id() if self.sp.bos_id() >= 0 else None)
         self.eos_ids = tuple(eos_ids) or ((self.sp.eos_id(),) if self.sp.eos_id() >= 0 else ())
         self.add_bos = add_bos
         self.chat_template = chat_template
-        self._vocab_size = max(vocab_size or 0, self.sp.GetPieceSize(),
-                               max(self.special_tokens.values(), default=0) + 1)
+        self._vocab_size = max(
+            vocab_size or 0, self.sp.GetPieceSize(), max(self.special_tokens.values(), default=0) + 1
+        )
         self._extra_text = {i: t.encode() for t, i in self.special_tokens.items() if i >= self.sp.GetPieceSize()}
 
     @property
@@ -139,8 +154,16 @@ class SentencePieceTokenizer(Tokenizer):
 class HFTokenizer(Tokenizer):
     """A `tokenizer.json` (HF `tokenizers`), used for byte-level BPE models and HF-only checkpoints."""
 
-    def __init__(self, backend: Any, *, bos_id: int | None, eos_ids: Sequence[int], add_bos: bool,
-                 chat_template: str | None, special_tokens: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        *,
+        bos_id: int | None,
+        eos_ids: Sequence[int],
+        add_bos: bool,
+        chat_template: str | None,
+        special_tokens: dict[str, int] | None = None,
+    ) -> None:
         self.tk = backend
         self.bos_id = bos_id
         self.eos_ids = tuple(eos_ids)
@@ -168,7 +191,6 @@ class HFTokenizer(Tokenizer):
         if m:
             return bytes([int(m.group(1), 16)])
         return piece.replace("\u2581", " ").encode()
-
 
     def decode_bytes(self, ids: Iterable[int], skip_special: bool = True) -> bytes:
         data = super().decode_bytes(ids, skip_special)
@@ -214,13 +236,13 @@ class StreamDecoder:
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
         data = self.tokenizer.decode_bytes(self.ids, self.skip_special)
-        pending = data[self.emitted:]
+        pending = data[self.emitted :]
         complete = _complete_utf8_prefix(pending)
         self.emitted += len(complete)
         return complete.decode("utf-8", errors="replace")
 
     def flush(self) -> str:
-        data = self.tokenizer.decode_bytes(self.ids, self.skip_special)[self.emitted:]
+        data = self.tokenizer.decode_bytes(self.ids, self.skip_special)[self.emitted :]
         self.emitted += len(data)
         return data.decode("utf-8", errors="replace")
 
@@ -258,13 +280,19 @@ def read_added_tokens(directory: str | Path) -> dict[int, tuple[str, bool]]:
                 for tid, info in decoder.items():
                     if not isinstance(info.get("content"), str):
                         raise TypeError(f"token {tid}: 'content' is not a string")
-                    out[_token_id(tid)] = (info["content"], bool(info.get("special", False)))
+                    out[_token_id(tid)] = (_token_text(info["content"]), bool(info.get("special", False)))
             else:
                 for text, tid in data.items():
-                    out.setdefault(_token_id(tid), (str(text), True))
+                    out.setdefault(_token_id(tid), (_token_text(text), True))
         except (AttributeError, TypeError, ValueError) as exc:
             raise EdgecpmError(f"{name} has a malformed added-token table ({exc})") from None
     return out
+
+
+def _token_text(text: str) -> str:
+    """A token's text, which must be encodable UTF-8 (JSON allows lone surrogates like \\udcff; UTF-8 does not)."""
+    text.encode("utf-8")  # UnicodeEncodeError is a ValueError: reported as a malformed table
+    return text
 
 
 def _token_id(value: Any) -> int:
@@ -288,8 +316,9 @@ def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_
             raise EdgecpmError("tokenizer_config.json must hold a JSON object")
     template = cfg.get("chat_template")
     if isinstance(template, list):  # named templates: take the default one
-        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
-                        None)
+        template = next(
+            (t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None
+        )
     if template is None and (d / "chat_template.jinja").exists():
         try:
             template = (d / "chat_template.jinja").read_bytes().decode("utf-8")
@@ -300,8 +329,14 @@ def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_
     special = {text: tid for tid, (text, _) in read_added_tokens(d).items()}
     add_bos = bool(cfg.get("add_bos_token", True))
     if (d / "tokenizer.model").exists():
-        return SentencePieceTokenizer(d / "tokenizer.model", special_tokens=special, bos_id=bos_id,
-                                      eos_ids=eos_ids, add_bos=add_bos, chat_template=template)
+        return SentencePieceTokenizer(
+            d / "tokenizer.model",
+            special_tokens=special,
+            bos_id=bos_id,
+            eos_ids=eos_ids,
+            add_bos=add_bos,
+            chat_template=template,
+        )
     if (d / "tokenizer.json").exists():
         from tokenizers import Tokenizer as HFBackend
 
@@ -309,16 +344,23 @@ def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_
         try:
             tk = HFBackend.from_str(json.dumps(spec))
         except Exception as exc:  # noqa: BLE001 - `tokenizers` raises bare Exception on a bad file
-            raise EdgecpmError(f"tokenizer.json is not a valid tokenizer ({' '.join(str(exc).split())[:200]})") \
-                from None
+            raise EdgecpmError(
+                f"tokenizer.json is not a valid tokenizer ({' '.join(str(exc).split())[:200]})"
+            ) from None
         try:
             for tok in spec.get("added_tokens") or []:
                 if tok.get("special"):
                     if not isinstance(tok.get("content"), str):
                         raise TypeError("an added token's 'content' is not a string")
-                    special[tok["content"]] = _token_id(tok.get("id"))
+                    special[_token_text(tok["content"])] = _token_id(tok.get("id"))
         except (AttributeError, TypeError, ValueError) as exc:
             raise EdgecpmError(f"tokenizer.json has a malformed added_tokens list ({exc})") from None
-        return HFTokenizer(tk, bos_id=bos_id, eos_ids=eos_ids, add_bos=bool(cfg.get("add_bos_token", False)),
-                           chat_template=template, special_tokens=special)
+        return HFTokenizer(
+            tk,
+            bos_id=bos_id,
+            eos_ids=eos_ids,
+            add_bos=bool(cfg.get("add_bos_token", False)),
+            chat_template=template,
+            special_tokens=special,
+        )
     raise EdgecpmError(f"no tokenizer.model or tokenizer.json in {d}")

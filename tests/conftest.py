@@ -28,8 +28,9 @@ def tiny_tied() -> Path:
 @pytest.fixture(scope="session")
 def tiny_untied() -> Path:
     """Untied head (lm_head.weight present), 3 layers, GQA 4:1, 3 shards (MiniCPM4.1-8B layout in miniature)."""
-    return cached_checkpoint(SyntheticSpec(tied=False, num_layers=3, num_heads=8, num_kv_heads=2,
-                                           hidden_size=64, shards=3, seed=1))
+    return cached_checkpoint(
+        SyntheticSpec(tied=False, num_layers=3, num_heads=8, num_kv_heads=2, hidden_size=64, shards=3, seed=1)
+    )
 
 
 @pytest.fixture(scope="session")

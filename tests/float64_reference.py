@@ -29,8 +29,9 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
 
-def forward(cfg: dict, w: dict[str, np.ndarray], ids: list[int],
-            schedule: list[tuple[int, float]] | None = None) -> np.ndarray:
+def forward(
+    cfg: dict, w: dict[str, np.ndarray], ids: list[int], schedule: list[tuple[int, float]] | None = None
+) -> np.ndarray:
     """Full-sequence logits [T, V] in float64.
 
     `schedule` overrides the layer loop with explicit (weight layer, residual multiplier) pairs, written out by
@@ -58,7 +59,7 @@ def forward(cfg: dict, w: dict[str, np.ndarray], ids: list[int],
     cos, sin = np.cos(emb) * mscale, np.sin(emb) * mscale
 
     def rope(x: np.ndarray) -> np.ndarray:  # x [heads, T, hd]
-        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
         return x * cos + np.concatenate([-x2, x1], -1) * sin
 
     res = cfg["scale_depth"] / math.sqrt(L)

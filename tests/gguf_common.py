@@ -19,8 +19,9 @@ from edgecpm.weights import open_checkpoint
 
 DATA = Path(__file__).parent / "data"
 # 256-wide so every matrix row is a whole number of 256-value TQ / K-quant blocks
-WIDE = SyntheticSpec(hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2,
-                     dim_model_base=64, seed=3)
+WIDE = SyntheticSpec(
+    hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4, num_kv_heads=2, dim_model_base=64, seed=3
+)
 
 
 def reference_logits(src: Path, ids: list[int]) -> np.ndarray:
@@ -33,8 +34,7 @@ def reference_logits(src: Path, ids: list[int]) -> np.ndarray:
 def llamacpp_logits(gguf_path: Path, ids: list[int], n_ctx: int | None = None) -> np.ndarray:
 
     n = n_ctx or max(64, len(ids))
-    llm = open_llama(str(gguf_path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=1,
-                          verbose=False)
+    llm = open_llama(str(gguf_path), n_ctx=n, n_batch=n, n_ubatch=n, logits_all=True, n_threads=1, verbose=False)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float32)

@@ -143,7 +143,7 @@ def test_core_renders_the_same_prompts_as_the_jinja_template(core_view: dict, ch
 
 def test_core_settings_follow_the_memory_rule(core_view: dict, bundle: Path, checkpoint: Path) -> None:
     import edgecpm
-    from edgecpm.device_profiles.profile import load_profile
+    from edgecpm.device_profiles.catalog import load_profile
 
     config = edgecpm.load(checkpoint).config
     kv_per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * 4  # fp32 K and V
@@ -184,7 +184,7 @@ def _greedy_executorch(pte: Path, ids: list[int], new_tokens: int, eos: set[int]
     import torch
     from executorch.runtime import Runtime
 
-    from edgecpm.exporters.executorch_lower import import_runtime_ops
+    from edgecpm.backends.executorch_ops import import_runtime_ops
 
     import_runtime_ops()
     forward = Runtime.get().load_program(pte).load_method("forward")
@@ -209,7 +209,7 @@ def test_host_runner_gives_the_tokens_the_app_settings_imply(core_view: dict, bu
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     import edgecpm
-    from edgecpm.exporters.executorch_lower import import_runtime_ops
+    from edgecpm.backends.executorch_ops import import_runtime_ops
 
     profile, settings = next(iter(core_view["settings"].items()))
     prompt = core_view["benchmark_prompts"][0]
@@ -249,7 +249,7 @@ def test_chat_reply_budget_keeps_the_runner_inside_the_context(core_view: dict, 
     import sentencepiece as spm
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    from edgecpm.exporters.executorch_lower import import_runtime_ops
+    from edgecpm.backends.executorch_ops import import_runtime_ops
 
     import_runtime_ops()
     sp = spm.SentencePieceProcessor(model_file=str(bundle / "tokenizer.model"))

@@ -32,18 +32,26 @@ def test_inspect(tiny_untied) -> None:
 
 
 def test_chat_reads_stdin(tiny_tied) -> None:
-    out = subprocess.run([sys.executable, "-m", "edgecpm", "chat", str(tiny_tied), "--max-new-tokens", "4"],
-                         input="hello\n\n", capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "edgecpm", "chat", str(tiny_tied), "--max-new-tokens", "4"],
+        input="hello\n\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
 
 
-@pytest.mark.parametrize("args, message", [
-    (("generate", "/no/such/model", "--prompt", "x"), "not found"),
-    (("inspect", "/no/such/model"), "not found"),
-    (("generate", "minicpm4-8b", "--prompt", "x"), "preset without weights"),
-    (("generate", "TINY", "--prompt", "x", "--backend", "tpu"), "unknown backend"),
-    (("generate", "TINY", "--prompt", "x", "--temperature", "-2"), "temperature"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("generate", "/no/such/model", "--prompt", "x"), "not found"),
+        (("inspect", "/no/such/model"), "not found"),
+        (("generate", "minicpm4-8b", "--prompt", "x"), "preset without weights"),
+        (("generate", "TINY", "--prompt", "x", "--backend", "tpu"), "unknown backend"),
+        (("generate", "TINY", "--prompt", "x", "--temperature", "-2"), "temperature"),
+    ],
+)
 def test_errors_are_one_line_exit_2(tiny_tied, args, message) -> None:
     out = run(*[str(tiny_tied) if a == "TINY" else a for a in args])
     assert out.returncode == 2
@@ -67,8 +75,9 @@ def test_malformed_config_exit_2(tiny_tied, tmp_path) -> None:
 def test_quickstart_plans_runs_and_exports(tiny_tied, tmp_path) -> None:
     """The README's main job on a checkpoint: a plan, a generation on the planned backend, a GGUF that llama.cpp
     loads (checked by opening it with the llama.cpp backend when it is installed)."""
-    out = run("quickstart", str(tiny_tied), "--out", str(tmp_path / "qs"), "--max-new-tokens", "4", "--skip-report",
-              "--json")
+    out = run(
+        "quickstart", str(tiny_tied), "--out", str(tmp_path / "qs"), "--max-new-tokens", "4", "--skip-report", "--json"
+    )
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["plan"]["fits"] is True and summary["run"]["new_tokens"] <= 4

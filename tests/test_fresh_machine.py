@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgecpm.device_profiles import host
-from edgecpm.device_profiles.profiler import held_out_error
+from edgecpm.profiling.profiler import held_out_error
 
 
 def test_threads_use_every_core_unless_fewer_measure_faster(monkeypatch) -> None:
@@ -79,8 +79,14 @@ def run_cli_without(module: str, argv: list[str], tmp_path, extra_env: dict | No
     import os
 
     env = dict(os.environ, EDGECPM_LOG_DIR=str(tmp_path / "logs"), **(extra_env or {}))
-    return subprocess.run([sys.executable, "-c", BLOCK.format(blocked=module, argv=argv)], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=tmp_path)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK.format(blocked=module, argv=argv)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
 
 
 def test_missing_plot_library_is_one_line_naming_the_extra(tmp_path) -> None:
@@ -93,8 +99,9 @@ def test_missing_plot_library_is_one_line_naming_the_extra(tmp_path) -> None:
 
 
 def test_missing_onnx_is_one_line_naming_the_extra(tmp_path, tiny_tied) -> None:
-    proc = run_cli_without("onnx", ["export", str(tiny_tied), "--format", "onnx", "--out", str(tmp_path / "o")],
-                           tmp_path)
+    proc = run_cli_without(
+        "onnx", ["export", str(tiny_tied), "--format", "onnx", "--out", str(tmp_path / "o")], tmp_path
+    )
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "edgecpm[onnx]" in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()

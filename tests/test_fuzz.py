@@ -431,16 +431,16 @@ def _exercise_tokenizer(d: Path) -> None:
 
 
 def _exercise_device(d: Path) -> None:
-    from edgecpm.device_profiles.planner import plan
     from edgecpm.device_profiles.profile import read_profile_file
+    from edgecpm.planning.planner import plan
 
     profile = read_profile_file(d / "snapdragon-8-gen3.toml")
     plan("minicpm4-0.5b", profile, context=4096)
 
 
 def _exercise_artifact(d: Path) -> None:
-    from edgecpm.device_profiles.planner import plan
     from edgecpm.exporters.manifest import read_manifest
+    from edgecpm.planning.planner import plan
 
     m = read_manifest(d)
     m.model_config  # noqa: B018 - parsing is the point
@@ -607,9 +607,9 @@ def worker_main(argv: list[str]) -> None:
     ap.add_argument("--start", type=int, default=0)
     args = ap.parse_args(argv)
     targets = list(TARGETS) if args.target == ["all"] else args.target
-    import edgecpm.device_profiles.planner  # noqa: F401 - imports and seeds before the limit
     import edgecpm.exporters.executorch_android  # noqa: F401
     import edgecpm.gguf_vocab  # noqa: F401
+    import edgecpm.planning.planner  # noqa: F401 - imports and seeds before the limit
     import edgecpm.weights  # noqa: F401
 
     for t in targets:

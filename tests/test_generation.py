@@ -41,7 +41,7 @@ def test_stop_string_and_stream_agree(tiny_tied) -> None:
     m = edgecpm.load(tiny_tied)
     full = m.generate("The", max_new_tokens=20)
     assert full
-    stop = full[len(full) // 2: len(full) // 2 + 2]
+    stop = full[len(full) // 2 : len(full) // 2 + 2]
     if not stop.strip():
         pytest.skip("degenerate generation")
     stopped = m.generate("The", max_new_tokens=20, stop=[stop])

@@ -14,15 +14,13 @@ pytest.importorskip("llama_cpp")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edgecpm", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, "-m", "edgecpm", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_unknown_quant_api_and_cli(tiny_tied, tmp_path) -> None:
     with pytest.raises(edgecpm.EdgecpmError, match="unknown quant 'q3_xx'"):
         edgecpm.export(tiny_tied, format="gguf", out=tmp_path / "o", quant="q3_xx")
-    r = run_cli("export", str(tiny_tied), "--format", "gguf", "--quant", "q3_xx", "--out",
-                str(tmp_path / "o"))
+    r = run_cli("export", str(tiny_tied), "--format", "gguf", "--quant", "q3_xx", "--out", str(tmp_path / "o"))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [r.stderr.strip()]  # one line
     assert "unknown quant 'q3_xx'" in r.stderr and "q4_k_m" in r.stderr
@@ -33,8 +31,12 @@ def test_unknown_quant_api_and_cli(tiny_tied, tmp_path) -> None:
 def test_unwritable_output_path(case, tiny_tied, tmp_path) -> None:
     blocker = tmp_path / "blocker"
     blocker.write_text("x")
-    out = {"parent_is_file": blocker / "out", "parent_missing": tmp_path / "no" / "such" / "out",
-           "nonempty_folder": tmp_path, "folder_as_file": tmp_path / "dir.gguf"}[case]
+    out = {
+        "parent_is_file": blocker / "out",
+        "parent_missing": tmp_path / "no" / "such" / "out",
+        "nonempty_folder": tmp_path,
+        "folder_as_file": tmp_path / "dir.gguf",
+    }[case]
     if case == "folder_as_file":
         out.mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -92,10 +94,27 @@ def test_cli_interrupt_exits_130_and_cleans_up(tiny_tied, tmp_path) -> None:
         "    return real(*a, **k)\n"
         "g._tensor_bytes = f\n"
         "from edgecpm.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n")
-    r = subprocess.run([sys.executable, "-c", code, "export", str(tiny_tied), "--format", "gguf", "--quant",
-                        "f16", "--out", str(tmp_path / "o"), "--json"], capture_output=True, text=True,
-                       timeout=300)
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "export",
+            str(tiny_tied),
+            "--format",
+            "gguf",
+            "--quant",
+            "f16",
+            "--out",
+            str(tmp_path / "o"),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 130, r.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -103,8 +122,7 @@ def test_cli_interrupt_exits_130_and_cleans_up(tiny_tied, tmp_path) -> None:
 def test_cli_export_json(tiny_tied, tmp_path) -> None:
     import json
 
-    r = run_cli("export", str(tiny_tied), "--format", "gguf", "--quant", "q5_1", "--out", str(tmp_path / "o"),
-                "--json")
+    r = run_cli("export", str(tiny_tied), "--format", "gguf", "--quant", "q5_1", "--out", str(tmp_path / "o"), "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["quant"] == "q5_1" and info["format"] == "gguf"

@@ -57,32 +57,44 @@ def test_metadata_keys_have_llamacpp_types_and_values(tiny_tied, outdir) -> None
     reader = gguf.GGUFReader(str(art.model_file))
     f = reader.fields
     expected = {  # key types llama.cpp's loader insists on (llama-model.cpp hparams, llama-vocab.cpp)
-        "general.architecture": VT.STRING, "minicpm.block_count": VT.UINT32,
+        "general.architecture": VT.STRING,
+        "minicpm.block_count": VT.UINT32,
         "minicpm.context_length": VT.UINT32,
-        "minicpm.embedding_length": VT.UINT32, "minicpm.feed_forward_length": VT.UINT32,
-        "minicpm.attention.head_count": VT.UINT32, "minicpm.attention.head_count_kv": VT.UINT32,
-        "minicpm.attention.layer_norm_rms_epsilon": VT.FLOAT32, "minicpm.rope.freq_base": VT.FLOAT32,
-        "minicpm.rope.scaling.type": VT.STRING, "minicpm.embedding_scale": VT.FLOAT32,
-        "minicpm.residual_scale": VT.FLOAT32, "minicpm.logit_scale": VT.FLOAT32,
+        "minicpm.embedding_length": VT.UINT32,
+        "minicpm.feed_forward_length": VT.UINT32,
+        "minicpm.attention.head_count": VT.UINT32,
+        "minicpm.attention.head_count_kv": VT.UINT32,
+        "minicpm.attention.layer_norm_rms_epsilon": VT.FLOAT32,
+        "minicpm.rope.freq_base": VT.FLOAT32,
+        "minicpm.rope.scaling.type": VT.STRING,
+        "minicpm.embedding_scale": VT.FLOAT32,
+        "minicpm.residual_scale": VT.FLOAT32,
+        "minicpm.logit_scale": VT.FLOAT32,
         "general.file_type": VT.UINT32,
-        "general.quantization_version": VT.UINT32, "tokenizer.ggml.model": VT.STRING,
-        "tokenizer.ggml.bos_token_id": VT.UINT32, "tokenizer.ggml.eos_token_id": VT.UINT32,
-        "tokenizer.ggml.add_bos_token": VT.BOOL, "tokenizer.chat_template": VT.STRING,
+        "general.quantization_version": VT.UINT32,
+        "tokenizer.ggml.model": VT.STRING,
+        "tokenizer.ggml.bos_token_id": VT.UINT32,
+        "tokenizer.ggml.eos_token_id": VT.UINT32,
+        "tokenizer.ggml.add_bos_token": VT.BOOL,
+        "tokenizer.chat_template": VT.STRING,
     }
     for key, vtype in expected.items():
         assert key in f, key
         assert f[key].types[0] == vtype, (key, f[key].types)
-    arrays = {"tokenizer.ggml.tokens": VT.STRING, "tokenizer.ggml.scores": VT.FLOAT32,
-              "tokenizer.ggml.token_type": VT.INT32}
+    arrays = {
+        "tokenizer.ggml.tokens": VT.STRING,
+        "tokenizer.ggml.scores": VT.FLOAT32,
+        "tokenizer.ggml.token_type": VT.INT32,
+    }
     for key, sub in arrays.items():
         assert f[key].types == [VT.ARRAY, sub], key
     assert f["general.architecture"].contents() == "minicpm"
     assert f["minicpm.rope.scaling.type"].contents() == "longrope"
     assert math.isclose(f["minicpm.embedding_scale"].contents(), cfg["scale_emb"], rel_tol=1e-6)
-    assert math.isclose(f["minicpm.residual_scale"].contents(),
-                        cfg["scale_depth"] / math.sqrt(cfg["num_hidden_layers"]), rel_tol=1e-6)
-    assert math.isclose(f["minicpm.logit_scale"].contents(), cfg["hidden_size"] / cfg["dim_model_base"],
-                        rel_tol=1e-6)
+    assert math.isclose(
+        f["minicpm.residual_scale"].contents(), cfg["scale_depth"] / math.sqrt(cfg["num_hidden_layers"]), rel_tol=1e-6
+    )
+    assert math.isclose(f["minicpm.logit_scale"].contents(), cfg["hidden_size"] / cfg["dim_model_base"], rel_tol=1e-6)
     tokens = f["tokenizer.ggml.tokens"].contents()
     assert len(tokens) == cfg["vocab_size"] == len(set(tokens))
     tensors = {t.name: t for t in reader.tensors}
@@ -109,10 +121,19 @@ def wide_reference():
     return src, ids, reference_logits(src, ids)
 
 
-@pytest.mark.parametrize("quant,kind,min_corr", [
-    ("bf16", "BF16", 0.999), ("q4_0", "Q4_0", 0.97), ("q4_1", "Q4_1", 0.97), ("q5_0", "Q5_0", 0.98),
-    ("q5_1", "Q5_1", 0.98), ("q4_k_m", "Q4_K", 0.97), ("q5_k_m", "Q5_K", 0.98), ("q6_k", "Q6_K", 0.99),
-])
+@pytest.mark.parametrize(
+    "quant,kind,min_corr",
+    [
+        ("bf16", "BF16", 0.999),
+        ("q4_0", "Q4_0", 0.97),
+        ("q4_1", "Q4_1", 0.97),
+        ("q5_0", "Q5_0", 0.98),
+        ("q5_1", "Q5_1", 0.98),
+        ("q4_k_m", "Q4_K", 0.97),
+        ("q5_k_m", "Q5_K", 0.98),
+        ("q6_k", "Q6_K", 0.99),
+    ],
+)
 def test_every_quant_loads_and_tracks_reference(quant, kind, min_corr, wide_reference, outdir) -> None:
     src, ids, ref = wide_reference
     art = export(src, outdir, quant)
@@ -128,9 +149,18 @@ def test_longrope_extended_context_uses_long_factors_and_mscale(outdir) -> None:
     rng = np.random.default_rng(5)
     long_f = [float(x) for x in rng.uniform(1.0, 4.0, 8)]
     short_f = [float(x) for x in rng.uniform(1.0, 2.0, 8)]
-    spec = SyntheticSpec(max_position_embeddings=1024, seed=4, extra_config={"rope_scaling": {
-        "rope_type": "longrope", "long_factor": long_f, "short_factor": short_f,
-        "original_max_position_embeddings": 256}})
+    spec = SyntheticSpec(
+        max_position_embeddings=1024,
+        seed=4,
+        extra_config={
+            "rope_scaling": {
+                "rope_type": "longrope",
+                "long_factor": long_f,
+                "short_factor": short_f,
+                "original_max_position_embeddings": 256,
+            }
+        },
+    )
     src = cached_checkpoint(spec)
     art = export(src, outdir, "f32", "longrope")
     ids = text_ids(src, 300)  # > original: the reference uses the long factors and mscale > 1
@@ -140,8 +170,16 @@ def test_longrope_extended_context_uses_long_factors_and_mscale(outdir) -> None:
 
 
 def test_sparse_config_is_namespaced_metadata_read_back(outdir) -> None:
-    sparse = {"kernel_size": 32, "kernel_stride": 16, "init_blocks": 1, "block_size": 64, "window_size": 128,
-              "topk": 4, "use_nope": False, "dense_len": -1}
+    sparse = {
+        "kernel_size": 32,
+        "kernel_stride": 16,
+        "init_blocks": 1,
+        "block_size": 64,
+        "window_size": 128,
+        "topk": 4,
+        "use_nope": False,
+        "dense_len": -1,
+    }
     src = cached_checkpoint(SyntheticSpec(sparse_config=sparse))
     art = export(src, outdir, "f16", "sparse")
     f = gguf.GGUFReader(str(art.model_file)).fields
@@ -180,8 +218,13 @@ def test_gguf_source_reexport_matches_reference(tiny_untied, outdir) -> None:
     assert top1(got, ref) >= 0.99
     assert np.abs(got - ref).max() <= 0.05 * np.abs(ref).max()
     a, b = (gguf.GGUFReader(str(p)).fields for p in (first.model_file, second.model_file))
-    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-                "tokenizer.chat_template", "tokenizer.ggml.eos_token_id"):
+    for key in (
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.scores",
+        "tokenizer.ggml.token_type",
+        "tokenizer.chat_template",
+        "tokenizer.ggml.eos_token_id",
+    ):
         assert a[key].contents() == b[key].contents(), key
 
 
@@ -215,8 +258,7 @@ def test_artifact_manifest_load_and_inspect(tiny_tied, outdir) -> None:
     loaded = edgecpm.load(art.path)
     assert loaded.backend.name == "llama.cpp"
     assert loaded.generate("The", max_new_tokens=4) is not None
-    single = edgecpm.export(tiny_tied, format="gguf", out=outdir / "single.gguf", quant="q8_0",
-                            progress=False)
+    single = edgecpm.export(tiny_tied, format="gguf", out=outdir / "single.gguf", quant="q8_0", progress=False)
     assert single.model_file == outdir / "single.gguf"
     assert json.loads((outdir / "single.gguf.edgecpm.json").read_text())["quant"] == "q8_0"
 

@@ -31,8 +31,11 @@ def test_ternary_export_is_lossless_and_runs_in_llamacpp(quant, ternary_src, tmp
     # read the packed trits back with gguf's own dequantizer: equal to the source up to fp16 scale rounding
     _, src = open_checkpoint(ternary_src)
     _, back = open_checkpoint(art.model_file)
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
-                 "model.layers.1.mlp.down_proj.weight"):
+    for name in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    ):
         a, b = src.get(name).float().numpy(), back.get(name).numpy()
         assert np.array_equal(np.sign(a), np.sign(b)), name
         np.testing.assert_allclose(b, a, rtol=1e-3, atol=0)
@@ -46,8 +49,11 @@ def test_ternary_export_is_lossless_and_runs_in_llamacpp(quant, ternary_src, tmp
 
 def test_group_scaled_ternary_is_refused_naming_the_tensor(tmp_path) -> None:
     # BitCPM-CANN style: one absmean scale per 32 values -> several magnitudes in a 256-block
-    src = cached_checkpoint(SyntheticSpec(hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2,
-                                          dim_model_base=64, ternary=True, seed=3))
+    src = cached_checkpoint(
+        SyntheticSpec(
+            hidden_size=256, intermediate_size=512, num_heads=4, num_kv_heads=2, dim_model_base=64, ternary=True, seed=3
+        )
+    )
     with pytest.raises(edgecpm.EdgecpmError, match=r"tensor blk\.0\.attn_q\.weight is not ternary"):
         edgecpm.export(src, format="gguf", out=tmp_path / "out", quant="tq2_0", progress=False)
     assert list(tmp_path.iterdir()) == []
@@ -55,8 +61,7 @@ def test_group_scaled_ternary_is_refused_naming_the_tensor(tmp_path) -> None:
 
 def test_normal_weights_are_refused(tmp_path) -> None:
     with pytest.raises(edgecpm.EdgecpmError, match="not ternary"):
-        edgecpm.export(cached_checkpoint(WIDE), format="gguf", out=tmp_path / "out", quant="tq1_0",
-                       progress=False)
+        edgecpm.export(cached_checkpoint(WIDE), format="gguf", out=tmp_path / "out", quant="tq1_0", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 

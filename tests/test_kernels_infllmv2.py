@@ -29,10 +29,12 @@ TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # miniature of the published shape ratios (ks = 2 st, bs = 4 st): 6 free top-k blocks besides init + local
-SMALL = SparseConfig(kernel_size=16, kernel_stride=8, init_blocks=1, block_size=32, window_size=32, topk=6,
-                     dense_len=256)
-PUBLISHED_RATIO = SparseConfig(kernel_size=32, kernel_stride=16, init_blocks=1, block_size=64, window_size=128,
-                               topk=8, dense_len=1024)
+SMALL = SparseConfig(
+    kernel_size=16, kernel_stride=8, init_blocks=1, block_size=32, window_size=32, topk=6, dense_len=256
+)
+PUBLISHED_RATIO = SparseConfig(
+    kernel_size=32, kernel_stride=16, init_blocks=1, block_size=64, window_size=128, topk=8, dense_len=1024
+)
 
 
 def _inputs(g: int, s: int, t: int, d: int = 32, hkv: int = 2, seed: int = 0, b: int = 1):
@@ -120,8 +122,8 @@ def test_decode_with_incremental_state_equals_recompute(impl: str) -> None:
     computed = []
     steps = range(260, 400) if impl == "vectorized" else range(260, 280)
     for i in steps:
-        out = infllmv2_attention(q[:, :, i:i + 1], k[:, :, :i + 1], v[:, :, :i + 1], SMALL, state=state, impl=impl)
-        assert (out - full[:, :, i:i + 1]).abs().max().item() < TOL
+        out = infllmv2_attention(q[:, :, i : i + 1], k[:, :, : i + 1], v[:, :, : i + 1], SMALL, state=state, impl=impl)
+        assert (out - full[:, :, i : i + 1]).abs().max().item() < TOL
         computed.append(state.kernels_computed)
     # one new kernel every kernel_stride tokens, never a recompression of the prefix
     n_end = steps[-1] + 1
@@ -153,7 +155,7 @@ def test_planted_needle_is_selected(seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     needle = int(torch.randint(2, nb - 3, (1,), generator=gen))  # neither init nor local
     direction = q[0, :g, 0].mean(0)
-    k[0, 0, needle * 32:(needle + 1) * 32] = 3.0 * direction / direction.norm()
+    k[0, 0, needle * 32 : (needle + 1) * 32] = 3.0 * direction / direction.norm()
     kernels = _kernels(k[0, 0], SMALL.kernel_size, SMALL.kernel_stride)
     blocks = selected_blocks(q[0, :g, 0], kernels, s - 1, SMALL)
     assert needle in blocks
@@ -174,8 +176,15 @@ def test_short_context_degenerates_to_dense() -> None:
 
 def test_custom_op_and_export_single_node() -> None:
     q, k, v = _inputs(4, 300, 1, seed=4)
-    args = (SMALL.kernel_size, SMALL.kernel_stride, SMALL.init_blocks, SMALL.block_size, SMALL.window_size,
-            SMALL.topk, SMALL.dense_len)
+    args = (
+        SMALL.kernel_size,
+        SMALL.kernel_stride,
+        SMALL.init_blocks,
+        SMALL.block_size,
+        SMALL.window_size,
+        SMALL.topk,
+        SMALL.dense_len,
+    )
     out = torch.ops.edgecpm.infllmv2_attention(q, k, v, *args)
     assert (out - infllmv2_reference(q, k, v, SMALL)).abs().max().item() < TOL
 
@@ -223,8 +232,10 @@ def test_registry_choice_and_override(monkeypatch) -> None:
     monkeypatch.setenv("EDGECPM_KERNELS", "reference")
     q, k, v = _inputs(2, 300, 1)
     calls = []
-    monkeypatch.setattr("edgecpm.runtime_kernels.infllmv2_reference.infllmv2_reference",
-                        lambda *a, **kw: calls.append(1) or torch.zeros_like(q))
+    monkeypatch.setattr(
+        "edgecpm.runtime_kernels.infllmv2_reference.infllmv2_reference",
+        lambda *a, **kw: calls.append(1) or torch.zeros_like(q),
+    )
     infllmv2_attention(q, k, v, SMALL)
     assert calls == [1]
 

@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _inputs(t: int, h: int = 4, dk: int = 32, dv: int = 32, b: int = 2, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     # unit-scale rows, as after SALA's q/k RMSNorm
-    q = torch.nn.functional.normalize(torch.randn(b, h, t, dk, generator=gen), dim=-1) * dk ** 0.5 * 0.3
-    k = torch.nn.functional.normalize(torch.randn(b, h, t, dk, generator=gen), dim=-1) * dk ** 0.5 * 0.3
+    q = torch.nn.functional.normalize(torch.randn(b, h, t, dk, generator=gen), dim=-1) * dk**0.5 * 0.3
+    k = torch.nn.functional.normalize(torch.randn(b, h, t, dk, generator=gen), dim=-1) * dk**0.5 * 0.3
     v = torch.randn(b, h, t, dv, generator=gen)
     return q, k, v
 
@@ -40,7 +40,7 @@ def test_sala_slopes() -> None:
     slopes = alibi_slopes(32)
     assert slopes[0] == pytest.approx(0.8408964, rel=1e-6) and slopes[-1] == pytest.approx(0.00390625)
     assert len(alibi_slopes(12)) == 12 and len(set(alibi_slopes(12))) == 12
-    assert torch.equal(sala_log_decay(4), -torch.tensor([2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8]))
+    assert torch.equal(sala_log_decay(4), -torch.tensor([2**-2, 2**-4, 2**-6, 2**-8]))
 
 
 @pytest.mark.parametrize("impl", ["vectorized", "triton"])
@@ -66,8 +66,9 @@ def test_chunked_prefill_equals_step_by_step_decode(impl: str) -> None:
     out, state = lightning_attention(q[:, :, :150], k[:, :, :150], v[:, :, :150], g, impl=impl)
     steps = [out]
     for i in range(150, 180):
-        o, state = lightning_attention(q[:, :, i:i + 1], k[:, :, i:i + 1], v[:, :, i:i + 1], g, state=state,
-                                       impl=impl)
+        o, state = lightning_attention(
+            q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1], g, state=state, impl=impl
+        )
         steps.append(o)
     assert (torch.cat(steps, 2) - full).abs().max().item() < TOL
     assert (state - full_state).abs().max().item() < TOL

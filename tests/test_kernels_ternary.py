@@ -27,8 +27,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _bitcpm_weight(n: int, k: int, group: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor,
-                                                                              torch.Tensor]:
+def _bitcpm_weight(n: int, k: int, group: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A fake-quantized BitCPM matrix built independently of the packer: codes and scales drawn directly."""
     gen = torch.Generator().manual_seed(seed)
     codes = torch.randint(-1, 2, (n, k), generator=gen).to(torch.int8)

@@ -22,7 +22,7 @@ def test_incremental_decode_equals_full_forward(model: Model, mode: str) -> None
     ids = torch.tensor([[1, 17, 99, 250, 3, 8, 44, 501, 12, 7]])
     full = model(ids)
     cache = model.new_cache(mode, max_len=32)
-    pieces = [model(ids[:, :4], cache)] + [model(ids[:, i:i + 1], cache) for i in range(4, 10)]
+    pieces = [model(ids[:, :4], cache)] + [model(ids[:, i : i + 1], cache) for i in range(4, 10)]
     assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-4)
     assert cache.length == 10
 

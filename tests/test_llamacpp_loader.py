@@ -89,8 +89,9 @@ def run_child(model: Path, out: Path, env_value: str | None) -> dict:
     env.pop(ENV_VAR, None)
     if env_value is not None:
         env[ENV_VAR] = env_value
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(out)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model), str(out)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, f"llama.cpp load/decode failed (exit {proc.returncode}): {proc.stderr[-400:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

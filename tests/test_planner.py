@@ -11,9 +11,9 @@ import pytest
 import edgecpm
 from edgecpm.cli import main
 from edgecpm.config import preset_config
-from edgecpm.device_profiles.cost_model import FORMAT_QUANTS, weight_sizes
-from edgecpm.device_profiles.planner import SCHEMA
 from edgecpm.errors import EdgecpmError
+from edgecpm.planning.cost_model import FORMAT_QUANTS, weight_sizes
+from edgecpm.planning.planner import SCHEMA
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
 GIB = 2**30
@@ -110,15 +110,18 @@ def test_sparse_attention_is_chosen_past_dense_len_and_predicted_faster():
     assert dense.attention["kind"] == "dense" and "sparse_config" in dense.attention["reason"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(context=0), "context is 0"),
-    (dict(context=10**7), "impossible"),
-    (dict(quant="q3_xx"), "unknown quant 'q3_xx'"),
-    (dict(quant="tq2_0"), "not ternary"),
-    (dict(backend="torch"), "does not run on snapdragon-8-gen3"),
-    (dict(prompt_tokens=9000, context=4096), "prompt_tokens"),
-    (dict(memory_gb=-1), "memory_gb"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(context=0), "context is 0"),
+        (dict(context=10**7), "impossible"),
+        (dict(quant="q3_xx"), "unknown quant 'q3_xx'"),
+        (dict(quant="tq2_0"), "not ternary"),
+        (dict(backend="torch"), "does not run on snapdragon-8-gen3"),
+        (dict(prompt_tokens=9000, context=4096), "prompt_tokens"),
+        (dict(memory_gb=-1), "memory_gb"),
+    ],
+)
 def test_impossible_requests_are_clear_errors(kwargs, message):
     with pytest.raises(EdgecpmError, match=re.escape(message)):
         edgecpm.plan("minicpm4-8b", "snapdragon-8-gen3", **kwargs)
@@ -144,8 +147,11 @@ def test_ternary_checkpoint_plans_ternary_gguf():
 def test_predicted_weight_bytes_match_a_real_exported_gguf(tmp_path, quant):
     """The size table against a file written by the GGUF exporter (its tokenizer metadata excluded by margin)."""
     pytest.importorskip("edgecpm.exporters.gguf_exporter")
-    ckpt = cached_checkpoint(SyntheticSpec(hidden_size=512, intermediate_size=1024, num_layers=3, num_heads=8,
-                                           num_kv_heads=2, tied=False, seed=5))
+    ckpt = cached_checkpoint(
+        SyntheticSpec(
+            hidden_size=512, intermediate_size=1024, num_layers=3, num_heads=8, num_kv_heads=2, tied=False, seed=5
+        )
+    )
     artifact = edgecpm.export(ckpt, format="gguf", out=tmp_path / quant, quant=quant)
     from edgecpm.exporters.manifest import read_manifest
 
@@ -162,14 +168,20 @@ def test_predicted_weight_bytes_match_a_real_exported_gguf(tmp_path, quant):
 
 def test_host_plan_uses_stored_calibration(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECPM_CALIBRATION_DIR", str(tmp_path))
-    from edgecpm.device_profiles.host_store import calibration_path, load_calibration, save_coefficients
     from edgecpm.device_profiles.host import probe
+    from edgecpm.device_profiles.host_store import calibration_path, load_calibration, save_coefficients
 
     data = probe(measure=False)
     data["bandwidth"] = {"read_gbs": 10.0, "copy_gbs": 10.0, "buffer_mb": 1}
     data["compute"] = {"fp32_gflops": 100.0}
-    coeffs = {"bandwidth_efficiency": 0.5, "compute_efficiency": 0.5, "layer_overhead_s": 0.0,
-              "token_overhead_s": 0.0, "runtime_bytes": 0.0, "source": "x"}
+    coeffs = {
+        "bandwidth_efficiency": 0.5,
+        "compute_efficiency": 0.5,
+        "layer_overhead_s": 0.0,
+        "token_overhead_s": 0.0,
+        "runtime_bytes": 0.0,
+        "source": "x",
+    }
     save_coefficients(data, {"torch/f32": {"coefficients": coeffs, "quant": "f32", "model": "m"}})
     plan = edgecpm.plan("minicpm4-0.5b", "host", backend="torch", quant="f32", context=128)
     p = plan.choice.prediction
@@ -184,7 +196,7 @@ def test_host_plan_uses_stored_calibration(tmp_path, monkeypatch):
 
 def test_calibration_fit_recovers_known_coefficients():
     """Timings generated from known efficiencies (by hand, not by the cost model) are inverted exactly."""
-    from edgecpm.device_profiles.calibration import fit_coefficients
+    from edgecpm.planning.calibration import fit_coefficients
 
     config = preset_config("minicpm4-0.5b")
     q = FORMAT_QUANTS["hf"]["f32"]

@@ -13,8 +13,8 @@ import pytest
 
 import edgecpm
 from edgecpm.cli import main
-from edgecpm.device_profiles import report as report_mod
 from edgecpm.errors import EdgecpmError
+from edgecpm.profiling import report as report_mod
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FAST = dict(contexts=(16, 48), decode_tokens=4, fidelity_tokens=32, progress=False)
@@ -124,8 +124,19 @@ def test_interrupted_write_leaves_no_partial_report(gguf_report, tmp_path, monke
 
 def test_cli_profile_shows_progress_and_json_is_quiet(tiny_tied, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("EDGECPM_CALIBRATION_DIR", str(tmp_path / "cal"))
-    args = ["profile", str(tiny_tied), "--out", str(tmp_path / "r"), "--contexts", "16,32", "--decode-tokens", "3",
-            "--fidelity-tokens", "24", "--no-calibrate"]
+    args = [
+        "profile",
+        str(tiny_tied),
+        "--out",
+        str(tmp_path / "r"),
+        "--contexts",
+        "16,32",
+        "--decode-tokens",
+        "3",
+        "--fidelity-tokens",
+        "24",
+        "--no-calibrate",
+    ]
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "profiling" in captured.err and "report.html" in captured.out
@@ -135,12 +146,15 @@ def test_cli_profile_shows_progress_and_json_is_quiet(tiny_tied, tmp_path, monke
     assert json.loads(captured.out)["backends"][0]["backend"] == "torch" and "profiling" not in captured.err
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(device="snapdragon-8-gen3"), "profile measures this machine"),
-    (dict(contexts=(10**6,)), "exceeds the model's"),
-    (dict(backends=["onnxruntime"]), "cannot run this model here"),
-    (dict(decode_tokens=1), "at least 2"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(device="snapdragon-8-gen3"), "profile measures this machine"),
+        (dict(contexts=(10**6,)), "exceeds the model's"),
+        (dict(backends=["onnxruntime"]), "cannot run this model here"),
+        (dict(decode_tokens=1), "at least 2"),
+    ],
+)
 def test_bad_profile_requests(tiny_tied, tmp_path, kwargs, message):
     with pytest.raises(EdgecpmError, match=message):
         edgecpm.profile(tiny_tied, out=tmp_path, **{**FAST, **kwargs})
@@ -152,8 +166,24 @@ def test_preset_and_file_out_are_refused(tiny_tied, tmp_path):
         edgecpm.profile("minicpm4-8b", out=tmp_path)
     target = tmp_path / "file"
     target.write_text("x")
-    assert main(["profile", str(tiny_tied), "--out", str(target), "--contexts", "16", "--decode-tokens", "2",
-                 "--fidelity-tokens", "16", "--no-calibrate"]) == 2
+    assert (
+        main(
+            [
+                "profile",
+                str(tiny_tied),
+                "--out",
+                str(target),
+                "--contexts",
+                "16",
+                "--decode-tokens",
+                "2",
+                "--fidelity-tokens",
+                "16",
+                "--no-calibrate",
+            ]
+        )
+        == 2
+    )
 
 
 def test_artifact_is_profiled_on_its_runtime_against_a_reference(tiny_tied, tmp_path, monkeypatch):
@@ -180,11 +210,26 @@ def test_report_renders_in_headless_chromium(gguf_report, tmp_path):
         pytest.skip("no headless Chromium on this machine")
     _, out = gguf_report
     shot = tmp_path / "page.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,4000",
-                    f"--screenshot={shot}", (out / "report.html").as_uri()],
-                   capture_output=True, timeout=120, check=False)
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,4000",
+            f"--screenshot={shot}",
+            (out / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     import matplotlib.image as mpimg
 
     page = mpimg.imread(str(shot))[..., :3]

@@ -76,8 +76,10 @@ def test_hf_tokenizer_json_checkpoint(tiny_tied, tmp_path) -> None:
     (d / "tokenizer.model").unlink()
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.train_from_iterator(["the game was composed by the team", "a small model runs on the phone"] * 50,
-                           trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    tk.train_from_iterator(
+        ["the game was composed by the team", "a small model runs on the phone"] * 50,
+        trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]),
+    )
     tk.save(str(d / "tokenizer.json"))
     m = edgecpm.load(d)
     text = "the phone runs a small game"

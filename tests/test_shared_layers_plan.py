@@ -11,7 +11,7 @@ FULL = SyntheticSpec(num_layers=8, shared_unique_layers=1, seed=11)
 
 
 def test_planner_predicts_fewer_steps_faster() -> None:
-    from edgecpm.device_profiles.planner import plan
+    from edgecpm.planning.planner import plan
 
     ckpt = cached_checkpoint(FULL)
     full = plan(str(ckpt), "raspberry-pi-5", context=256, backend="llama.cpp")

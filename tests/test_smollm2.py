@@ -14,8 +14,13 @@ from edgecpm.backends.llamacpp_loader import open_llama
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-PROMPTS = ["The capital of France is", "Once upon a time, there was a little", "The three primary colors are",
-           "def fibonacci(n):", "Water boils at a temperature of"]
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, there was a little",
+    "The three primary colors are",
+    "def fibonacci(n):",
+    "Water boils at a temperature of",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +30,9 @@ def ours(smollm2_path):
 
 @pytest.fixture(scope="module")
 def llm(smollm2_path):
-    return open_llama(str(smollm2_path), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True,
-                           n_threads=2, verbose=False)
+    return open_llama(
+        str(smollm2_path), n_ctx=1024, n_batch=1024, n_ubatch=1024, logits_all=True, n_threads=2, verbose=False
+    )
 
 
 def test_top1_agreement_with_llamacpp_on_real_text(ours, llm, wikitext) -> None:
@@ -79,9 +85,24 @@ def test_greedy_continuations_match_llamacpp(ours, llm) -> None:
 
 
 def test_cli_generate_gives_coherent_text(smollm2_path) -> None:
-    out = subprocess.run([sys.executable, "-m", "edgecpm", "generate", str(smollm2_path), "--chat", "--prompt",
-                          "What is the capital of France? Answer in one word.", "--max-new-tokens", "12",
-                          "--json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecpm",
+            "generate",
+            str(smollm2_path),
+            "--chat",
+            "--prompt",
+            "What is the capital of France? Answer in one word.",
+            "--max-new-tokens",
+            "12",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert "paris" in result["text"].lower()

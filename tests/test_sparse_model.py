@@ -15,8 +15,16 @@ import torch
 import edgecpm
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
-SPARSE = {"kernel_size": 8, "kernel_stride": 4, "init_blocks": 1, "block_size": 16, "window_size": 32, "topk": 3,
-          "use_nope": False, "dense_len": 64}
+SPARSE = {
+    "kernel_size": 8,
+    "kernel_stride": 4,
+    "init_blocks": 1,
+    "block_size": 16,
+    "window_size": 32,
+    "topk": 3,
+    "use_nope": False,
+    "dense_len": 64,
+}
 N = 220
 
 
@@ -25,15 +33,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def sparse_ckpt():
-    return cached_checkpoint(SyntheticSpec(num_layers=2, num_heads=8, num_kv_heads=2, hidden_size=128,
-                                           sparse_config=SPARSE, seed=3))
+    return cached_checkpoint(
+        SyntheticSpec(num_layers=2, num_heads=8, num_kv_heads=2, hidden_size=128, sparse_config=SPARSE, seed=3)
+    )
 
 
 @pytest.fixture(scope="module")
 def sala_ckpt():
-    return cached_checkpoint(SyntheticSpec(num_layers=4, num_heads=4, num_kv_heads=1, hidden_size=64,
-                                           sala_mixers=("minicpm4", "lightning-attn"), sparse_config=SPARSE,
-                                           seed=4))
+    return cached_checkpoint(
+        SyntheticSpec(
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=1,
+            hidden_size=64,
+            sala_mixers=("minicpm4", "lightning-attn"),
+            sparse_config=SPARSE,
+            seed=4,
+        )
+    )
 
 
 def _ids(n: int, vocab: int, seed: int = 0) -> list[int]:
@@ -90,8 +107,16 @@ def test_reference_kernels_give_same_model_logits(sparse_ckpt, monkeypatch) -> N
 
 
 def test_use_nope_prefill_equals_step_decode() -> None:
-    ckpt = cached_checkpoint(SyntheticSpec(num_layers=2, num_heads=8, num_kv_heads=2, hidden_size=128,
-                                           sparse_config={**SPARSE, "use_nope": True}, seed=5))
+    ckpt = cached_checkpoint(
+        SyntheticSpec(
+            num_layers=2,
+            num_heads=8,
+            num_kv_heads=2,
+            hidden_size=128,
+            sparse_config={**SPARSE, "use_nope": True},
+            seed=5,
+        )
+    )
     m = edgecpm.load(str(ckpt), backend="torch")
     assert m.config.sparse.use_nope
     assert _prefill_vs_steps(m, _ids(180, m.config.vocab_size, 3), 20) < 1e-4
@@ -133,7 +158,7 @@ def test_static_cache_and_bf16(sparse_ckpt) -> None:
     with torch.no_grad():
         full = model(ids)[0]
         cache = model.new_cache("static", max_len=200)
-        steps = [model(ids[:, :100], cache)[0]] + [model(ids[:, i:i + 1], cache)[0] for i in range(100, 160)]
+        steps = [model(ids[:, :100], cache)[0]] + [model(ids[:, i : i + 1], cache)[0] for i in range(100, 160)]
         assert (torch.cat(steps) - full).abs().max() < 1e-4 * full.abs().max()
         bf16 = Model.from_source(config, source, torch.bfloat16)
         low = bf16(ids)[0]

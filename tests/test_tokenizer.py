@@ -9,8 +9,12 @@ import edgecpm
 from edgecpm.backends.llamacpp_loader import open_llama
 from edgecpm.tokenizer import StreamDecoder, load_tokenizer_dir
 
-SAMPLES = ["The game 's opening theme was composed by Hitoshi Sakimoto .", "  leading spaces\nand\ttabs",
-           "naïve café — 東京 🚀 ü", "1234567 numbers 3.14"]
+SAMPLES = [
+    "The game 's opening theme was composed by Hitoshi Sakimoto .",
+    "  leading spaces\nand\ttabs",
+    "naïve café — 東京 🚀 ü",
+    "1234567 numbers 3.14",
+]
 
 
 def test_sentencepiece_matches_library(tiny_tied) -> None:

@@ -18,16 +18,22 @@ import numpy as np
 import torch
 
 from edgecpm.backends.registry import Opened
-
-from ..errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 
 class ExecuTorchBackend:
     name = "executorch"
 
-    def __init__(self, pte: Path, vocab_size: int, max_seq_len: int, max_context_len: int,
-                 logits: str = "last", threads: int | None = None) -> None:
-        from ..exporters.executorch_lower import import_runtime_ops
+    def __init__(
+        self,
+        pte: Path,
+        vocab_size: int,
+        max_seq_len: int,
+        max_context_len: int,
+        logits: str = "last",
+        threads: int | None = None,
+    ) -> None:
+        from edgecpm.backends.executorch_ops import import_runtime_ops
 
         import_runtime_ops()
         if threads:
@@ -67,11 +73,13 @@ class ExecuTorchBackend:
         if bad:
             raise EdgecpmError(f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
         if self._n_past + len(ids) > self.max_context_len:
-            raise EdgecpmError(f"context of {self._n_past + len(ids)} tokens exceeds the exported maximum "
-                               f"context length {self.max_context_len}")
+            raise EdgecpmError(
+                f"context of {self._n_past + len(ids)} tokens exceeds the exported maximum "
+                f"context length {self.max_context_len}"
+            )
         # a last-logits program gives one row per call, so per-position logits need one call per token
         step = self.max_seq_len if (self.all_logits_program or not every) else 1
-        rows = [self._run(ids[i:i + step]) for i in range(0, len(ids), step)]
+        rows = [self._run(ids[i : i + step]) for i in range(0, len(ids), step)]
         out = torch.cat(rows) if every else rows[-1][-1:]
         return out.float().numpy()
 
@@ -87,28 +95,44 @@ class ExecuTorchBackend:
         if n < 0 or n > self._n_past:
             raise EdgecpmError(f"cannot truncate a state of {self._n_past} tokens to {n}")
         if getattr(self, "recurrent", False) and 0 < n < self._n_past:
-            raise EdgecpmError("this ExecuTorch program keeps lightning-attention (SALA) recurrent states, which "
-                               "cannot be rolled back; prefill again instead")
+            raise EdgecpmError(
+                "this ExecuTorch program keeps lightning-attention (SALA) recurrent states, which "
+                "cannot be rolled back; prefill again instead"
+            )
         self._n_past = n
 
     def reset(self) -> None:
         self._n_past = 0
 
 
-def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None,
-                    dtype: str | None = None, threads: int | None = None, progress: bool = False,
-                    **_: Any) -> Opened:
+def open_backend(
+    path: Any,
+    config: Any,
+    manifest: Any = None,
+    *,
+    source: Any = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    **_: Any,
+) -> Opened:
     if manifest is None or manifest.format != "executorch":
         raise EdgecpmError(f"{path} is not an ExecuTorch artifact; export it with --format executorch first")
     if dtype not in (None, "float32", "fp32", "f32"):
-        raise EdgecpmError(f"an ExecuTorch artifact runs in the dtype it was exported with; dtype {dtype!r} "
-                           "cannot be applied")
+        raise EdgecpmError(
+            f"an ExecuTorch artifact runs in the dtype it was exported with; dtype {dtype!r} cannot be applied"
+        )
     pte = Path(path) / manifest.model_files[0]
     if not pte.is_file():
         raise EdgecpmError(f"ExecuTorch program {pte} is missing")
     extra = manifest.extra
-    backend = ExecuTorchBackend(pte, config.vocab_size, int(extra["max_seq_len"]), int(extra["max_context_len"]),
-                                extra.get("logits", "last"), threads)
+    backend = ExecuTorchBackend(
+        pte,
+        config.vocab_size,
+        int(extra["max_seq_len"]),
+        int(extra["max_context_len"]),
+        extra.get("logits", "last"),
+        threads,
+    )
     backend.recurrent = config.has_lightning_layers  # SALA: lightning states cannot be rolled back
     return Opened(backend)
-

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from edgecpm.backends.llamacpp_loader import open_llama
 from edgecpm.backends.registry import Opened
-
-from ..errors import EdgecpmError
-from .llamacpp_loader import open_llama
+from edgecpm.errors import EdgecpmError
 
 DEFAULT_N_CTX = 4096
 if importlib.util.find_spec("llama_cpp") is None:  # the registry names the extra that installs it
@@ -35,16 +34,31 @@ if importlib.util.find_spec("llama_cpp") is None:  # the registry names the extr
 class LlamaCppBackend:
     name = "llama.cpp"
 
-    def __init__(self, model_path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, threads: int | None = None,
-                 n_batch: int = 512, flash_attn: bool | None = None) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        n_ctx: int = DEFAULT_N_CTX,
+        threads: int | None = None,
+        n_batch: int = 512,
+        flash_attn: bool | None = None,
+    ) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise EdgecpmError(f"GGUF file not found: {path}")
         # flash_attn=True: a batch's logits equal one-token-at-a-time logits (speculative verify; docs/speculative.md)
         fa = {} if flash_attn is None else {"flash_attn": bool(flash_attn)}
         try:
-            self.llm = open_llama(path, n_ctx=n_ctx, n_batch=n_batch, n_ubatch=n_batch, n_threads=threads,
-                                  n_threads_batch=threads, logits_all=False, **fa)
+            self.llm = open_llama(
+                path,
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,
+                n_threads=threads,
+                n_threads_batch=threads,
+                logits_all=False,
+                **fa,
+            )
         except ValueError as exc:
             raise EdgecpmError(f"llama.cpp cannot load {path.name}: {exc}") from None
         self.path = path
@@ -90,12 +104,13 @@ class LlamaCppBackend:
         if bad:
             raise EdgecpmError(f"token id {bad[0]} is outside the vocabulary (size {self.vocab_size})")
         if self._n_past + len(tokens) > self.n_ctx:
-            raise EdgecpmError(f"context of {self._n_past + len(tokens)} tokens exceeds n_ctx={self.n_ctx}; "
-                               "load with a larger n_ctx")
+            raise EdgecpmError(
+                f"context of {self._n_past + len(tokens)} tokens exceeds n_ctx={self.n_ctx}; load with a larger n_ctx"
+            )
         ctx, batch, v = self.llm._ctx, self.llm._batch, self.vocab_size
         out = np.empty((len(tokens), v), dtype=np.float32) if all_logits else None
         for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start:start + self.n_batch]
+            chunk = tokens[start : start + self.n_batch]
             batch.set_batch(chunk, n_past=self._n_past, logits_all=all_logits)
             try:
                 ctx.decode(batch)
@@ -103,15 +118,26 @@ class LlamaCppBackend:
                 raise EdgecpmError(f"llama.cpp failed to evaluate the batch: {exc}") from None
             self._n_past += len(chunk)
             if out is not None:
-                out[start:start + len(chunk)] = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk), v))
+                out[start : start + len(chunk)] = np.ctypeslib.as_array(ctx.get_logits(), shape=(len(chunk), v))
         if out is not None:
             return out
         return np.ctypeslib.as_array(ctx.get_logits_ith(-1), shape=(v,)).copy()
 
 
-def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None,
-                  dtype: str | None = None, threads: int | None = None, progress: bool = False,
-                  n_ctx: int | None = None, n_batch: int = 512, flash_attn: bool | None = None, **_: Any) -> Any:
+def open_backend(
+    path: Any,
+    config: Any,
+    manifest: Any = None,
+    *,
+    source: Any = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    n_ctx: int | None = None,
+    n_batch: int = 512,
+    flash_attn: bool | None = None,
+    **_: Any,
+) -> Any:
     """A plain `.gguf` -> backend; an artifact folder -> (backend, tokenizer from the GGUF vocabulary)."""
     p = Path(path)
     if p.is_dir():
@@ -121,11 +147,13 @@ def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = 
     elif p.suffix == ".gguf":
         model = p
     else:
-        raise EdgecpmError("the llama.cpp backend runs .gguf files; export the checkpoint with --format gguf "
-                           "first")
+        raise EdgecpmError("the llama.cpp backend runs .gguf files; export the checkpoint with --format gguf first")
     if config is not None and getattr(config, "sparse", None) is not None:
-        warnings.warn("llama.cpp has no InfLLM v2 kernel: this model's sparse attention runs dense here "
-                      "(use backend='torch' for sparse attention)", stacklevel=3)
+        warnings.warn(
+            "llama.cpp has no InfLLM v2 kernel: this model's sparse attention runs dense here "
+            "(use backend='torch' for sparse attention)",
+            stacklevel=3,
+        )
     if n_ctx is None:
         n_ctx = min(int(getattr(config, "max_position_embeddings", DEFAULT_N_CTX)), DEFAULT_N_CTX)
     backend = LlamaCppBackend(model, n_ctx=int(n_ctx), threads=threads, n_batch=int(n_batch), flash_attn=flash_attn)
@@ -133,8 +161,7 @@ def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = 
         return Opened(backend)
     import gguf
 
-    from ..gguf_vocab import tokenizer_from_gguf
+    from edgecpm.gguf_vocab import tokenizer_from_gguf
 
     eos = tuple(getattr(config, "eos_token_ids", ()) or ())
     return Opened(backend, tokenizer_from_gguf(gguf.GGUFReader(str(model)), eos))
-

@@ -16,8 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgecpm.backends.registry import Opened
-
-from ..errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 
 class OnnxBackend:
@@ -116,4 +115,3 @@ def open_backend(
     if dtype not in (None, "float32", "fp32", "f32"):
         raise EdgecpmError(f"the ONNX backend computes in float32 (dtype {dtype!r} is fixed at export time)")
     return Opened(OnnxBackend(model_file, config, threads=threads))
-

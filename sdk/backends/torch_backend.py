@@ -9,16 +9,16 @@ import numpy as np
 import torch
 
 from edgecpm.backends.registry import Opened
-
-from ..errors import EdgecpmError
-from ..model import Model
+from edgecpm.errors import EdgecpmError
+from edgecpm.model import Model
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: Model, *, threads: int | None = None, cache_mode: str = "dynamic",
-                 max_len: int | None = None) -> None:
+    def __init__(
+        self, model: Model, *, threads: int | None = None, cache_mode: str = "dynamic", max_len: int | None = None
+    ) -> None:
         self.model = model
         self.vocab_size = model.config.vocab_size
         self.threads = threads
@@ -54,12 +54,22 @@ class TorchBackend:
         self.cache.reset()
 
 
-def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = None, dtype: str | None = None,
-               threads: int | None = None, progress: bool = False, ternary: str = "auto", **_: Any) -> Opened:
+def open_backend(
+    path: Any,
+    config: Any,
+    manifest: Any = None,
+    *,
+    source: Any = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+    ternary: str = "auto",
+    **_: Any,
+) -> Opened:
     """`ternary`: "auto" runs ternary (BitCPM4) linears, recognised from their values, on the packed 2-bit
     kernel; "1.6bit" packs five codes a byte; "off" keeps them as float matrices."""
-    from ..progress import progress_bar
-    from ..weights.ternary import swap_ternary_linears
+    from edgecpm.progress import progress_bar
+    from edgecpm.weights.ternary import swap_ternary_linears
 
     torch_dtype = resolve_dtype(dtype or "float32")
     with progress_bar(total=None, desc="loading weights", enabled=progress) as bar:
@@ -69,9 +79,16 @@ def open_backend(path: Any, config: Any, manifest: Any = None, *, source: Any = 
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    table = {"float32": torch.float32, "fp32": torch.float32, "f32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "f16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "f32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "f16": torch.float16,
+    }
     if name not in table:
         raise EdgecpmError(f"unknown dtype {name!r}; expected one of float32, bfloat16, float16")
     return table[name]
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..api import load
-from .generate import add_model_options, add_sampling_options
+from edgecpm.api import load
+from edgecpm.commands.generate import add_model_options, add_sampling_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load(args.path, backend=args.backend, dtype=args.dtype, threads=args.threads, device=args.device,
-                 progress=True)
+    model = load(
+        args.path, backend=args.backend, dtype=args.dtype, threads=args.threads, device=args.device, progress=True
+    )
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -33,9 +34,16 @@ def run(args: argparse.Namespace) -> int:
             return 0
         messages.append({"role": "user", "content": line.rstrip("\n")})
         reply = ""
-        for piece in model.generate(messages, stream=True, max_new_tokens=args.max_new_tokens,
-                                    temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                                    seed=args.seed, stop=args.stop):
+        for piece in model.generate(
+            messages,
+            stream=True,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            seed=args.seed,
+            stop=args.stop,
+        ):
             reply += piece
             sys.stdout.write(piece)
             sys.stdout.flush()

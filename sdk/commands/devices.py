@@ -8,9 +8,7 @@ import json
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("devices", help="list device profiles")
-    p.add_argument(
-        "--show", default=None, metavar="NAME", help="print one profile in full, with every source"
-    )
+    p.add_argument("--show", default=None, metavar="NAME", help="print one profile in full, with every source")
     p.add_argument("--host", action="store_true", help="also probe this machine (measures memory bandwidth)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -21,7 +19,7 @@ def _num(fact: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..device_profiles import list_profiles, load_profile
+    from edgecpm.device_profiles import list_profiles, load_profile
 
     if args.show:
         d = load_profile(args.show).to_dict()

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from ..errors import EdgecpmError
+from edgecpm.errors import EdgecpmError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quant", default=None, help="quantization (per format, e.g. gguf: f16 q8_0 q4_k_m)")
     p.add_argument("--out", required=True, help="artifact folder (gguf also accepts a path ending in .gguf)")
     p.add_argument("--threads", type=int, default=None, help="threads for quantization")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="format-specific option passed to the exporter (repeatable)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="format-specific option passed to the exporter (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the manifest as JSON; no progress bar")
     p.set_defaults(func=run)
 
@@ -43,7 +48,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..exporters.registry import run_export
+    from edgecpm.exporters.registry import run_export
 
     options = parse_options(args.option)
     if args.threads is not None:

@@ -6,12 +6,16 @@ import argparse
 import json
 import sys
 
-from ..api import load
+from edgecpm.api import load
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", nargs="?", default=None,
-                   help="HF checkpoint dir, .gguf file or exported artifact (default: bundled SmolLM2-135M)")
+    p.add_argument(
+        "path",
+        nargs="?",
+        default=None,
+        help="HF checkpoint dir, .gguf file or exported artifact (default: bundled SmolLM2-135M)",
+    )
     p.add_argument("--backend", default="auto", help="torch, llama.cpp, onnxruntime, executorch (default: auto)")
     p.add_argument("--dtype", default=None, help="torch backend compute dtype: float32 (default), bfloat16")
     p.add_argument("--threads", type=int, default=None)
@@ -33,9 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
     add_sampling_options(p)
-    p.add_argument("--draft", default=None,
-                   help="speculative draft (same output, fewer target forwards): prompt-lookup, a draft model path "
-                        "(smaller model with the same tokenizer, or the target at lower precision), or none")
+    p.add_argument(
+        "--draft",
+        default=None,
+        help="speculative draft (same output, fewer target forwards): prompt-lookup, a draft model path "
+        "(smaller model with the same tokenizer, or the target at lower precision), or none",
+    )
     p.add_argument("--draft-tokens", type=int, default=None, help="tokens drafted per target forward (k)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=run)
@@ -44,21 +51,39 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     # a llama.cpp target verifies drafts exactly only with flash attention (docs/speculative.md); others ignore it
     spec = {"flash_attn": True} if args.draft not in (None, "none") else {}
-    model = load(args.path, backend=args.backend, dtype=args.dtype, threads=args.threads, device=args.device,
-                 progress=not args.json, **spec)
+    model = load(
+        args.path,
+        backend=args.backend,
+        dtype=args.dtype,
+        threads=args.threads,
+        device=args.device,
+        progress=not args.json,
+        **spec,
+    )
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    sampling = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                    top_k=args.top_k, seed=args.seed, stop=args.stop)
+    sampling = dict(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=args.stop,
+    )
     if args.draft is not None:
-        from ..speculative import speculator_for
+        from edgecpm.speculative import speculator_for
 
         sampling["draft"] = speculator_for(args.draft, model, args.draft_tokens, threads=args.threads)
     if args.json:
         r = model.generate_result(prompt, **sampling)
-        out = {"text": r.text, "token_ids": r.token_ids, "prompt_tokens": r.prompt_tokens,
-               "finish_reason": r.finish_reason, "backend": model.backend.name,
-               "prefill_tokens_per_s": round(r.prefill_tokens_per_s, 2),
-               "decode_tokens_per_s": round(r.decode_tokens_per_s, 2)}
+        out = {
+            "text": r.text,
+            "token_ids": r.token_ids,
+            "prompt_tokens": r.prompt_tokens,
+            "finish_reason": r.finish_reason,
+            "backend": model.backend.name,
+            "prefill_tokens_per_s": round(r.prefill_tokens_per_s, 2),
+            "decode_tokens_per_s": round(r.decode_tokens_per_s, 2),
+        }
         if "speculative" in r.extra:
             out["speculative"] = r.extra["speculative"].to_dict()
         print(json.dumps(out))

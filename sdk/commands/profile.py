@@ -17,7 +17,7 @@ def _ints(text: str) -> list[int]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..device_profiles.profiler import DEFAULT_CONTEXTS, DEFAULT_DECODE_TOKENS, DEFAULT_FIDELITY_TOKENS
+    from edgecpm.profiling.profiler import DEFAULT_CONTEXTS, DEFAULT_DECODE_TOKENS, DEFAULT_FIDELITY_TOKENS
 
     p = sub.add_parser("profile", help="measure a model on this host and write a profiling report")
     p.add_argument(
@@ -45,8 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="source checkpoint for fidelity when MODEL is an exported artifact (torch reference)",
     )
     p.add_argument("--no-calibrate", action="store_true", help="do not store the fitted host coefficients")
-    p.add_argument("--eval", action="append", default=None, choices=("niah", "task-haystack"),
-                   help="add a long-context fidelity section: dense vs sparse vs q4_0 retention (repeatable)")
+    p.add_argument(
+        "--eval",
+        action="append",
+        default=None,
+        choices=("niah", "task-haystack"),
+        help="add a long-context fidelity section: dense vs sparse vs q4_0 retention (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the report JSON (no progress bar)")
     p.add_argument(
         "--import",
@@ -60,7 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..device_profiles.profiler import profile
+    from edgecpm.profiling.profiler import profile
 
     if args.import_file is not None:
         return _run_import(args)
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.eval:
-        from ..evals.report_section import add_to_report
+        from edgecpm.evals.report_section import add_to_report
 
         report["eval"] = add_to_report(args.model, args.eval, args.out, args.threads, progress=not args.json)
     if args.json:
@@ -101,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_import(args: argparse.Namespace) -> int:
-    from ..device_profiles.phone_import import import_phone_benchmark
+    from edgecpm.profiling.phone_import import import_phone_benchmark
 
     report = import_phone_benchmark(
         args.import_file,

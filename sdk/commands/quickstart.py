@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..api import load
-from ..default_model import resolve_model_path
+from edgecpm.api import load
+from edgecpm.default_model import resolve_model_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,12 +36,12 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..backends.registry import available_backends
-    from ..device_profiles.planner import format_plan, plan
-    from ..exporters.registry import run_export
+    from edgecpm.backends.registry import available_backends
+    from edgecpm.exporters.registry import run_export
+    from edgecpm.planning.planner import format_plan, plan
 
     if not args.skip_report:  # fail now, not after three steps
-        from ..optional import require
+        from edgecpm.optional import require
 
         require("matplotlib", "the profiling report's plots")
     path = resolve_model_path(args.path)
@@ -63,13 +63,20 @@ def run(args: argparse.Namespace) -> int:
     _say(args, f"\n== 2/4 run: {backend} backend, {threads} thread{'s' if threads != 1 else ''} ==")
     model = load(path, backend=backend, threads=threads, progress=not args.json)
     result = model.generate_result([{"role": "user", "content": args.prompt}], max_new_tokens=args.max_new_tokens)
-    summary["run"] = {"backend": model.backend.name, "text": result.text, "prompt_tokens": result.prompt_tokens,
-                      "new_tokens": len(result.token_ids),
-                      "prefill_tokens_per_s": round(result.prefill_tokens_per_s, 1),
-                      "decode_tokens_per_s": round(result.decode_tokens_per_s, 1)}
+    summary["run"] = {
+        "backend": model.backend.name,
+        "text": result.text,
+        "prompt_tokens": result.prompt_tokens,
+        "new_tokens": len(result.token_ids),
+        "prefill_tokens_per_s": round(result.prefill_tokens_per_s, 1),
+        "decode_tokens_per_s": round(result.decode_tokens_per_s, 1),
+    }
     _say(args, f"prompt:  {args.prompt}\nanswer:  {result.text.strip()}")
-    _say(args, f"speed:   prefill {summary['run']['prefill_tokens_per_s']} tokens/s, decode "
-               f"{summary['run']['decode_tokens_per_s']} tokens/s ({len(result.token_ids)} tokens)")
+    _say(
+        args,
+        f"speed:   prefill {summary['run']['prefill_tokens_per_s']} tokens/s, decode "
+        f"{summary['run']['decode_tokens_per_s']} tokens/s ({len(result.token_ids)} tokens)",
+    )
     del model
 
     _say(args, "\n== 3/4 export: GGUF q8_0 ==")
@@ -80,14 +87,22 @@ def run(args: argparse.Namespace) -> int:
     _say(args, f"wrote {artifact.model_file} ({summary['export']['bytes'] / 1e6:.1f} MB)")
 
     if not args.skip_report:
-        from ..device_profiles.profiler import profile
+        from edgecpm.profiling.profiler import profile
 
         _say(args, "\n== 4/4 profile: predictions beside measurements ==")
         report_dir = out / "report"
         report = profile(path, device="host", out=report_dir, threads=args.threads, progress=not args.json)
-        summary["report"] = {"dir": str(report_dir), "backends": [
-            {"backend": r["backend"], "quant": r["quant"],
-             "decode_tokens_per_s": r["timings"][0]["decode_tokens_per_s"]} for r in report["backends"]]}
+        summary["report"] = {
+            "dir": str(report_dir),
+            "backends": [
+                {
+                    "backend": r["backend"],
+                    "quant": r["quant"],
+                    "decode_tokens_per_s": r["timings"][0]["decode_tokens_per_s"],
+                }
+                for r in report["backends"]
+            ],
+        }
         for r in summary["report"]["backends"]:
             _say(args, f"{r['backend']:<10} {r['quant']:<6} decode {r['decode_tokens_per_s']:.1f} tok/s")
         _say(args, f"report: {report_dir / 'report.html'}")

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import ModelConfig, load_hf_config
-from ..errors import EdgecpmError
-from .base import MemorySource, WeightSource
-from .gguf_source import GGUFSource
-from .safetensors_source import SafetensorsSource
+from edgecpm.config import ModelConfig, load_hf_config
+from edgecpm.errors import EdgecpmError
+from edgecpm.weights.base import MemorySource, WeightSource
+from edgecpm.weights.gguf_source import GGUFSource
+from edgecpm.weights.safetensors_source import SafetensorsSource
 
 __all__ = ["WeightSource", "SafetensorsSource", "GGUFSource", "MemorySource", "open_checkpoint"]
 

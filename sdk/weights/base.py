@@ -7,7 +7,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from ..errors import WeightError
+from edgecpm.errors import WeightError
 
 
 @runtime_checkable

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import LayerSpec, ModelConfig, RopeScaling, SparseConfig
-from ..errors import ConfigError, EdgecpmError, WeightError
+from edgecpm.config import LayerSpec, ModelConfig, RopeScaling, SparseConfig
+from edgecpm.errors import ConfigError, EdgecpmError, WeightError
 
 SUPPORTED_GGUF_ARCHITECTURES = ("minicpm", "llama")
 
@@ -138,8 +138,7 @@ def check_gguf_layout(path: Path) -> None:
                         skip(count * _SCALAR_SIZES[itype], what)
                     elif itype in (_STRING, _ARRAY):
                         if count * 8 > size - pos:  # every item needs at least its 8-byte length
-                            raise WeightError(f"{name}: {what} claims {count} items but only {size - pos} bytes "
-                                              "remain")
+                            raise WeightError(f"{name}: {what} claims {count} items but only {size - pos} bytes remain")
                         for _ in range(count):
                             value(itype, what, depth + 1)
                     else:
@@ -183,8 +182,10 @@ def check_gguf_layout(path: Path) -> None:
             data_start = pos + (-pos % alignment)
             for tname, offset, nbytes in tensors:
                 if offset % alignment or data_start + offset + nbytes > size:
-                    raise WeightError(f"{name} is truncated or corrupt: tensor {tname!r} needs bytes "
-                                      f"{data_start + offset}..{data_start + offset + nbytes}, file has {size}")
+                    raise WeightError(
+                        f"{name} is truncated or corrupt: tensor {tname!r} needs bytes "
+                        f"{data_start + offset}..{data_start + offset + nbytes}, file has {size}"
+                    )
 
 
 class GGUFSource:
@@ -205,8 +206,10 @@ class GGUFSource:
             raise WeightError(f"{self.path.name} is not a valid GGUF file ({type(exc).__name__}: {exc})") from None
         self.arch = field_value(self.reader, "general.architecture")
         if self.arch not in SUPPORTED_GGUF_ARCHITECTURES:
-            raise ConfigError(f"GGUF architecture {self.arch!r} is not supported; expected one of "
-                              f"{', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
+            raise ConfigError(
+                f"GGUF architecture {self.arch!r} is not supported; expected one of "
+                f"{', '.join(SUPPORTED_GGUF_ARCHITECTURES)}"
+            )
         self._tensors = {t.name: t for t in self.reader.tensors}
         self._hf_to_gguf: dict[str, str] = {}
         for gname in self._tensors:
@@ -218,8 +221,7 @@ class GGUFSource:
         except (TypeError, ValueError, OverflowError, ZeroDivisionError, IndexError, UnicodeDecodeError) as exc:
             if isinstance(exc, EdgecpmError):
                 raise
-            raise ConfigError(f"{self.path.name} has malformed model metadata ({type(exc).__name__}: {exc})") \
-                from None
+            raise ConfigError(f"{self.path.name} has malformed model metadata ({type(exc).__name__}: {exc})") from None
         self._check_tensor_sizes()
 
     # ---- WeightSource ----
@@ -248,8 +250,9 @@ class GGUFSource:
         try:
             arr = gguf.quants.dequantize(t.data, t.tensor_type)
         except NotImplementedError:
-            raise WeightError(f"{self.path.name}: tensor {t.name} has type {t.tensor_type.name}, which "
-                              "gguf.quants cannot dequantize") from None
+            raise WeightError(
+                f"{self.path.name}: tensor {t.name} has type {t.tensor_type.name}, which gguf.quants cannot dequantize"
+            ) from None
         try:
             arr = np.asarray(arr, dtype=np.float32).reshape(self.shape(name))
             if name.endswith("self_attn.q_proj.weight"):
@@ -257,10 +260,15 @@ class GGUFSource:
             elif name.endswith("self_attn.k_proj.weight"):
                 arr = unpermute_from_llamacpp(arr, self.config.num_kv_heads)
         except ValueError as exc:  # a shape that does not fit the heads the metadata declares
-            raise WeightError(f"{self.path.name}: tensor {t.name} has shape {list(self.shape(name))}, which does "
-                              f"not fit the model metadata ({exc})") from None
-        return np.array(arr, dtype=np.float32, order="C", copy=True) if not arr.flags.writeable else \
-            np.ascontiguousarray(arr)
+            raise WeightError(
+                f"{self.path.name}: tensor {t.name} has shape {list(self.shape(name))}, which does "
+                f"not fit the model metadata ({exc})"
+            ) from None
+        return (
+            np.array(arr, dtype=np.float32, order="C", copy=True)
+            if not arr.flags.writeable
+            else np.ascontiguousarray(arr)
+        )
 
     def quant_type(self, name: str) -> str:
         return self._tensor(name).tensor_type.name
@@ -308,11 +316,18 @@ class GGUFSource:
         n_head = int(self._meta("attention.head_count"))
         n_kv = int(self._meta("attention.head_count_kv", n_head))
         head_dim = int(self._meta("attention.key_length", hidden // n_head))
-        for key, v in (("block_count", n_layers), ("embedding_length", hidden), ("attention.head_count", n_head),
-                       ("attention.head_count_kv", n_kv), ("attention.key_length", head_dim)):
+        for key, v in (
+            ("block_count", n_layers),
+            ("embedding_length", hidden),
+            ("attention.head_count", n_head),
+            ("attention.head_count_kv", n_kv),
+            ("attention.key_length", head_dim),
+        ):
             if not 0 < v <= (len(self._tensors) if key == "block_count" else 1 << 32):
-                raise ConfigError(f"GGUF metadata key '{self.arch}.{key}' is {v}; expected a positive count"
-                                  + (" no larger than the number of tensors" if key == "block_count" else ""))
+                raise ConfigError(
+                    f"GGUF metadata key '{self.arch}.{key}' is {v}; expected a positive count"
+                    + (" no larger than the number of tensors" if key == "block_count" else "")
+                )
         emb = self._tensors.get("token_embd.weight")
         if emb is None:
             raise WeightError(f"{self.path.name} has no token_embd.weight tensor")
@@ -323,11 +338,13 @@ class GGUFSource:
             dim_model_base = hidden / float(self._meta("logit_scale"))
         else:
             scale_emb, scale_depth, dim_model_base = 1.0, math.sqrt(n_layers), hidden
-        for key, v in (("embedding_scale", scale_emb), ("residual_scale", scale_depth),
-                       ("logit_scale", dim_model_base)):
+        for key, v in (
+            ("embedding_scale", scale_emb),
+            ("residual_scale", scale_depth),
+            ("logit_scale", dim_model_base),
+        ):
             if not 0 < v < 1e300:  # also NaN and inf
-                raise ConfigError(f"GGUF metadata key '{self.arch}.{key}' gives {v}; expected a positive finite "
-                                  "number")
+                raise ConfigError(f"GGUF metadata key '{self.arch}.{key}' gives {v}; expected a positive finite number")
         ctx = int(self._meta("context_length", 4096))
         rope_scaling = None
         long_t = self._tensors.get("rope_factors_long.weight")
@@ -336,8 +353,12 @@ class GGUFSource:
         if long_t is not None or short_t is not None:
             if long_t is None or short_t is None:
                 raise WeightError(f"{self.path.name} has only one of rope_factors_long/short")
-            rope_scaling = RopeScaling("longrope", tuple(float(x) for x in np.asarray(long_t.data).ravel()),
-                                       tuple(float(x) for x in np.asarray(short_t.data).ravel()), ctx)
+            rope_scaling = RopeScaling(
+                "longrope",
+                tuple(float(x) for x in np.asarray(long_t.data).ravel()),
+                tuple(float(x) for x in np.asarray(short_t.data).ravel()),
+                ctx,
+            )
         elif freqs_t is not None:
             f = tuple(float(x) for x in np.asarray(freqs_t.data).ravel())
             rope_scaling = RopeScaling("longrope", f, f, ctx)
@@ -347,16 +368,26 @@ class GGUFSource:
         bos = field_value(self.reader, "tokenizer.ggml.bos_token_id")
         return ModelConfig(
             architecture="minicpm" if self.arch == "minicpm" else "llama",
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=int(self._meta("feed_forward_length")),
-            num_layers=n_layers, num_heads=n_head, num_kv_heads=n_kv, head_dim=head_dim,
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=int(self._meta("feed_forward_length")),
+            num_layers=n_layers,
+            num_heads=n_head,
+            num_kv_heads=n_kv,
+            head_dim=head_dim,
             max_position_embeddings=ctx,
             rms_norm_eps=float(self._meta("attention.layer_norm_rms_epsilon")),
             rope_theta=float(self._meta("rope.freq_base", 10000.0)),
-            scale_emb=scale_emb, scale_depth=scale_depth, dim_model_base=dim_model_base,
+            scale_emb=scale_emb,
+            scale_depth=scale_depth,
+            dim_model_base=dim_model_base,
             tie_word_embeddings="output.weight" not in self._tensors,
-            bos_token_id=None if bos is None else int(bos), eos_token_ids=eos,
+            bos_token_id=None if bos is None else int(bos),
+            eos_token_ids=eos,
             layers=tuple(LayerSpec(kind, w) for w in self._weight_layers(n_layers)),
-            rope_scaling=rope_scaling, sparse=sparse, torch_dtype="float32",
+            rope_scaling=rope_scaling,
+            sparse=sparse,
+            torch_dtype="float32",
             name=str(field_value(self.reader, "general.name", self.path.stem)),
         )
 
@@ -368,13 +399,15 @@ class GGUFSource:
             return list(range(n_layers))
         mapping = [int(x) for x in value]
         if len(mapping) != n_layers or any(not 0 <= w <= i for i, w in enumerate(mapping)):
-            raise ConfigError(f"GGUF metadata key '{self.arch}.{SHARED_LAYERS_KEY}' is {mapping!r}; expected "
-                              f"{n_layers} indices, each at most its own block")
+            raise ConfigError(
+                f"GGUF metadata key '{self.arch}.{SHARED_LAYERS_KEY}' is {mapping!r}; expected "
+                f"{n_layers} indices, each at most its own block"
+            )
         return mapping
 
     def _read_sparse(self) -> SparseConfig | None:
         prefix = f"{self.arch}.{INFLLM_KEY_PREFIX}"
-        values = {k[len(prefix):]: f.contents() for k, f in self.reader.fields.items() if k.startswith(prefix)}
+        values = {k[len(prefix) :]: f.contents() for k, f in self.reader.fields.items() if k.startswith(prefix)}
         if not values:
             return None
         defaults = SparseConfig()

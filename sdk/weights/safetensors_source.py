@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ModelConfig
-from ..errors import EdgecpmError, WeightError
-from ..jsonfile import parse_json, read_json, safe_member
+from edgecpm.config import ModelConfig
+from edgecpm.errors import EdgecpmError, WeightError
+from edgecpm.jsonfile import parse_json, read_json, safe_member
 
 _DTYPES: dict[str, tuple[torch.dtype, int]] = {
     "F32": (torch.float32, 4),
@@ -80,7 +80,8 @@ def read_safetensors_header(path: Path) -> dict[str, _Entry]:
             raise WeightError(f"{path.name}: tensor {name!r} byte range does not match its shape {list(shape)}")
         if base + end > size:
             raise WeightError(
-                f"{path.name} is truncated: tensor {name!r} needs bytes up to {base + end}, file has {size}")
+                f"{path.name} is truncated: tensor {name!r} needs bytes up to {base + end}, file has {size}"
+            )
         entries[name] = _Entry(path, dtype, shape, base + begin, end - begin)
     return entries
 
@@ -115,8 +116,10 @@ class SafetensorsSource:
                 raise WeightError(f"{index.name} is malformed: expected a 'weight_map' object") from None
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise WeightError(f"{index.name} is malformed: 'weight_map' must map tensor names to shard files")
-            files = [safe_member(directory, f, f"{index.name} shard", follow_symlinks_out=True)  # HF cache links
-                     for f in dict.fromkeys(weight_map.values())]
+            files = [
+                safe_member(directory, f, f"{index.name} shard", follow_symlinks_out=True)  # HF cache links
+                for f in dict.fromkeys(weight_map.values())
+            ]
             source = cls(files)
             missing = [n for n in weight_map if n not in source._entries]
             if missing:
@@ -129,8 +132,10 @@ class SafetensorsSource:
         if shards:
             return cls(shards)
         if list(directory.glob("*.bin")) or list(directory.glob("*.pt")):
-            raise WeightError(f"{directory} holds only pickle weights (.bin/.pt); edgecpm reads safetensors only "
-                              "(it never unpickles checkpoint files)")
+            raise WeightError(
+                f"{directory} holds only pickle weights (.bin/.pt); edgecpm reads safetensors only "
+                "(it never unpickles checkpoint files)"
+            )
         raise WeightError(f"no safetensors weights in {directory}")
 
     def names(self) -> list[str]:
@@ -156,8 +161,10 @@ class SafetensorsSource:
         page = mmap.ALLOCATIONGRANULARITY
         aligned = entry.start - entry.start % page
         skip = entry.start - aligned
-        with entry.file.open("rb") as f, mmap.mmap(f.fileno(), skip + entry.nbytes, offset=aligned,
-                                                  access=mmap.ACCESS_READ) as mm:
+        with (
+            entry.file.open("rb") as f,
+            mmap.mmap(f.fileno(), skip + entry.nbytes, offset=aligned, access=mmap.ACCESS_READ) as mm,
+        ):
             src = np.frombuffer(mm, dtype=np.uint8, count=entry.nbytes, offset=skip)
             dst = out.view(torch.uint8).reshape(-1).numpy()
             dst[:] = src
@@ -170,8 +177,9 @@ class SafetensorsSource:
             if name not in self._entries:
                 raise WeightError(f"tensor {name!r} is missing from the checkpoint")
             if self._entries[name].shape != shape:
-                raise WeightError(f"tensor {name!r} has shape {list(self._entries[name].shape)}; config implies "
-                                  f"{list(shape)}")
+                raise WeightError(
+                    f"tensor {name!r} has shape {list(self._entries[name].shape)}; config implies {list(shape)}"
+                )
 
     def _entry(self, name: str) -> _Entry:
         try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..runtime_kernels.ternary import TernaryWeight, pack_ternary, pack_ternary_base3
+from edgecpm.runtime_kernels.ternary import TernaryWeight, pack_ternary, pack_ternary_base3
 
 # coarsest first: the first layout that explains the values is the model's
 GRANULARITIES = ("tensor", "row", "group128", "group32")
@@ -108,8 +108,8 @@ def swap_ternary_linears(model: torch.nn.Module, mode: str = "auto") -> dict[str
     `mode`: "auto" / "2bit" (4 codes a byte), "1.6bit" (5 a byte), "off". Returns what was swapped, by module
     name. The packed values are exactly the checkpoint's, so outputs change only by summation order.
     """
-    from ..errors import EdgecpmError
-    from ..runtime_kernels.ternary import TernaryLinear
+    from edgecpm.errors import EdgecpmError
+    from edgecpm.runtime_kernels.ternary import TernaryLinear
 
     if mode not in TERNARY_MODES:
         raise EdgecpmError(f"ternary mode {mode!r}; expected one of {', '.join(TERNARY_MODES)}")

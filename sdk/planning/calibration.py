@@ -13,8 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import ModelConfig
-from .cost_model import (
+from edgecpm.config import ModelConfig
+from edgecpm.planning.cost_model import (
     BackendCoefficients,
     QuantSpec,
     decode_attention_flops,

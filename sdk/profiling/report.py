@@ -32,7 +32,7 @@ def _fig_png(fig: Any) -> bytes:
 
 def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     """The three report plots as PNG bytes."""
-    from ..optional import require
+    from edgecpm.optional import require
 
     matplotlib = require("matplotlib", "the profiling report's plots")
 
@@ -76,8 +76,14 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
         ax.scatter(m, c, marker="o", color=color, label=f"{name} calibrated")
         h = [p.get("predicted_decode_held_out") for p in entry["predictions"]]
         if any(x is not None for x in h):
-            ax.scatter(m, [x if x is not None else float("nan") for x in h], marker="^", color=color,
-                       facecolors="none", label=f"{name} held out")
+            ax.scatter(
+                m,
+                [x if x is not None else float("nan") for x in h],
+                marker="^",
+                color=color,
+                facecolors="none",
+                label=f"{name} held out",
+            )
         hi = max(hi, *m, *d, *c)
     line = [0, hi * 1.1]
     ax.plot(line, line, "k-", lw=0.8, label="predicted = measured")
@@ -243,8 +249,6 @@ def _intro(report: dict[str, Any]) -> list[str]:
         )
     if cal.get("stored"):
         lines.append(f"Calibration stored in {cal['stored']}; `edgecpm plan MODEL --device host` uses it.")
-    from .phone_import import phone_intro  # imported phone measurements (edgecpm profile --import)
-
     return lines + phone_intro(report)
 
 
@@ -291,7 +295,7 @@ def write_report(report: dict[str, Any], out: Path) -> list[str]:
     """Write report.json, report.md, report.html and plots/*.png into `out`; returns the written paths."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        from ..errors import EdgecpmError
+        from edgecpm.errors import EdgecpmError
 
         raise EdgecpmError(f"--out {out} exists and is not a directory")
     (out / "plots").mkdir(parents=True, exist_ok=True)
@@ -316,3 +320,19 @@ def write_report(report: dict[str, Any], out: Path) -> list[str]:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
     return report_files
+
+
+def phone_intro(report: dict[str, Any]) -> list[str]:
+    """The report's protocol line for imported phone measurements (report.py adds it when present)."""
+    if not report.get("phone"):
+        return []
+    lines = []
+    for label, p in report["phone"].items():
+        ph = p.get("phone", {})
+        lines.append(
+            f"{label}: measured on {ph.get('manufacturer', '?')} {ph.get('model', '?')} ({ph.get('hardware', '?')}, "
+            f"Android SDK {ph.get('sdk_int', '?')}) by the edgecpm Android app, imported from {p.get('file')}; "
+            "decode tokens/s is the mean over the decode steps (the runner's first-to-last-token time), "
+            "peak RSS is the app process's VmHWM; there is no fidelity check on the phone."
+        )
+    return lines

@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EdgecpmError
-from ..progress import progress_bar
-from .calibration import fit_coefficients
-from .cost_model import FORMAT_QUANTS, QuantSpec, compute_key, default_coefficients, predict
-from .host import probe, profile_from_probe
-from .host_store import save_coefficients
-from .planner import ModelInfo, resolve_model
+from edgecpm.device_profiles.host import probe, profile_from_probe
+from edgecpm.device_profiles.host_store import save_coefficients
+from edgecpm.errors import EdgecpmError
+from edgecpm.planning.calibration import fit_coefficients
+from edgecpm.planning.cost_model import FORMAT_QUANTS, QuantSpec, compute_key, default_coefficients, predict
+from edgecpm.planning.planner import ModelInfo, resolve_model
+from edgecpm.progress import progress_bar
 
 SCHEMA = "edgecpm.profile/1"
 DEFAULT_CONTEXTS = (128, 512, 1024)
@@ -119,8 +119,8 @@ def backends_for(info: ModelInfo, requested: Sequence[str] | None) -> list[str]:
     Freed torch tensors stay in the process heap, so a backend measured after torch would see its peak RSS
     inflated by them; the C++ runtimes go first.
     """
-    from ..backends.registry import available_backends
-    from ..exporters.manifest import FORMAT_BACKENDS
+    from edgecpm.backends.registry import available_backends
+    from edgecpm.exporters.manifest import FORMAT_BACKENDS
 
     registered = available_backends()
     if info.kind == "artifact":
@@ -206,8 +206,8 @@ def layer_overhead_probe(config: Any, threads: int | None, dtype: str | None, st
     """Per-layer dispatch cost of the torch backend: decode a tiny model of the same depth (bytes negligible)."""
     import torch
 
-    from ..backends.torch_backend import TorchBackend, resolve_dtype
-    from ..model import Model
+    from edgecpm.backends.torch_backend import TorchBackend, resolve_dtype
+    from edgecpm.model import Model
 
     tiny = replace(
         config,
@@ -243,9 +243,9 @@ def llamacpp_overhead_probe(num_layers: int, threads: int | None, steps: int = 2
     """
     import tempfile
 
-    from ..api import load
-    from ..exporters.registry import run_export
-    from ..synthetic import SyntheticSpec, cached_checkpoint
+    from edgecpm.api import load
+    from edgecpm.exporters.registry import run_export
+    from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
     try:
         import edgecpm.exporters.gguf_exporter  # noqa: F401
@@ -347,7 +347,7 @@ def profile(model: Any = None, device: str = "host", out: Any = None, **options:
         "calibration": calibration,
     }
     if out is not None:
-        from .report import write_report
+        from edgecpm.profiling.report import write_report
 
         report["files"] = write_report(report, Path(out))
     return report
@@ -363,7 +363,7 @@ def _check_request(model: Any, device: str, out: Any, settings: ProfileSettings)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise EdgecpmError(f"--out {out} exists and is not a directory")
     if out is not None:  # fail before a minute of measuring, not after
-        from ..optional import require
+        from edgecpm.optional import require
 
         require("matplotlib", "the profiling report's plots")
     contexts = settings.contexts
@@ -386,7 +386,7 @@ def _measure_backends(
     info: ModelInfo, names: Sequence[str], threads: int, settings: ProfileSettings, bar: Any
 ) -> tuple[list[dict[str, Any]], list[int], np.ndarray | None]:
     """Load, time and score each backend in turn; returns the results, the token ids and torch's logits."""
-    from ..api import load
+    from edgecpm.api import load
 
     results: list[dict[str, Any]] = []
     ids: list[int] = []
@@ -442,7 +442,7 @@ def _profiling_ids(tokenizer: Any, settings: ProfileSettings) -> list[int]:
 
 def _reference_logits(reference: Any, info: ModelInfo, ids: list[int], threads: int, n: int) -> np.ndarray:
     """Logits of the torch reference (an artifact's source checkpoint) on the profiled tokens."""
-    from ..api import load
+    from edgecpm.api import load
 
     ref = load(reference, backend="torch", threads=threads)
     if ref.config.vocab_size != info.config.vocab_size:
@@ -488,8 +488,17 @@ def _overheads(info: ModelInfo, names: Sequence[str], threads: int, dtype: str |
     }
 
 
-def _fit_rows(rows: Sequence[dict[str, Any]], config: Any, q: QuantSpec, name: str, bw: float, peak: Any,
-              overhead_s: float | None, runtime: float, attention_peak: Any) -> Any:
+def _fit_rows(
+    rows: Sequence[dict[str, Any]],
+    config: Any,
+    q: QuantSpec,
+    name: str,
+    bw: float,
+    peak: Any,
+    overhead_s: float | None,
+    runtime: float,
+    attention_peak: Any,
+) -> Any:
     """This host's coefficients fitted on the measured `rows` (one per context)."""
     return fit_coefficients(
         config,

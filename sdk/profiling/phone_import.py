@@ -20,15 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import EdgecpmError
+from edgecpm.device_profiles.host_store import device_calibration_id
+from edgecpm.errors import EdgecpmError
 
 SCHEMA = "edgecpm.phone-benchmark/1"
 BACKEND = "executorch"
-
-
-def device_calibration_id(name: str) -> str:
-    """Calibration id of a (non-host) device profile: measurements imported from that device."""
-    return f"device-{name}"
 
 
 def read_benchmark(path: str | Path) -> dict[str, Any]:
@@ -87,12 +83,12 @@ def import_phone_benchmark(
     file: str | Path, model: str | Path | None, device: str | None, out: str | Path, calibrate: bool = True
 ) -> dict[str, Any]:
     """Merge the benchmark `file` measured with bundle `model` on `device` into the report in `out`."""
-    from .calibration import fit_coefficients
-    from .cost_model import compute_key, default_coefficients, predict
-    from .host_store import save_coefficients
-    from .planner import resolve_model
-    from .profile import load_profile
-    from .report import write_report
+    from edgecpm.device_profiles.catalog import load_profile
+    from edgecpm.device_profiles.host_store import save_coefficients
+    from edgecpm.planning.calibration import fit_coefficients
+    from edgecpm.planning.cost_model import compute_key, default_coefficients, predict
+    from edgecpm.planning.planner import resolve_model
+    from edgecpm.profiling.report import write_report
 
     data = read_benchmark(file)
     if model is None:
@@ -232,7 +228,7 @@ def _merge(
     stored: Any,
     data: dict[str, Any],
 ) -> dict[str, Any]:
-    from .profiler import SCHEMA as REPORT_SCHEMA
+    from edgecpm.profiling.profiler import SCHEMA as REPORT_SCHEMA
 
     old: dict[str, Any] | None = None
     path = out / "report.json"
@@ -272,19 +268,3 @@ def _merge(
         report["calibration"]["stored"] = stored
     report.setdefault("phone", {})[label] = phone
     return report
-
-
-def phone_intro(report: dict[str, Any]) -> list[str]:
-    """The report's protocol line for imported phone measurements (report.py adds it when present)."""
-    if not report.get("phone"):
-        return []
-    lines = []
-    for label, p in report["phone"].items():
-        ph = p.get("phone", {})
-        lines.append(
-            f"{label}: measured on {ph.get('manufacturer', '?')} {ph.get('model', '?')} ({ph.get('hardware', '?')}, "
-            f"Android SDK {ph.get('sdk_int', '?')}) by the edgecpm Android app, imported from {p.get('file')}; "
-            "decode tokens/s is the mean over the decode steps (the runner's first-to-last-token time), "
-            "peak RSS is the app process's VmHWM; there is no fidelity check on the phone."
-        )
-    return lines

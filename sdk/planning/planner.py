@@ -20,11 +20,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig, is_preset, preset_config
-from ..errors import EdgecpmError
-from ..exporters.formats import EXPORT_FORMATS, facts, format_report, refusal, runs_sparse
-from ..speculative.planning import choose_draft
-from .cost_model import (
+from edgecpm.config import ModelConfig, is_preset, preset_config
+from edgecpm.device_profiles.catalog import load_profile
+from edgecpm.device_profiles.profile import DeviceProfile
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.formats import EXPORT_FORMATS, facts, format_report, refusal, runs_sparse
+from edgecpm.planning.cost_model import (
     BACKEND_FORMAT,
     FORMAT_QUANTS,
     Prediction,
@@ -33,7 +34,7 @@ from .cost_model import (
     kv_cache_bytes,
     predict,
 )
-from .profile import DeviceProfile, load_profile
+from edgecpm.speculative.planning import choose_draft
 
 SCHEMA = "edgecpm.plan/1"
 DEFAULT_CONTEXT = 4096
@@ -222,12 +223,12 @@ def resolve_model(model: Any) -> ModelInfo:
         return model
     if model is not None and is_preset(str(model)) and not Path(str(model)).exists():
         return ModelInfo(preset_config(str(model)), "preset", str(model).lower())
-    from ..default_model import resolve_model_path
-    from ..exporters.manifest import is_artifact, read_manifest
+    from edgecpm.default_model import resolve_model_path
+    from edgecpm.exporters.manifest import is_artifact, read_manifest
 
     p = resolve_model_path(model)
     if not p.exists():
-        from ..config import PRESET_HF_CONFIGS
+        from edgecpm.config import PRESET_HF_CONFIGS
 
         raise EdgecpmError(f"model {str(model)!r} is neither a path nor a preset ({', '.join(PRESET_HF_CONFIGS)})")
     if p.is_dir() and is_artifact(p):
@@ -241,7 +242,7 @@ def resolve_model(model: Any) -> ModelInfo:
             _quant_from_file(m.quant, m.format, m.model_config, size),
             size,
         )
-    from ..weights import open_checkpoint
+    from edgecpm.weights import open_checkpoint
 
     config, source = open_checkpoint(p)
     if p.suffix == ".gguf":
@@ -270,13 +271,12 @@ def _coefficients(device: DeviceProfile, backend: str, quant: str) -> Any:
     """
     base = default_coefficients(backend, device.engine)
     if device.name != "host":  # measurements imported from that device (edgecpm profile --import)
-        from .calibration import stored_coefficients
-        from .host_store import load_calibration
-        from .phone_import import device_calibration_id
+        from edgecpm.device_profiles.host_store import device_calibration_id, load_calibration
+        from edgecpm.planning.calibration import stored_coefficients
 
         return stored_coefficients(load_calibration(device_calibration_id(device.name)), backend, quant) or base
-    from .calibration import stored_coefficients
-    from .host_store import load_calibration
+    from edgecpm.device_profiles.host_store import load_calibration
+    from edgecpm.planning.calibration import stored_coefficients
 
     calibration = load_calibration(device.extra.get("host_id", ""))
     stored = stored_coefficients(calibration, backend, quant)
@@ -410,7 +410,7 @@ def plan(
     config = info.config.with_ode_steps(ode_steps)  # shared-layer models: N ODE steps instead of L layers
     warnings = _validate(config, context, prompt_tokens, memory_gb, min_decode_tokens_per_s)
     if memory_gb is not None:
-        from .profile import Fact
+        from edgecpm.device_profiles.profile import Fact
 
         profile = replace(profile, memory_gib=Fact(float(memory_gb), "--memory-gb request", "guidance"))
     if backend is not None and backend not in profile.backends:

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import ModelConfig
-from ..exporters.formats import BACKEND_FORMAT, FORMAT_QUANTS, QuantSpec  # noqa: F401 - re-exported
-from .profile import DeviceProfile
+from edgecpm.config import ModelConfig
+from edgecpm.device_profiles.profile import DeviceProfile
+from edgecpm.exporters.formats import BACKEND_FORMAT, FORMAT_QUANTS, QuantSpec  # noqa: F401 - re-exported
 
 # Quant specs (bits per weight, compute type) and the backend <-> format map live in the format table.
 

@@ -1,0 +1,1 @@
+"""Planning: the roofline cost model, per-host calibration of its coefficients, and the planner."""

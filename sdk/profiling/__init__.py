@@ -1,0 +1,1 @@
+"""Measuring: the profiler (this host, every backend) and the report writer."""
