@@ -57,7 +57,7 @@ class LoadedModel:
     ) -> str | Iterator[str]:
         """Generated text, or an iterator of text pieces with `stream=True`.
 
-        `draft` turns on speculative decoding (same output): "prompt-lookup", "eagle", a draft model path, a
+        `draft` turns on speculative decoding (same output): "prompt-lookup", a draft model path, a
         `LoadedModel` or a `Draft`; `draft_tokens` is k, the tokens drafted per target forward.
         """
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import threading
@@ -102,8 +103,12 @@ def _ggml_libs() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     return ggml, base
 
 
+@functools.cache
 def extra_buffer_types() -> dict[str, int] | None:
-    """Name -> handle of the CPU backend's extra buffer types (e.g. AMX, CPU_REPACK); None if ggml won't say."""
+    """Name -> handle of the CPU backend's extra buffer types (e.g. AMX, CPU_REPACK); None if ggml won't say.
+
+    Asked once per process: the build's buffer types do not change while it runs.
+    """
     libs = _ggml_libs()
     if libs is None:
         return None
