@@ -26,7 +26,8 @@ def infllmv2_attention(
     q `[B, Hq, T, D]`; k, v `[B, Hkv, S, D]`: the whole visible context, the T queries being its last T
     positions; returns `[B, Hq, T, D]` in q's dtype. `state` (an `InfLLMv2State`, kept per layer in the KV
     cache extras) carries the compressed keys between calls so decode only pools the newest window. `impl` is
-    "reference", "vectorized" or "triton"; None lets the registry choose (`EDGECPM_KERNELS` overrides).
+    "reference", "vectorized", "triton" or "compiled" (the C++ CPU kernel); None lets the registry choose
+    (`EDGECPM_KERNELS` overrides; on CPU the compiled kernel when it builds).
     `score_q` / `score_k` (same shapes as q / k, default q / k) are scored for block selection only: the
     pre-RoPE queries and keys when `sparse.use_nope`. With a state, pass the whole `score_k` history.
     """
@@ -45,12 +46,17 @@ def infllmv2_attention(
         raise EdgecpmError(
             f"sparse block_size {sparse.block_size} is not a multiple of kernel_stride {sparse.kernel_stride}"
         )
-    name = registry.resolve("infllmv2", q.device, impl)
+    dense = 0 <= sparse.dense_len and k.shape[2] < sparse.dense_len
+    name = registry.resolve("infllmv2", q.device, impl, build=not dense)
     ck = state.update(k if score_k is None else score_k) if state is not None else None
     if name == "reference":
         from edgecpm.runtime_kernels.infllmv2_reference import infllmv2_reference
 
         return infllmv2_reference(q, k, v, sparse, score_q=score_q, score_k=score_k)
+    if name == "compiled":
+        from edgecpm.runtime_kernels.infllmv2_compiled import infllmv2_compiled
+
+        return infllmv2_compiled(q, k, v, sparse, ck=ck, score_q=score_q, score_k=score_k)
     if name == "triton":
         from edgecpm.runtime_kernels.infllmv2_triton import infllmv2_triton
 

@@ -219,6 +219,8 @@ def test_decomposition_exports_with_dynamic_length() -> None:
 
 def test_registry_choice_and_override(monkeypatch) -> None:
     monkeypatch.delenv("EDGECPM_KERNELS", raising=False)
+    # without the compiled CPU kernel (tests/test_kernels_infllmv2_compiled.py covers it) the default is vectorized
+    monkeypatch.setattr("edgecpm.runtime_kernels.infllmv2_compiled.available", lambda: False)
     assert resolve("infllmv2", torch.device("cpu")) == "vectorized"
     monkeypatch.setenv("EDGECPM_KERNELS", "reference")
     assert resolve("infllmv2", torch.device("cpu")) == "reference"
