@@ -107,7 +107,7 @@ class FormatFacts:
     single_file_suffix: str | None = None  # an OUT ending in this is one file (plus a sidecar manifest)
 
 
-_NO_SALA = "export to executorch (or run the checkpoint on the torch backend)"
+_NO_SALA = "export to onnx or executorch (or run the checkpoint on the torch backend)"
 _ONNX_NOPE = (
     "sparse_config.use_nope (block selection on pre-RoPE keys) is not supported by the ONNX exporter; "
     "export with sparse=False (dense attention) instead"
@@ -185,7 +185,10 @@ TABLE: dict[str, FormatFacts] = {
         "fp32",
         {
             "lightning_layers": Feature(
-                REFUSED, "lightning-attention (SALA) layers cannot be exported to ONNX yet; " + _NO_SALA
+                KEPT,
+                "each lightning layer's recurrent state is a graph input/output pair "
+                "(past_key_values.N.recurrent_state -> present.N.recurrent_state, like the KV cache); no "
+                "genai_config.json (GenAI's decoder config cannot name the state)",
             ),
             "output_gates": Feature(KEPT, "a Sigmoid gate on the attention output"),
             "nope_layers": Feature(KEPT, "GroupQueryAttention with do_rotary=0"),

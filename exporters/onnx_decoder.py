@@ -13,6 +13,8 @@ residual adds are fused into `SkipSimplifiedLayerNormalization`. InfLLM v2 layer
 cache with standard ops and call the custom `ai.edgecpm::InfLLMv2Attention` node (see `onnx_infllmv2.py`).
 Linear weights are fp32, fp16 (stored half, computed fp32) or block-quantized `MatMulNBits` (int8 / int4);
 `OnnxOptions.linear_bits` says which, and the reference checks (`onnx_reference.py`) use the same rule.
+MiniCPM-SALA lightning layers have no K/V cache: their recurrent state is a graph input/output pair
+(`onnx_lightning.py`); the softmax layers keep `past_key_values.N.key/value` under their own layer index N.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import torch
 from onnx import TensorProto
 
 from edgecpm.config import ModelConfig
-from edgecpm.errors import EdgecpmError
 from edgecpm.exporters.onnx_graph import GraphBuilder
+from edgecpm.exporters.onnx_lightning import declare_state, lightning_attention
 from edgecpm.exporters.onnx_quant import quantize
 
 MS = "com.microsoft"
@@ -184,12 +186,11 @@ class DecoderGraph:
     # ---- graph ----
     def build(self) -> None:
         cfg, g = self.cfg, self.g
-        if cfg.has_lightning_layers:
-            raise EdgecpmError("lightning-attention (SALA) layers cannot be exported to ONNX yet")
         hkv, d = cfg.num_kv_heads, cfg.head_dim
+        softmax = [i for i, s in enumerate(cfg.layers) if s.attention != "lightning"]
         g.add_input("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"])
         g.add_input("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])
-        for i in range(cfg.num_layers):
+        for i in softmax:
             for kv in ("key", "value"):
                 g.add_input(
                     f"past_key_values.{i}.{kv}",
@@ -197,13 +198,17 @@ class DecoderGraph:
                     ["batch_size", hkv, "past_sequence_length", d],
                 )
         g.add_output("logits", TensorProto.FLOAT, ["batch_size", "sequence_length", cfg.vocab_size])
-        for i in range(cfg.num_layers):
+        for i in softmax:
             for kv in ("key", "value"):
                 g.add_output(f"present.{i}.{kv}", TensorProto.FLOAT, ["batch_size", hkv, "total_sequence_length", d])
+        for i, spec in enumerate(cfg.layers):
+            if spec.attention == "lightning":  # recurrent state in, new state out (SALA)
+                declare_state(self, i)
 
-        cos, sin, _ = rope_caches(cfg)
-        g.initializer("cos_cache", cos)
-        g.initializer("sin_cache", sin)
+        if any(cfg.layers[i].use_rope for i in softmax):  # HyPE: SALA's NoPE softmax layers need no table
+            cos, sin, _ = rope_caches(cfg)
+            g.initializer("cos_cache", cos)
+            g.initializer("sin_cache", sin)
         # shared mask reformatting for GQA: seqlens_k = sum(mask) - 1, total_len = mask.shape[1]
         msum = g.op("ReduceSum", ["attention_mask", g.const([1])], keepdims=0, name="/mask/ReduceSum")
         mlast = g.op("Sub", [msum, g.const(1)], name="/mask/Sub")
@@ -222,7 +227,10 @@ class DecoderGraph:
             p = f"model.layers.{spec.weight_layer}"
             w_in = self.norm_weight(f"{p}.input_layernorm.weight")
             xn, h = self.add_norm(h, branch, w_in, f"/layers.{index}/input_norm")
-            attn = self.attention(index, spec, p, xn)
+            if spec.attention == "lightning":
+                attn = lightning_attention(self, index, spec, p, xn)
+            else:
+                attn = self.attention(index, spec, p, xn)
             branch = g.op("Mul", [attn, rs], name=f"/layers.{index}/attn/residual_scale")
             w_post = self.norm_weight(f"{p}.post_attention_layernorm.weight")
             xn, h = self.add_norm(h, branch, w_post, f"/layers.{index}/post_norm")

@@ -1,9 +1,10 @@
 """`edgecpm export SRC --format onnx`: a KV-cache decoder graph that onnxruntime and ONNX Runtime GenAI run.
 
-Artifact folder: `model.onnx` + `model.onnx.data` (weights, external), `genai_config.json`, `tokenizer.json` +
-`tokenizer_config.json`, `edgecpm.json`. Weights stream from the source one tensor at a time straight into the
-external data file. The export shell (`exporters.shell`) checks the model against the format table, stages the
-folder and installs it atomically (removed on any failure, Ctrl-C and SIGTERM included).
+Artifact folder: `model.onnx` + `model.onnx.data` (weights, external), `genai_config.json` (not for
+MiniCPM-SALA: see docs/onnx.md), `tokenizer.json` + `tokenizer_config.json`, `edgecpm.json`. Weights stream
+from the source one tensor at a time straight into the external data file. The export shell (`exporters.shell`)
+checks the model against the format table, stages the folder and installs it atomically (removed on any
+failure, Ctrl-C and SIGTERM included).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Writ
             sparse_function(config.sparse, config.num_heads, config.num_kv_heads, config.head_dim, opts.opset)
         )
     n_tensors = 2 + 4 * config.num_weight_layers + sum(1 for s in config.layers if s.output_gate)
+    n_tensors += sum(1 for s in config.layers if s.attention == "lightning" and config.lightning.output_gate)
     with (
         progress_bar(total=n_tensors, desc=f"onnx {opts.quant}", enabled=job.progress) as bar,
         open(tmp / DATA_FILE, "wb") as data,
@@ -113,17 +115,20 @@ def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Writ
         model = g.model(opsets, functions)
     save_model(model, tmp / MODEL_FILE)
     _, _, context = rope_caches(config)
-    write_json_atomic(
-        tmp / "genai_config.json",
-        genai_config(
-            config,
-            context,
-            share_buffer=graph.all_gqa,
-            max_length=job.options["max_length"],
-            threads=job.options["genai_threads"],
-            model_file=MODEL_FILE,
-        ),
-    )
+    genai_file = None
+    if not config.has_lightning_layers:  # GenAI's decoder config has no place for a recurrent state (docs/onnx.md)
+        genai_file = "genai_config.json"
+        write_json_atomic(
+            tmp / genai_file,
+            genai_config(
+                config,
+                context,
+                share_buffer=graph.all_gqa,
+                max_length=job.options["max_length"],
+                threads=job.options["genai_threads"],
+                model_file=MODEL_FILE,
+            ),
+        )
     tok_files = write_tokenizer_files(job.src, config, tmp)
     return Written(
         [MODEL_FILE, DATA_FILE],
@@ -134,7 +139,7 @@ def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Writ
             accuracy_level=opts.accuracy_level,
             lm_head_bits=opts.linear_bits(True),
             sparse_op=use_sparse,
-            genai_config="genai_config.json",
+            genai_config=genai_file,
             context_length=context,
         ),
     )

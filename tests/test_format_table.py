@@ -158,7 +158,6 @@ def test_default_q4_1_model_bits_come_from_the_table() -> None:
 
 REFUSALS = [  # (spec, format, quant, feature or None for a quant rule, the exporter's words)
     (SALA, "gguf", "f16", "lightning_layers", "llama.cpp has no lightning-attention"),
-    (SALA, "onnx", "fp32", "lightning_layers", "cannot be exported to ONNX"),
     (GATES, "gguf", "f16", "output_gates", "no gated attention layers"),
     (NOPE, "gguf", "f16", "nope_layers", "no NoPE attention layers"),
     (SPARSE_NOPE, "onnx", "fp32", "sparse_use_nope", "use_nope"),
@@ -190,13 +189,13 @@ def test_exporter_and_planner_refuse_with_the_same_reason(spec, fmt, quant, feat
         assert f"refused: {FEATURES[feature][0]}" in losses(config, fmt)
 
 
-def test_sala_model_is_planned_only_on_torch_and_executorch() -> None:
+def test_sala_model_is_planned_on_torch_onnx_and_executorch() -> None:
     plan = edgecpm.plan(cached_checkpoint(SALA), DEVICE, context=256)
-    assert plan.fits and plan.choice.backend in ("torch", "executorch")
-    assert all(c.refused for c in plan.candidates if c.backend not in ("torch", "executorch"))
+    assert plan.fits and plan.choice.backend in ("torch", "onnxruntime", "executorch")
+    assert all(c.refused for c in plan.candidates if c.backend not in ("torch", "onnxruntime", "executorch"))
     assert plan.export_losses == {
         fmt: []
-        if fmt == "executorch"
+        if fmt in ("onnx", "executorch")
         else ["refused: lightning-attention (SALA) layers"]
         + (["refused: gated attention output", "refused: NoPE (no rotary) attention layers"] if fmt == "gguf" else [])
         for fmt in EXPORT_FORMATS
@@ -224,7 +223,7 @@ def test_inspect_and_plan_say_what_each_format_loses(capsys) -> None:
     assert re.search(r"export executorch\s+.*only in a program with max_context_len >= dense_len 8192", out)
     assert main(["plan", str(cached_checkpoint(SALA)), "--device", DEVICE]) == 0
     out = capsys.readouterr().out
-    assert "format  onnx: refused: lightning-attention (SALA) layers" in out
+    assert "format  gguf: refused: lightning-attention (SALA) layers" in out
     config = preset_config("minicpm4-8b")
     assert losses(config, "executorch", context=4096) == [
         "InfLLM v2 sparse attention runs dense: max_context_len 4096 < dense_len 8192"
@@ -332,6 +331,7 @@ CLAIMS_ELSEWHERE = {
     ("executorch", "lightning_layers"): (
         "test_sala_export.py::test_executorch_sala_chunked_prefill_and_decode_match_reference"
     ),
+    ("onnx", "lightning_layers"): "test_onnx_sala.py::test_prefill_and_decode_match_reference",
 }
 _KEPT_HERE_FEATURES = ("output_gates", "nope_layers", "shared_layers", "ternary_weights")
 CLAIMS_HERE = {

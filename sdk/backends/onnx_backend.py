@@ -2,8 +2,10 @@
 
 The graph takes the past KV cache as inputs and returns the grown cache (`present.*`), so the decoding state
 is just the list of present tensors, kept as `OrtValue`s between steps (no numpy round trip). `truncate(n)`
-slices them to n positions (speculative rollback). Threads come from `edgecpm.load(..., device=...)`'s device
-profile or the `threads` argument.
+slices them to n positions (speculative rollback). MiniCPM-SALA graphs also carry each lightning layer's
+recurrent state (`past_key_values.N.recurrent_state`); it cannot be sliced, so `truncate` re-runs the kept part
+of the latest call from the state before it, and long prompts go in chunks of `CHUNK` tokens. Threads come
+from `edgecpm.load(..., device=...)`'s device profile or the `threads` argument.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import onnxruntime as ort
 
 from edgecpm.backends.registry import Opened
 from edgecpm.errors import EdgecpmError
+
+PAST = "past_key_values."
+RECURRENT = ".recurrent_state"
+CHUNK = 256  # most tokens per graph call when the graph has lightning layers
 
 
 class OnnxBackend:
@@ -34,21 +40,31 @@ class OnnxBackend:
         self.config = config
         self.vocab_size = config.vocab_size
         self.threads = threads
-        self._kv_names = [
-            f"{kind}.{i}.{kv}" for i in range(config.num_layers) for kind in ("present",) for kv in ("key", "value")
-        ]
-        self._out_names = ["logits", *self._kv_names]
+        # every state input the graph declares, in its order: K/V caches (grow) and SALA recurrent states (fixed)
+        declared = self.session.get_inputs()
+        self._past_names = [i.name for i in declared if i.name.startswith(PAST)]
+        self._state_names = ["present." + n[len(PAST) :] for n in self._past_names]
+        self._zero_shapes = {
+            i.name: (1, *(d if isinstance(d, int) else 0 for d in i.shape[1:]))
+            for i in declared
+            if i.name.startswith(PAST)
+        }
+        self.recurrent = any(n.endswith(RECURRENT) for n in self._past_names)
+        self._out_names = ["logits", *self._state_names]
         self._past: list[ort.OrtValue] | None = None
         self._n = 0
+        # a recurrent state cannot be sliced back: keep the state before the latest call and its tokens
+        self._base: tuple[list[ort.OrtValue] | None, int] = (None, 0)
+        self._last_ids: list[int] = []
 
     @property
     def n_past(self) -> int:
         return self._n
 
     def _empty_past(self) -> list[ort.OrtValue]:
-        c = self.config
-        zero = np.zeros((1, c.num_kv_heads, 0, c.head_dim), dtype=np.float32)
-        return [ort.OrtValue.ortvalue_from_numpy(zero) for _ in self._kv_names]
+        return [
+            ort.OrtValue.ortvalue_from_numpy(np.zeros(self._zero_shapes[n], dtype=np.float32)) for n in self._past_names
+        ]
 
     def _run(self, ids: Sequence[int]) -> np.ndarray:
         if not len(ids):
@@ -56,13 +72,19 @@ class OnnxBackend:
         arr = np.asarray(list(ids), dtype=np.int64)[None]
         if arr.min() < 0 or arr.max() >= self.vocab_size:
             raise EdgecpmError(f"token id outside the vocabulary (size {self.vocab_size})")
+        self._base, self._last_ids = (self._past, self._n), [int(t) for t in arr[0]]
+        if self.recurrent and arr.shape[1] > CHUNK:  # lightning layers build an [H, S, S] mask per call
+            rows = [self._call(arr[:, s : s + CHUNK]) for s in range(0, arr.shape[1], CHUNK)]
+            return np.concatenate(rows)
+        return self._call(arr)
+
+    def _call(self, arr: np.ndarray) -> np.ndarray:
         past = self._past if self._past is not None else self._empty_past()
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", arr)
         binding.bind_cpu_input("attention_mask", np.ones((1, self._n + arr.shape[1]), dtype=np.int64))
-        for i in range(self.config.num_layers):
-            binding.bind_ortvalue_input(f"past_key_values.{i}.key", past[2 * i])
-            binding.bind_ortvalue_input(f"past_key_values.{i}.value", past[2 * i + 1])
+        for name, value in zip(self._past_names, past):
+            binding.bind_ortvalue_input(name, value)
         for name in self._out_names:
             binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
@@ -88,12 +110,29 @@ class OnnxBackend:
             self.reset()
             return
         assert self._past is not None
+        if self.recurrent:
+            self._replay(n)
+            return
         self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n])) for v in self._past]
         self._n = n
+
+    def _replay(self, n: int) -> None:
+        """Back to the state before the latest call, then run its first n - base tokens again."""
+        base_past, base_n = self._base
+        if n < base_n:
+            raise EdgecpmError(
+                f"cannot roll a lightning-attention (SALA) state back from {self._n} to {n} tokens "
+                f"(only to {base_n}..{self._n}, the span of the latest call); prefill again instead"
+            )
+        keep = self._last_ids[: n - base_n]
+        self._past, self._n = base_past, base_n
+        if keep:
+            self._run(keep)
 
     def reset(self) -> None:
         self._past = None
         self._n = 0
+        self._base, self._last_ids = (None, 0), []
 
 
 def open_backend(

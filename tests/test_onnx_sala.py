@@ -1,0 +1,139 @@
+"""MiniCPM-SALA (lightning + softmax layers) exported to ONNX, checked by onnxruntime against the reference
+model: each lightning layer's recurrent state is a graph input/output pair, so chunked prefill, token-by-token
+decode, rollback by replay and the InfLLM v2 sparse layers all continue correctly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgecpm
+from edgecpm.backends.onnx_backend import OnnxBackend
+from edgecpm.errors import EdgecpmError
+from edgecpm.exporters.onnx_exporter import export
+from edgecpm.model import Model
+from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
+from edgecpm.weights import open_checkpoint
+
+pytest.importorskip("onnxruntime")
+
+SALA = SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=4, seed=7)
+# lightning layers with GQA-style shared kv heads and sparse (InfLLM v2, NoPE) softmax layers past dense_len 24
+SPARSE = {
+    "kernel_size": 8,
+    "kernel_stride": 4,
+    "init_blocks": 1,
+    "block_size": 8,
+    "window_size": 16,
+    "topk": 2,
+    "use_nope": False,
+    "dense_len": 24,
+}
+SALA_SPARSE = SyntheticSpec(
+    sala_mixers=("minicpm4", "lightning-attn", "lightning-attn"),
+    num_layers=3,
+    sparse_config=SPARSE,
+    init_std=0.5,
+    seed=11,
+    extra_config={"lightning_nkv": 2},
+)
+
+
+def _reference(ckpt: Path, ids: np.ndarray) -> np.ndarray:
+    """One full-sequence forward of the reference model (no cache: the chunked lightning kernel)."""
+    config, source = open_checkpoint(ckpt)
+    with torch.no_grad():
+        return Model.from_source(config, source)(torch.as_tensor(ids)[None])[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onnx_sala") / "art"
+    export(cached_checkpoint(SALA), out, "fp32", progress=False)
+    return out
+
+
+def _backend(artifact: Path, spec: SyntheticSpec = SALA) -> OnnxBackend:
+    config, _ = open_checkpoint(cached_checkpoint(spec))
+    return OnnxBackend(artifact / "model.onnx", config)
+
+
+def test_graph_carries_recurrent_state_for_lightning_layers_and_kv_for_softmax_layers(artifact: Path) -> None:
+    config, _ = open_checkpoint(cached_checkpoint(SALA))
+    model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
+    inputs = {i.name: i for i in model.graph.input}
+    outputs = {o.name for o in model.graph.output}
+    lc = config.lightning
+    for i, spec in enumerate(config.layers):
+        if spec.attention == "lightning":
+            dims = inputs[f"past_key_values.{i}.recurrent_state"].type.tensor_type.shape.dim
+            assert [d.dim_value for d in dims][1:] == [lc.num_heads, lc.head_dim, lc.head_dim]
+            assert f"present.{i}.recurrent_state" in outputs and f"past_key_values.{i}.key" not in inputs
+        else:
+            assert f"past_key_values.{i}.key" in inputs and f"present.{i}.value" in outputs
+    # HyPE: the softmax layers are NoPE, so no LongRoPE table; the lightning layers' RoPE is computed in-graph
+    names = {t.name for t in model.graph.initializer}
+    assert "cos_cache" not in names and "lightning_inv_freq" in names
+    assert not (artifact / "genai_config.json").exists()  # GenAI's decoder config cannot name the state
+    assert json.loads((artifact / "edgecpm.json").read_text())["extra"]["genai_config"] is None
+
+
+def test_prefill_and_decode_match_reference(artifact: Path) -> None:
+    ids = np.random.default_rng(3).integers(3, 600, 40)
+    want = _reference(cached_checkpoint(SALA), ids)
+    be = _backend(artifact)
+    got = np.concatenate([be.prefill(ids[:30].tolist(), all_logits=True)] + [be.decode([int(t)]) for t in ids[30:]])
+    assert np.abs(got - want).max() < 1e-3
+
+
+def test_chunked_prefill_then_decode_equals_step_by_step_decode(artifact: Path) -> None:
+    ids = [int(x) for x in np.random.default_rng(4).integers(3, 600, 36)]
+    chunked = _backend(artifact)
+    rows = [chunked.prefill(ids[:16], all_logits=True), chunked.decode(ids[16:30])]  # two calls of 16 + 14
+    rows += [chunked.decode([t]) for t in ids[30:]]
+    steps = _backend(artifact)
+    one = [steps.prefill(ids[:1], all_logits=True)] + [steps.decode([t]) for t in ids[1:]]
+    assert np.abs(np.concatenate(rows) - np.concatenate(one)).max() < 1e-4
+
+
+def test_long_prompt_runs_in_chunks_and_rollback_replays(artifact: Path) -> None:
+    from edgecpm.backends.onnx_backend import CHUNK
+
+    ids = np.random.default_rng(5).integers(3, 600, CHUNK + 44)
+    want = _reference(cached_checkpoint(SALA), ids)
+    be = _backend(artifact)
+    n = CHUNK + 30
+    assert np.abs(be.prefill(ids[:n].tolist(), all_logits=True) - want[:n]).max() < 1e-3
+    # a speculative verify of 8 tokens, 3 accepted: the state goes back to n + 3 by replaying the call
+    be.decode(ids[n : n + 8].tolist())
+    be.truncate(n + 3)
+    assert be.n_past == n + 3
+    assert np.abs(be.decode(ids[n + 3 : n + 14].tolist()) - want[n + 3 : n + 14]).max() < 1e-3
+    with pytest.raises(EdgecpmError, match="cannot roll a lightning-attention"):
+        be.truncate(n)
+
+
+def test_sparse_softmax_layers_and_shared_kv_lightning_heads_match_reference(tmp_path: Path) -> None:
+    ckpt = cached_checkpoint(SALA_SPARSE)
+    config, _ = open_checkpoint(ckpt)
+    assert config.has_sparse_layers and config.lightning.num_kv_heads == 2
+    export(ckpt, tmp_path / "art", "fp32", progress=False)
+    model = onnx.load(str(tmp_path / "art" / "model.onnx"), load_external_data=False)
+    assert any(n.op_type == "InfLLMv2Attention" for n in model.graph.node)
+    ids = np.random.default_rng(6).integers(3, 600, 64)
+    want = _reference(ckpt, ids)
+    be = _backend(tmp_path / "art", SALA_SPARSE)
+    got = np.concatenate([be.prefill(ids[:40].tolist(), all_logits=True)] + [be.decode([int(t)]) for t in ids[40:]])
+    assert np.abs(got - want).max() < 1e-3
+
+
+def test_load_and_generate_match_the_torch_backend(artifact: Path) -> None:
+    lm, ref = edgecpm.load(artifact), edgecpm.load(cached_checkpoint(SALA))
+    assert lm.backend.name == "onnxruntime"
+    got = lm.generate_result("The tower is", max_new_tokens=12).token_ids
+    assert got == ref.generate_result("The tower is", max_new_tokens=12).token_ids
