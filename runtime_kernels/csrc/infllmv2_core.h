@@ -38,60 +38,6 @@ inline int64_t num_kernels(int64_t len, int64_t ks, int64_t st) { return len < k
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
-// exp(x) for x <= 0 (what softmax needs): 2^n * 2^f with n = round(x / ln 2), |f| <= 1/2, and 2^f by its
-// degree-6 Taylor polynomial (relative error below 2e-7). Plain arithmetic and bit operations, so loops
-// over it vectorize.
-inline float exp_neg(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float t = x * 1.44269504088896341f;  // x / ln 2
-  const float n = std::floor(t + 0.5f);
-  const float f = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln 2 (Cody-Waite), |f| <= ln2 / 2
-  float p = 1.0f / 720.0f;
-  p = p * f + 1.0f / 120.0f;
-  p = p * f + 1.0f / 24.0f;
-  p = p * f + 1.0f / 6.0f;
-  p = p * f + 0.5f;
-  p = p * f + 1.0f;
-  p = p * f + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-inline float dot(const float* __restrict a, const float* __restrict b, int64_t d) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < d; ++i) s += a[i] * b[i];
-  return s;
-}
-
-// Four dot products of one query row against four key rows (the query is loaded once).
-inline void dot4(const float* __restrict q, const float* __restrict k0, const float* __restrict k1,
-                 const float* __restrict k2, const float* __restrict k3, int64_t d, float* out) {
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-#pragma omp simd reduction(+ : s0, s1, s2, s3)
-  for (int64_t i = 0; i < d; ++i) {
-    const float x = q[i];
-    s0 += x * k0[i];
-    s1 += x * k1[i];
-    s2 += x * k2[i];
-    s3 += x * k3[i];
-  }
-  out[0] = s0;
-  out[1] = s1;
-  out[2] = s2;
-  out[3] = s3;
-}
-
-// acc += p0 v0 + p1 v1 + p2 v2 + p3 v3 (one load/store of acc per four value rows).
-inline void axpy4(float* __restrict acc, const float* __restrict v0, const float* __restrict v1,
-                  const float* __restrict v2, const float* __restrict v3, const float* p, int64_t d) {
-  const float p0 = p[0], p1 = p[1], p2 = p[2], p3 = p[3];
-#pragma omp simd
-  for (int64_t i = 0; i < d; ++i) acc[i] += p0 * v0[i] + p1 * v1[i] + p2 * v2[i] + p3 * v3[i];
-}
-
 inline void axpy(float* __restrict acc, const float* __restrict v, float p, int64_t d) {
 #pragma omp simd
   for (int64_t i = 0; i < d; ++i) acc[i] += p * v[i];
@@ -112,12 +58,119 @@ inline void compress_range(const View& k, int64_t B, int64_t H, int64_t D, int64
       }
 }
 
-// Per-thread buffers, reused across work items.
+// ---- rows-in-lanes micro-kernels ---------------------------------------------------------------------
+// Attention rows (query heads x queries of a tile) sit in the lanes of a 16-float vector (GCC/Clang vector
+// extension: one zmm on AVX-512, two ymm on AVX2, four q registers on NEON). Scores and probabilities are
+// [keys][rows], the output accumulator is [D][rows]: every FMA is a key/value element broadcast times a
+// vector of rows, so there is no horizontal reduction anywhere and D can be any size.
+constexpr int L = 16;
+typedef float vf __attribute__((vector_size(L * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(L * sizeof(int32_t))));
+
+inline vf vsplat(float x) { return vf{} + x; }
+
+inline vf vmax(vf a, vf b) { return a > b ? a : b; }
+
+// exp(x) for x <= 0 (what softmax needs), on a vector: 2^n * exp(f) with n = round(x / ln 2), |f| <= ln2 / 2
+// (Cody-Waite reduction) and exp(f) by its degree-6 Taylor polynomial; relative error below 3e-7.
+inline vf vexp_neg(vf x) {
+  x = vmax(x, vsplat(-87.0f));
+  const vf t = x * 1.44269504088896341f;
+  const vf magic = vsplat(12582912.0f);  // 1.5 * 2^23: (t + magic) - magic rounds to nearest
+  const vf n = (t + 0.0f + magic) - magic;
+  const vf f = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  vf p = vsplat(1.0f / 720.0f);
+  p = p * f + 1.0f / 120.0f;
+  p = p * f + 1.0f / 24.0f;
+  p = p * f + 1.0f / 6.0f;
+  p = p * f + 0.5f;
+  p = p * f + 1.0f;
+  p = p * f + 1.0f;
+  const vi e = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return p * scale;
+}
+
+// st[j][v] = sum_d key_j[d] * qt[d][v] for KB keys (key j at base + j * stride), NV row vectors.
+template <int NV, int KB>
+inline void qk_tile(const vf* __restrict qt, const float* base, int64_t stride, int64_t D, vf* __restrict st) {
+  vf acc[KB][NV];
+  for (int j = 0; j < KB; ++j)
+    for (int v = 0; v < NV; ++v) acc[j][v] = vf{};
+  for (int64_t d = 0; d < D; ++d) {
+    vf qv[NV];
+    for (int v = 0; v < NV; ++v) qv[v] = qt[d * NV + v];
+    for (int j = 0; j < KB; ++j) {
+      const float kk = base[j * stride + d];
+      for (int v = 0; v < NV; ++v) acc[j][v] += kk * qv[v];
+    }
+  }
+  for (int j = 0; j < KB; ++j)
+    for (int v = 0; v < NV; ++v) st[j * NV + v] = acc[j][v];
+}
+
+template <int NV>
+inline void qk_rows(const vf* qt, const float* base, int64_t stride, int64_t n, int64_t D, vf* st) {
+  constexpr int KB = NV == 1 ? 8 : 4;
+  int64_t j = 0;
+  for (; j + KB <= n; j += KB) qk_tile<NV, KB>(qt, base + j * stride, stride, D, st + j * NV);
+  for (; j < n; ++j) qk_tile<NV, 1>(qt, base + j * stride, stride, D, st + j * NV);
+}
+
+// ot[d][v] += sum_j value_j[d] * p[j][v] for d in [d0, d0 + DB).
+template <int NV, int DB>
+inline void pv_tile(vf* __restrict ot, const vf* __restrict p, const float* base, int64_t stride, int64_t n,
+                    int64_t d0) {
+  vf acc[DB][NV];
+  for (int i = 0; i < DB; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v] = ot[(d0 + i) * NV + v];
+  for (int64_t j = 0; j < n; ++j) {
+    vf pv[NV];
+    for (int v = 0; v < NV; ++v) pv[v] = p[j * NV + v];
+    const float* row = base + j * stride + d0;
+    for (int i = 0; i < DB; ++i) {
+      const float x = row[i];
+      for (int v = 0; v < NV; ++v) acc[i][v] += x * pv[v];
+    }
+  }
+  for (int i = 0; i < DB; ++i)
+    for (int v = 0; v < NV; ++v) ot[(d0 + i) * NV + v] = acc[i][v];
+}
+
+template <int NV>
+inline void pv_rows(vf* ot, const vf* p, const float* base, int64_t stride, int64_t n, int64_t D) {
+  constexpr int DB = NV == 1 ? 8 : 4;
+  int64_t d = 0;
+  for (; d + DB <= D; d += DB) pv_tile<NV, DB>(ot, p, base, stride, n, d);
+  for (; d < D; ++d) pv_tile<NV, 1>(ot, p, base, stride, n, d);
+}
+
+// Dispatch on the number of row vectors (1..4; more in chunks of 4 handled by the caller).
+inline void qk_any(int nv, const vf* qt, const float* base, int64_t stride, int64_t n, int64_t D, vf* st) {
+  switch (nv) {
+    case 1: qk_rows<1>(qt, base, stride, n, D, st); break;
+    case 2: qk_rows<2>(qt, base, stride, n, D, st); break;
+    case 3: qk_rows<3>(qt, base, stride, n, D, st); break;
+    default: qk_rows<4>(qt, base, stride, n, D, st); break;
+  }
+}
+
+inline void pv_any(int nv, vf* ot, const vf* p, const float* base, int64_t stride, int64_t n, int64_t D) {
+  switch (nv) {
+    case 1: pv_rows<1>(ot, p, base, stride, n, D); break;
+    case 2: pv_rows<2>(ot, p, base, stride, n, D); break;
+    case 3: pv_rows<3>(ot, p, base, stride, n, D); break;
+    default: pv_rows<4>(ot, p, base, stride, n, D); break;
+  }
+}
+
+// Per-thread buffers, reused across work items (vector buffers 64-byte aligned by their type).
 struct Scratch {
-  std::vector<float> logits, shared, scores, m, l, acc;
+  std::vector<float> shared;
+  std::vector<vf> qt, st, ot, sqt;
   std::vector<std::pair<float, int32_t>> free;
   std::vector<uint8_t> mark;
-  std::vector<int32_t> blocks;
 };
 
 // Stage 1 for one query position `pos` of KV head (b, h): marks the chosen blocks in mark[0 .. qblk].
@@ -150,29 +203,35 @@ inline void select_blocks(const float* const* sq, int64_t G, int64_t D, const Vi
   const int64_t nvis = std::min<int64_t>(nc, pos >= ks - 1 ? (pos - ks + 1) / st + 1 : 0);
   s.shared.assign(static_cast<size_t>(std::max<int64_t>(nvis, 1)), 0.0f);
   if (nvis > 0) {
-    s.logits.resize(static_cast<size_t>(G * nvis));
+    // logits [kernel][head] with the G heads in lanes, in chunks of 4 vectors (64 heads)
     const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(D));
-    for (int64_t g = 0; g < G; ++g) {
-      float* lg = s.logits.data() + g * nvis;
-      int64_t i = 0;
-      for (; i + 4 <= nvis; i += 4)
-        dot4(sq[g], ck.row(b, h, i), ck.row(b, h, i + 1), ck.row(b, h, i + 2), ck.row(b, h, i + 3), D, lg + i);
-      for (; i < nvis; ++i) lg[i] = dot(sq[g], ck.row(b, h, i), D);
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < nvis; ++j) {
-        lg[j] *= inv_sqrt_d;
-        mx = std::max(mx, lg[j]);
+    for (int64_t g0 = 0; g0 < G; g0 += 4 * L) {
+      const int64_t gn = std::min<int64_t>(G - g0, 4 * L);
+      const int nv = static_cast<int>((gn + L - 1) / L);
+      s.sqt.assign(static_cast<size_t>(D * nv), vf{});
+      for (int64_t g = 0; g < gn; ++g)
+        for (int64_t d = 0; d < D; ++d) s.sqt[d * nv + g / L][g % L] = sq[g0 + g][d] * inv_sqrt_d;
+      s.st.resize(static_cast<size_t>(nvis * nv));
+      qk_any(nv, s.sqt.data(), ck.row(b, h, 0), ck.sn, nvis, D, s.st.data());
+      for (int v = 0; v < nv; ++v) {
+        vf mx = vsplat(-std::numeric_limits<float>::infinity());
+        for (int64_t i = 0; i < nvis; ++i) mx = vmax(mx, s.st[i * nv + v]);
+        vf sum = vf{};
+        for (int64_t i = 0; i < nvis; ++i) {
+          const vf e = vexp_neg(s.st[i * nv + v] - mx);
+          s.st[i * nv + v] = e;
+          sum += e;
+        }
+        vf inv = 1.0f / sum;
+        for (int lane = static_cast<int>(gn - v * L); lane < L; ++lane) inv[lane] = 0.0f;  // padded heads
+        float* sh = s.shared.data();
+        for (int64_t i = 0; i < nvis; ++i) {
+          const vf w = s.st[i * nv + v] * inv;
+          float acc = 0.0f;
+          for (int lane = 0; lane < L; ++lane) acc += w[lane];
+          sh[i] += acc;
+        }
       }
-      float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t j = 0; j < nvis; ++j) {
-        lg[j] = exp_neg(lg[j] - mx);
-        sum += lg[j];
-      }
-      const float inv = 1.0f / sum;
-      float* sh = s.shared.data();
-#pragma omp simd
-      for (int64_t j = 0; j < nvis; ++j) sh[j] += lg[j] * inv;
     }
   }
   // pooled score of each free block: max over the kernels overlapping its tokens (0 if none visible)
@@ -191,52 +250,96 @@ inline void select_blocks(const float* const* sq, int64_t G, int64_t D, const Vi
   for (int64_t i = 0; i < extra; ++i) mark[s.free[i].second] = 1;
 }
 
-// Online-softmax attention of one row (query head) over keys [k0, k1) of KV head (b, h).
-inline void attend_keys(const float* qrow, const View& k, const View& v, int64_t b, int64_t h, int64_t k0,
-                        int64_t k1, int64_t D, float scale, float* sc, float& m, float& l, float* acc) {
-  const int64_t n = k1 - k0;
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4)
-    dot4(qrow, k.row(b, h, k0 + j), k.row(b, h, k0 + j + 1), k.row(b, h, k0 + j + 2), k.row(b, h, k0 + j + 3), D,
-         sc + j);
-  for (; j < n; ++j) sc[j] = dot(qrow, k.row(b, h, k0 + j), D);
-  float mx = -std::numeric_limits<float>::infinity();
-  for (j = 0; j < n; ++j) {
-    sc[j] *= scale;
-    mx = std::max(mx, sc[j]);
-  }
-  const float m_new = std::max(m, mx);
-  if (m_new > m) {
-    const float alpha = exp_neg(m - m_new);  // 0 on the first block (m = -inf clamps to exp(-87))
-    if (m == -std::numeric_limits<float>::infinity()) {
-      std::fill(acc, acc + D, 0.0f);
-      l = 0.0f;
-    } else {
-      l *= alpha;
-#pragma omp simd
-      for (int64_t e = 0; e < D; ++e) acc[e] *= alpha;
-    }
-    m = m_new;
-  }
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (j = 0; j < n; ++j) {
-    sc[j] = exp_neg(sc[j] - m);
-    sum += sc[j];
-  }
-  l += sum;
-  for (j = 0; j + 4 <= n; j += 4)
-    axpy4(acc, v.row(b, h, k0 + j), v.row(b, h, k0 + j + 1), v.row(b, h, k0 + j + 2), v.row(b, h, k0 + j + 3),
-          sc + j, D);
-  for (; j < n; ++j) axpy(acc, v.row(b, h, k0 + j), sc[j], D);
-}
-
-// Queries per tile: they share each key/value block of their union while it is cached. Decode: 1.
-inline int64_t query_tile(int64_t T, int64_t G) { return T == 1 ? 1 : std::max<int64_t>(1, 64 / G); }
+// Queries per tile: their rows (G heads each) fill up to 4 vectors and share every key/value block of their
+// union while it is cached. Decode: 1.
+inline int64_t query_tile(int64_t T, int64_t G) { return T == 1 ? 1 : std::max<int64_t>(1, 4 * L / G); }
 
 inline int64_t num_items(int64_t B, int64_t Hkv, int64_t T, int64_t G) {
   const int64_t qt = query_tile(T, G);
   return B * Hkv * ((T + qt - 1) / qt);
+}
+
+// Attention of rows [r0, r0 + nv*L) of a tile over its union blocks (online softmax, rows in lanes).
+inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t nq, int64_t T, int64_t S, int64_t D,
+                        int64_t r0, int nv, const View& q, const View& k, const View& v, const Params& p,
+                        float scale, const uint8_t* mark, int64_t nb, const uint8_t* in_union, int64_t last_blk,
+                        Scratch& s, float* out, int64_t Hq) {
+  const int64_t bs = p.block_size;
+  const int64_t R = nq * G;
+  const int64_t rn = std::min<int64_t>(R - r0, static_cast<int64_t>(nv) * L);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  // Q^T (scaled) of these rows; padded lanes stay zero
+  s.qt.assign(static_cast<size_t>(D * nv), vf{});
+  for (int64_t r = 0; r < rn; ++r) {
+    const int64_t qi = (r0 + r) / G, g = (r0 + r) % G;
+    const float* src = q.row(b, h * G + g, t0 + qi);
+    for (int64_t d = 0; d < D; ++d) s.qt[d * nv + r / L][r % L] = src[d] * scale;
+  }
+  s.ot.assign(static_cast<size_t>(D * nv), vf{});
+  s.st.resize(static_cast<size_t>(bs * nv));
+  vf m[4], l[4];
+  for (int w = 0; w < nv; ++w) {
+    m[w] = vsplat(neg_inf);
+    l[w] = vf{};
+  }
+  // per lane: its query's position and index (padded lanes: position -1, never attend)
+  int32_t lane_pos[4 * L], lane_q[4 * L];
+  for (int64_t r = 0; r < static_cast<int64_t>(nv) * L; ++r) {
+    lane_q[r] = r < rn ? static_cast<int32_t>((r0 + r) / G) : -1;
+    lane_pos[r] = r < rn ? static_cast<int32_t>(S - T + t0 + lane_q[r]) : -1;
+  }
+  const int64_t qlo = r0 / G, qhi = (r0 + rn - 1) / G;  // queries of these rows
+  const int64_t pos_hi = S - T + t0 + qhi;
+  for (int64_t j = 0; j <= last_blk; ++j) {
+    if (!in_union[j]) continue;
+    bool any = false, all = true;
+    for (int64_t qi = qlo; qi <= qhi; ++qi) {
+      const bool on = j <= (S - T + t0 + qi) / bs && mark[qi * nb + j];
+      any |= on;
+      all &= on;
+    }
+    if (!any) continue;
+    const int64_t k0 = j * bs;
+    const int64_t n = std::min<int64_t>(std::min<int64_t>(k0 + bs, S), pos_hi + 1) - k0;
+    vf* st = s.st.data();
+    qk_any(nv, s.qt.data(), k.row(b, h, k0), k.sn, n, D, st);
+    // mask: block not chosen by the lane's query, or key in its future
+    const bool causal_free = all && k0 + n - 1 <= S - T + t0 + qlo;
+    if (!causal_free)
+      for (int w = 0; w < nv; ++w)
+        for (int lane = 0; lane < L; ++lane) {
+          const int64_t r = w * L + lane;
+          const int32_t qi = lane_q[r];
+          const bool chosen = qi >= 0 && mark[qi * nb + j];
+          const int64_t lim = chosen ? std::min<int64_t>(n, lane_pos[r] - k0 + 1) : 0;
+          for (int64_t jj = std::max<int64_t>(lim, 0); jj < n; ++jj) st[jj * nv + w][lane] = neg_inf;
+        }
+    for (int w = 0; w < nv; ++w) {
+      vf mx = vsplat(neg_inf);
+      for (int64_t jj = 0; jj < n; ++jj) mx = vmax(mx, st[jj * nv + w]);
+      const vf m_new = vmax(m[w], mx);
+      const vf safe = m_new == neg_inf ? vf{} : m_new;  // rows with nothing yet: keep exp() finite
+      const vf alpha = m[w] == neg_inf ? vf{} : vexp_neg(m[w] - safe);
+      vf sum = vf{};
+      for (int64_t jj = 0; jj < n; ++jj) {
+        const vf x = st[jj * nv + w];
+        const vf e = x == neg_inf ? vf{} : vexp_neg(x - safe);
+        st[jj * nv + w] = e;
+        sum += e;
+      }
+      l[w] = l[w] * alpha + sum;
+      m[w] = m_new;
+      for (int64_t d = 0; d < D; ++d) s.ot[d * nv + w] *= alpha;
+    }
+    pv_any(nv, s.ot.data(), st, v.row(b, h, k0), v.sn, n, D);
+  }
+  for (int64_t r = 0; r < rn; ++r) {
+    const int64_t qi = (r0 + r) / G, g = (r0 + r) % G;
+    const int w = static_cast<int>(r / L), lane = static_cast<int>(r % L);
+    const float inv = 1.0f / l[w][lane];
+    float* dst = out + (((b * Hq + h * G + g) * T) + t0 + qi) * D;
+    for (int64_t d = 0; d < D; ++d) dst[d] = s.ot[d * nv + w][lane] * inv;
+  }
 }
 
 // Work items [begin, end) of the sparse attention: item = (batch, KV head, query tile).
@@ -253,10 +356,6 @@ inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_
   const int64_t nb = (S + bs - 1) / bs;
   Scratch s;
   s.mark.resize(static_cast<size_t>(qt * nb));
-  s.scores.resize(static_cast<size_t>(bs));
-  s.m.resize(static_cast<size_t>(qt * G));
-  s.l.resize(static_cast<size_t>(qt * G));
-  s.acc.resize(static_cast<size_t>(qt * G * D));
   std::vector<const float*> sq_rows(static_cast<size_t>(G));
   std::vector<uint8_t> in_union(static_cast<size_t>(nb));
   for (int64_t item = begin; item < end; ++item) {
@@ -277,31 +376,11 @@ inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_
       last_blk = std::max(last_blk, qblk);
     }
     const int64_t R = nq * G;
-    std::fill(s.m.begin(), s.m.begin() + R, -std::numeric_limits<float>::infinity());
-    std::fill(s.l.begin(), s.l.begin() + R, 0.0f);
-    for (int64_t j = 0; j <= last_blk; ++j) {
-      if (!in_union[j]) continue;
-      const int64_t k0 = j * bs;
-      const int64_t k1 = std::min<int64_t>(k0 + bs, S);
-      for (int64_t qi = 0; qi < nq; ++qi) {
-        const int64_t pos = S - T + t0 + qi;
-        if (j > pos / bs || !s.mark[qi * nb + j]) continue;
-        const int64_t kend = std::min<int64_t>(k1, pos + 1);
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t r = qi * G + g;
-          attend_keys(q.row(b, h * G + g, t0 + qi), k, v, b, h, k0, kend, D, scale, s.scores.data(), s.m[r],
-                      s.l[r], s.acc.data() + r * D);
-        }
-      }
+    for (int64_t r0 = 0; r0 < R; r0 += 4 * L) {
+      const int nv = static_cast<int>((std::min<int64_t>(R - r0, 4 * L) + L - 1) / L);
+      attend_rows(b, h, G, t0, nq, T, S, D, r0, nv, q, k, v, p, scale, s.mark.data(), nb, in_union.data(),
+                  last_blk, s, out, Hq);
     }
-    for (int64_t qi = 0; qi < nq; ++qi)
-      for (int64_t g = 0; g < G; ++g) {
-        const int64_t r = qi * G + g;
-        const float inv = 1.0f / s.l[r];
-        float* dst = out + (((b * Hq + h * G + g) * T) + t0 + qi) * D;
-        const float* a = s.acc.data() + r * D;
-        for (int64_t e = 0; e < D; ++e) dst[e] = a[e] * inv;
-      }
   }
 }
 
