@@ -187,8 +187,8 @@ TABLE: dict[str, FormatFacts] = {
             "lightning_layers": Feature(
                 KEPT,
                 "each lightning layer's recurrent state is a graph input/output pair "
-                "(past_key_values.N.recurrent_state -> present.N.recurrent_state, like the KV cache); no "
-                "genai_config.json (GenAI's decoder config cannot name the state)",
+                "(past_key_values.N.recurrent_state -> present.N.recurrent_state, like the KV cache), named "
+                "in genai_config.json for ONNX Runtime GenAI",
             ),
             "output_gates": Feature(KEPT, "a Sigmoid gate on the attention output"),
             "nope_layers": Feature(KEPT, "GroupQueryAttention with do_rotary=0"),

@@ -1,10 +1,9 @@
 """`edgecpm export SRC --format onnx`: a KV-cache decoder graph that onnxruntime and ONNX Runtime GenAI run.
 
-Artifact folder: `model.onnx` + `model.onnx.data` (weights, external), `genai_config.json` (not for
-MiniCPM-SALA: see docs/onnx.md), `tokenizer.json` + `tokenizer_config.json`, `edgecpm.json`. Weights stream
-from the source one tensor at a time straight into the external data file. The export shell (`exporters.shell`)
-checks the model against the format table, stages the folder and installs it atomically (removed on any
-failure, Ctrl-C and SIGTERM included).
+Artifact folder: `model.onnx` + `model.onnx.data` (weights, external), `genai_config.json`, `tokenizer.json` +
+`tokenizer_config.json`, `edgecpm.json`. Weights stream from the source one tensor at a time straight into the
+external data file. The export shell (`exporters.shell`) checks the model against the format table, stages the
+folder and installs it atomically (removed on any failure, Ctrl-C and SIGTERM included).
 """
 
 from __future__ import annotations
@@ -115,20 +114,17 @@ def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Writ
         model = g.model(opsets, functions)
     save_model(model, tmp / MODEL_FILE)
     _, _, context = rope_caches(config)
-    genai_file = None
-    if not config.has_lightning_layers:  # GenAI's decoder config has no place for a recurrent state (docs/onnx.md)
-        genai_file = "genai_config.json"
-        write_json_atomic(
-            tmp / genai_file,
-            genai_config(
-                config,
-                context,
-                share_buffer=graph.all_gqa,
-                max_length=job.options["max_length"],
-                threads=job.options["genai_threads"],
-                model_file=MODEL_FILE,
-            ),
-        )
+    write_json_atomic(
+        tmp / "genai_config.json",
+        genai_config(
+            config,
+            context,
+            share_buffer=graph.all_gqa,
+            max_length=job.options["max_length"],
+            threads=job.options["genai_threads"],
+            model_file=MODEL_FILE,
+        ),
+    )
     tok_files = write_tokenizer_files(job.src, config, tmp)
     return Written(
         [MODEL_FILE, DATA_FILE],
@@ -139,7 +135,7 @@ def write(job: ExportJob, prepared: tuple[OnnxOptions, bool], tmp: Path) -> Writ
             accuracy_level=opts.accuracy_level,
             lm_head_bits=opts.linear_bits(True),
             sparse_op=use_sparse,
-            genai_config=genai_file,
+            genai_config="genai_config.json",
             context_length=context,
         ),
     )

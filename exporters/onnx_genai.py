@@ -5,6 +5,10 @@ runs
 this graph unchanged. KV buffers are shared between past and present (GQA writes in place) only when every
 layer is a GroupQueryAttention layer; the InfLLM v2 layers grow their cache by Concat, which needs
 `past_present_share_buffer=false`.
+
+MiniCPM-SALA: the lightning layers' recurrent states are named with GenAI's `past_recurrent_names` /
+`present_recurrent_names` (GenAI finds which layers have them from the graph's inputs, as it does for the K/V
+of the softmax layers), with the placeholder conv states GenAI pairs them with (`onnx_lightning.py`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,24 @@ def genai_config(
     if threads:
         session["intra_op_num_threads"] = int(threads)
     eos = list(config.eos_token_ids)
+    inputs = {
+        "input_ids": "input_ids",
+        "attention_mask": "attention_mask",
+        "past_key_names": "past_key_values.%d.key",
+        "past_value_names": "past_key_values.%d.value",
+    }
+    outputs = {
+        "logits": "logits",
+        "present_key_names": "present.%d.key",
+        "present_value_names": "present.%d.value",
+    }
+    if config.has_lightning_layers:
+        from edgecpm.exporters.onnx_lightning import CONV_IN, CONV_OUT, STATE_IN, STATE_OUT
+
+        inputs["past_recurrent_names"] = STATE_IN.format("%d")
+        inputs["past_conv_names"] = CONV_IN.format("%d")
+        outputs["present_recurrent_names"] = STATE_OUT.format("%d")
+        outputs["present_conv_names"] = CONV_OUT.format("%d")
     return {
         "model": {
             "bos_token_id": config.bos_token_id if config.bos_token_id is not None else eos[0],
@@ -37,17 +59,8 @@ def genai_config(
                 "filename": model_file,
                 "head_size": config.head_dim,
                 "hidden_size": config.hidden_size,
-                "inputs": {
-                    "input_ids": "input_ids",
-                    "attention_mask": "attention_mask",
-                    "past_key_names": "past_key_values.%d.key",
-                    "past_value_names": "past_key_values.%d.value",
-                },
-                "outputs": {
-                    "logits": "logits",
-                    "present_key_names": "present.%d.key",
-                    "present_value_names": "present.%d.value",
-                },
+                "inputs": inputs,
+                "outputs": outputs,
                 "num_attention_heads": config.num_heads,
                 "num_hidden_layers": config.num_layers,
                 "num_key_value_heads": config.num_kv_heads,

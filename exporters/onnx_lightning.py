@@ -1,7 +1,8 @@
 """MiniCPM-SALA lightning layers in standard ONNX ops, with the recurrent state as graph state.
 
 Each lightning layer `i` takes `past_key_values.i.recurrent_state [B, H, Dk, Dv]` (zeros at position 0) and
-returns `present.i.recurrent_state`, just as softmax layers take and return their K/V cache. One call attends
+returns `present.i.recurrent_state`, just as softmax layers take and return their K/V cache (plus a
+placeholder `conv_state` that ONNX Runtime GenAI requires beside a recurrent state). One call attends
 its S new tokens in the chunked form of `runtime_kernels.lightning` (per-head decay g_h = -slope_h):
 
     out   = scale * ((q kᵀ ⊙ M) v + (q ⊙ e^{g(i+1)}) S_past),   M[i, j] = e^{g(i-j)} for j <= i, else 0
@@ -25,14 +26,22 @@ if TYPE_CHECKING:
 
 STATE_IN = "past_key_values.{}.recurrent_state"
 STATE_OUT = "present.{}.recurrent_state"
+# ONNX Runtime GenAI (0.18) pairs every recurrent state with a causal-conv state (its GatedDeltaNet layout);
+# lightning layers have no convolution, so a one-value placeholder is passed through unchanged
+CONV_IN = "past_key_values.{}.conv_state"
+CONV_OUT = "present.{}.conv_state"
 
 
 def declare_state(dg: DecoderGraph, index: int) -> None:
-    """The layer's state input and output, `[batch_size, H, Dk, Dv]`."""
-    lc = dg.cfg.lightning
+    """The layer's state input and output, `[batch_size, H, Dk, Dv]`, and the `[batch_size, 1, 1]`
+    placeholder conv state GenAI needs (an Identity)."""
+    lc, g = dg.cfg.lightning, dg.g
     shape = ["batch_size", lc.num_heads, lc.head_dim, lc.head_dim]
-    dg.g.add_input(STATE_IN.format(index), TensorProto.FLOAT, shape)
-    dg.g.add_output(STATE_OUT.format(index), TensorProto.FLOAT, shape)
+    g.add_input(STATE_IN.format(index), TensorProto.FLOAT, shape)
+    g.add_output(STATE_OUT.format(index), TensorProto.FLOAT, shape)
+    g.add_input(CONV_IN.format(index), TensorProto.FLOAT, ["batch_size", 1, 1])
+    g.add_output(CONV_OUT.format(index), TensorProto.FLOAT, ["batch_size", 1, 1])
+    g.op("Identity", [CONV_IN.format(index)], outputs=[CONV_OUT.format(index)], name=f"/layers.{index}/conv_state")
 
 
 def lightning_attention(dg: DecoderGraph, index: int, spec, p: str, xn: str) -> str:

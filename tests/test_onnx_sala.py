@@ -44,6 +44,13 @@ SALA_SPARSE = SyntheticSpec(
 )
 
 
+# init_std 0.8: large enough random weights that greedy decoding does not repeat one token
+SALA_GENAI = SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=4, init_std=0.8, seed=5)
+SALA_GENAI_SPARSE = SyntheticSpec(
+    sala_mixers=("minicpm4", "lightning-attn"), num_layers=4, sparse_config=SPARSE, init_std=0.8, seed=5
+)
+
+
 def _reference(ckpt: Path, ids: np.ndarray) -> np.ndarray:
     """One full-sequence forward of the reference model (no cache: the chunked lightning kernel)."""
     config, source = open_checkpoint(ckpt)
@@ -79,8 +86,9 @@ def test_graph_carries_recurrent_state_for_lightning_layers_and_kv_for_softmax_l
     # HyPE: the softmax layers are NoPE, so no LongRoPE table; the lightning layers' RoPE is computed in-graph
     names = {t.name for t in model.graph.initializer}
     assert "cos_cache" not in names and "lightning_inv_freq" in names
-    assert not (artifact / "genai_config.json").exists()  # GenAI's decoder config cannot name the state
-    assert json.loads((artifact / "edgecpm.json").read_text())["extra"]["genai_config"] is None
+    genai = json.loads((artifact / "genai_config.json").read_text())["model"]["decoder"]
+    assert genai["inputs"]["past_recurrent_names"] == "past_key_values.%d.recurrent_state"
+    assert genai["outputs"]["present_recurrent_names"] == "present.%d.recurrent_state"
 
 
 def test_prefill_and_decode_match_reference(artifact: Path) -> None:
@@ -137,3 +145,33 @@ def test_load_and_generate_match_the_torch_backend(artifact: Path) -> None:
     assert lm.backend.name == "onnxruntime"
     got = lm.generate_result("The tower is", max_new_tokens=12).token_ids
     assert got == ref.generate_result("The tower is", max_new_tokens=12).token_ids
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param(SALA_GENAI, id="gqa_softmax_layers"),
+        pytest.param(SALA_GENAI_SPARSE, id="sparse_softmax_layers", marks=pytest.mark.slow),  # ~30 s: traces InfLLM v2
+    ],
+)
+def test_genai_greedy_32_tokens_equal_torch_backend(spec: SyntheticSpec, tmp_path: Path) -> None:
+    """ONNX Runtime GenAI runs the artifact from its genai_config (recurrent states found from the graph)."""
+    og = pytest.importorskip("onnxruntime_genai")
+    ckpt = cached_checkpoint(spec)
+    export(ckpt, tmp_path / "art", "fp32", progress=False)
+    ref = edgecpm.load(ckpt)
+    ids = ref.tokenizer.encode("The tower is 324 metres tall, about the same height")
+    logits, want = ref.backend.prefill(ids), []
+    for _ in range(32):
+        want.append(int(np.argmax(logits)))
+        logits = ref.backend.decode([want[-1]])[-1]
+    model = og.Model(str(tmp_path / "art"))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 32, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(np.asarray(ids, dtype=np.int32))
+    got = []
+    while not gen.is_done():
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == want and len(set(want)) > 8  # no EOS in 32 tokens, and a varied sequence
