@@ -110,6 +110,43 @@ def test_sparse_attention_is_chosen_past_dense_len_and_predicted_faster():
     assert dense.attention["kind"] == "dense" and "sparse_config" in dense.attention["reason"]
 
 
+def test_attention_choice_shows_both_predictions_with_the_kv_read_term():
+    """Sparse vs dense from the cost model: the KV bytes each reads, checked against hand arithmetic."""
+    plan = edgecpm.plan("minicpm4-8b", "jetson-agx-orin-64gb", context=32768, backend="onnxruntime")
+    cfg = preset_config("minicpm4-8b")
+    a, q = plan.attention, plan.choice.quant
+    assert a["kind"] == "infllmv2" and "ai.edgecpm InfLLMv2Attention" in a["kernel"]
+    per_token_one_side = cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * q.kv_bytes  # K or V of one token
+    budget = 64 * 64 + 2048  # topk * block_size + window_size, published sparse_config
+    compressed = per_token_one_side * 32768 / 16  # one compressed key per kernel_stride tokens
+    assert a["predicted"]["dense"]["kv_read_bytes_per_token"] == pytest.approx(2 * per_token_one_side * 32768)
+    assert a["predicted"]["sparse"]["kv_read_bytes_per_token"] == pytest.approx(
+        2 * per_token_one_side * budget + compressed
+    )
+    assert a["predicted"]["sparse"]["decode_tokens_per_s"] > a["predicted"]["dense"]["decode_tokens_per_s"]
+    assert a["predicted"]["sparse"]["prefill_tokens_per_s"] > a["predicted"]["dense"]["prefill_tokens_per_s"]
+    assert "sparse vs" in a["reason"] and "MiB" in a["reason"]
+    from edgecpm.planning.planner import attention_kernel
+
+    assert "compiled C++" in attention_kernel("torch", "cpu")
+    assert "Triton kernel is opt-in" in attention_kernel("torch", "gpu")  # never run on a GPU: not the default
+
+
+def test_dense_is_planned_when_the_cost_model_predicts_it_faster():
+    """A budget as large as the context reads more than dense (plus compressed keys): dense is planned."""
+    from dataclasses import replace as dc_replace
+
+    cfg = preset_config("minicpm4-8b")
+    wide = dc_replace(cfg, sparse=dc_replace(cfg.sparse, topk=1024, dense_len=4096))  # 64K-token budget
+    plan = edgecpm.plan(wide, "jetson-agx-orin-64gb", context=16384, backend="onnxruntime")
+    assert plan.attention["kind"] == "dense" and "dense is faster" in plan.attention["reason"]
+    pred = plan.attention["predicted"]
+    assert pred["dense"]["decode_tokens_per_s"] > pred["sparse"]["decode_tokens_per_s"]
+    assert plan.choice.prediction.decode_tokens_per_s == pytest.approx(pred["dense"]["decode_tokens_per_s"], rel=1e-3)
+    forced = edgecpm.plan(wide, "jetson-agx-orin-64gb", context=16384, backend="onnxruntime", sparse=True)
+    assert forced.attention["kind"] == "infllmv2"  # an explicit request is kept
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

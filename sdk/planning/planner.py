@@ -32,6 +32,7 @@ from edgecpm.planning.cost_model import (
     QuantSpec,
     default_coefficients,
     kv_cache_bytes,
+    kv_read_bytes,
     predict,
 )
 from edgecpm.speculative.planning import choose_draft
@@ -335,6 +336,75 @@ def _attention(config: ModelConfig, context: int, sparse: bool | None) -> tuple[
     }, True
 
 
+def attention_kernel(backend: str, engine: str) -> str:
+    """Which InfLLM v2 implementation the chosen backend runs (the registry's default on that engine)."""
+    if backend == "torch":
+        if engine == "cpu":
+            return (
+                "compiled C++ InfLLM v2 kernel (edgecpm::infllmv2_sparse_cpu, built at first use; the vectorized "
+                "torch kernel where no C++ compiler is present)"
+            )
+        return "vectorized torch kernel (the Triton kernel is opt-in, EDGECPM_KERNELS=triton, until checked on a GPU)"
+    return facts(BACKEND_FORMAT[backend]).features["sparse_layers"].note
+
+
+def _attention_by_cost(
+    attention: dict[str, Any],
+    choice: Candidate,
+    config: ModelConfig,
+    profile: DeviceProfile,
+    context: int,
+    prompt: int | None,
+    sparse: bool | None,
+) -> tuple[dict[str, Any], Candidate]:
+    """Sparse vs dense for the chosen candidate from the cost model (KV-read term included), with its numbers.
+
+    Past dense_len, sparse attention reads a fixed budget of KV blocks plus one compressed key per stride; dense
+    reads the whole cache. When the request leaves the choice open and the model predicts dense faster (a
+    budget as large as the context), dense is planned; either way the plan shows both predictions.
+    """
+    sc = config.sparse
+    q = choice.quant
+    coeffs = choice.prediction.coefficients
+    dense = predict(config, q, choice.backend, profile, context, prompt, coeffs, False)
+    sparse_p = choice.prediction
+    kv_sparse = kv_read_bytes(config, context, q.kv_bytes, True)
+    kv_dense = kv_read_bytes(config, context, q.kv_bytes, False)
+    out = dict(attention)
+    out["kernel"] = attention_kernel(choice.backend, profile.engine)
+    out["predicted"] = {
+        "sparse": {
+            "decode_tokens_per_s": _round(sparse_p.decode_tokens_per_s),
+            "prefill_tokens_per_s": _round(sparse_p.prefill_tokens_per_s),
+            "kv_read_bytes_per_token": int(kv_sparse),
+        },
+        "dense": {
+            "decode_tokens_per_s": _round(dense.decode_tokens_per_s),
+            "prefill_tokens_per_s": _round(dense.prefill_tokens_per_s),
+            "kv_read_bytes_per_token": int(kv_dense),
+        },
+    }
+    past_dense_len = sc is not None and (sc.dense_len < 0 or context > sc.dense_len)
+    if not past_dense_len or sparse_p.decode_tokens_per_s is None or dense.decode_tokens_per_s is None:
+        return out, choice
+    numbers = (
+        f"the cost model predicts decode {sparse_p.decode_tokens_per_s:.1f} tok/s sparse vs "
+        f"{dense.decode_tokens_per_s:.1f} dense (KV read per token {kv_sparse / 2**20:.1f} vs "
+        f"{kv_dense / 2**20:.1f} MiB)"
+    )
+    if sparse_p.prefill_tokens_per_s is not None and dense.prefill_tokens_per_s is not None:
+        numbers += f" and prefill {sparse_p.prefill_tokens_per_s:.0f} vs {dense.prefill_tokens_per_s:.0f} tok/s"
+    if sparse is None and dense.decode_tokens_per_s > sparse_p.decode_tokens_per_s:
+        out.update(kind="dense", params=None, reason=f"{numbers}: dense is faster at this context, so it is planned")
+        return out, replace(choice, prediction=dense)
+    out["reason"] = f"{attention['reason']}; {numbers}"
+    return out, choice
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
 def _validate(
     config: ModelConfig, context: int, prompt: int | None, memory_gb: float | None, min_decode: float
 ) -> list[str]:
@@ -476,6 +546,8 @@ def plan(
     if fits and use_sparse and not runs_sparse(BACKEND_FORMAT[choice.backend]):
         note = facts(BACKEND_FORMAT[choice.backend]).features["sparse_layers"].note
         attention = {"kind": "dense", "params": None, "reason": f"{choice.backend} runs dense attention ({note})"}
+    elif fits and use_sparse:
+        attention, choice = _attention_by_cost(attention, choice, config, profile, context, prompt_tokens, sparse)
     suggestions: list[str] = []
     if fits:
         p = choice.prediction
@@ -650,6 +722,7 @@ def format_plan(plan_: Plan) -> str:
             f"plan    {c['quant']} {c['format']} on {c['backend']}, {c['threads']} threads",
             f"threads {c['threads']}: {c['threads_reason']}",
             f"attention {c['attention']['kind']}: {c['attention']['reason']}",
+            *([f"kernel  {c['attention']['kernel']}"] if c["attention"].get("kernel") else []),
             f"draft   {c['draft']['source'] + ' k=' + str(c['draft']['draft_tokens']) if c['draft'] else 'none'}: "
             f"{c['draft_reason']}",
             f"memory  weights {mem['weights_bytes'] / GIB:.2f} GiB + KV {mem['kv_bytes'] / GIB:.3f} GiB + "
