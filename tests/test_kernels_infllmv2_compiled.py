@@ -142,3 +142,13 @@ def test_no_compiler_falls_back_with_one_line(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("EDGECPM_KERNELS", raising=False)
     with pytest.warns(RuntimeWarning, match="vectorized"):
         assert resolve("infllmv2", torch.device("cpu")) == "vectorized"
+
+
+@pytest.mark.parametrize("agree", [True, False])
+def test_prefill_tiles_shared_union_and_per_query(agree: bool) -> None:
+    """Queries of a tile that agree on their blocks share the union's gather; disagreeing ones walk their own."""
+    q, k, v = _inputs(8, 900, 96, seed=21)
+    if agree:  # nearly the same query at every position: neighbours choose (nearly) the same blocks
+        q = q[:, :, :1].expand_as(q) + 0.01 * q
+    ref = infllmv2_reference(q, k, v, SMALL)
+    assert (comp.infllmv2_compiled(q, k, v, SMALL) - ref).abs().max().item() < TOL

@@ -260,13 +260,12 @@ inline int64_t num_items(int64_t B, int64_t Hkv, int64_t T, int64_t G) {
 }
 
 // Attention of rows [r0, r0 + nv*L) of a tile over its union blocks (online softmax, rows in lanes).
-inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t nq, int64_t T, int64_t S, int64_t D,
-                        int64_t r0, int nv, const View& q, const View& k, const View& v, const Params& p,
-                        float scale, const uint8_t* mark, int64_t nb, const uint8_t* in_union, int64_t last_blk,
-                        Scratch& s, float* out, int64_t Hq) {
+inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, int64_t S, int64_t D, int64_t r0,
+                        int64_t rn, const View& q, const View& k, const View& v, const Params& p, float scale,
+                        const uint8_t* mark, int64_t nb, const uint8_t* in_union, int64_t last_blk, Scratch& s,
+                        float* out, int64_t Hq) {
   const int64_t bs = p.block_size;
-  const int64_t R = nq * G;
-  const int64_t rn = std::min<int64_t>(R - r0, static_cast<int64_t>(nv) * L);
+  const int nv = static_cast<int>((rn + L - 1) / L);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   // Q^T (scaled) of these rows; padded lanes stay zero
   s.qt.assign(static_cast<size_t>(D * nv), vf{});
@@ -375,12 +374,28 @@ inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_
       for (int64_t j = 0; j <= qblk; ++j) in_union[j] |= mk[j];
       last_blk = std::max(last_blk, qblk);
     }
-    const int64_t R = nq * G;
-    for (int64_t r0 = 0; r0 < R; r0 += 4 * L) {
-      const int nv = static_cast<int>((std::min<int64_t>(R - r0, 4 * L) + L - 1) / L);
-      attend_rows(b, h, G, t0, nq, T, S, D, r0, nv, q, k, v, p, scale, s.mark.data(), nb, in_union.data(),
-                  last_blk, s, out, Hq);
+    // Share the tile's union only while its queries mostly agree (real text); when the union is much larger
+    // than what each query chose (e.g. random data), each query walks its own blocks: cost stays at the budget.
+    int64_t u = 0, most = 0;
+    for (int64_t j = 0; j <= last_blk; ++j) u += in_union[j];
+    for (int64_t qi = 0; qi < nq; ++qi) {
+      const uint8_t* own = s.mark.data() + qi * nb;  // valid up to the query's own block
+      most = std::max<int64_t>(most, std::count(own, own + (S - T + t0 + qi) / bs + 1, uint8_t(1)));
     }
+    if (nq > 1 && 2 * u > 3 * most) {
+      for (int64_t qi = 0; qi < nq; ++qi) {
+        const uint8_t* own = s.mark.data() + qi * nb;
+        const int64_t qblk = (S - T + t0 + qi) / bs;
+        for (int64_t r0 = 0; r0 < G; r0 += 4 * L)
+          attend_rows(b, h, G, t0, T, S, D, qi * G + r0, std::min<int64_t>(G - r0, 4 * L), q, k, v, p, scale,
+                      s.mark.data(), nb, own, qblk, s, out, Hq);
+      }
+      continue;
+    }
+    const int64_t R = nq * G;
+    for (int64_t r0 = 0; r0 < R; r0 += 4 * L)
+      attend_rows(b, h, G, t0, T, S, D, r0, std::min<int64_t>(R - r0, 4 * L), q, k, v, p, scale, s.mark.data(),
+                  nb, in_union.data(), last_blk, s, out, Hq);
   }
 }
 
