@@ -10,21 +10,21 @@ Output policy (the same for every format and for Android bundles):
   `rename`, over an existing one by Linux `renameat2(RENAME_EXCHANGE)`, so at every moment OUT is either the
   old or the new complete artifact (where the kernel or filesystem lacks the exchange, two renames are used and
   a kill between them leaves the old artifact beside OUT as `.<OUT>.edgecpm-old-<pid>`).
-* On any error, Ctrl-C (the CLI exits 130) or SIGTERM (a handler raises `ExportTerminated`, exit status 143)
-  the staging folder is removed. A staging folder left by a killed process (SIGKILL) is removed by the next
-  export to the same OUT.
+* On any error, Ctrl-C (the CLI exits 130) or SIGTERM (the CLI's handler raises `interrupts.Terminated`, exit
+  status 143; API callers without a SIGTERM handler get `ExportTerminated`) the staging folder is removed; a
+  full disk, a file size limit or a read-only folder is one `EdgecpmError` naming OUT. A staging folder left
+  by a killed process (SIGKILL) is removed by the next export to the same OUT.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
 import shutil
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from edgecpm.errors import EdgecpmError
 from edgecpm.exporters.artifact import Artifact
 from edgecpm.exporters.formats import FormatFacts, check_exportable
 from edgecpm.exporters.manifest import MANIFEST_NAME, Manifest, make_manifest, read_manifest, source_checksum
+from edgecpm.interrupts import check_writable, signals_deferred, write_error
 
 TMP_TAG, OLD_TAG = ".edgecpm-tmp-", ".edgecpm-old-"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
@@ -145,6 +146,7 @@ class StagedOutput:
         if not parent.is_dir():
             why = "is a file" if parent.exists() else "does not exist"
             raise EdgecpmError(f"cannot write {out}: folder {parent} {why}")
+        check_writable(out, parent)  # the staging folder and the renames happen in OUT's parent
         if self.single_file:
             if out.is_dir():
                 raise EdgecpmError(f"cannot write {out}: it is a folder")
@@ -196,24 +198,29 @@ class StagedOutput:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir()
         except OSError as exc:
-            raise EdgecpmError(f"cannot write to {self.out.parent}: {exc.strerror or exc}") from None
+            raise write_error(exc, self.out) or EdgecpmError(
+                f"cannot write to {self.out.parent}: {exc.strerror or exc}"
+            ) from None
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             self._previous_handler = signal.signal(signal.SIGTERM, _terminate)
         return self.dir
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         try:
             shutil.rmtree(self.dir, ignore_errors=True)
         finally:
             if self._previous_handler is not None:
                 signal.signal(signal.SIGTERM, self._previous_handler)
                 self._previous_handler = None
+        fault = write_error(exc, self.out) if exc is not None else None
+        if fault is not None:  # disk full, file size limit, read-only: one line naming OUT
+            raise fault from None
 
     def install(self, manifest: Manifest | None) -> Artifact | None:
         """Write `manifest` (None: the caller wrote edgecpm.json) and put the staging folder in place."""
         if manifest is not None:
             manifest.write(self.dir)
-        with _signals_deferred():
+        with signals_deferred():
             self.check_target()  # the target could have changed while we wrote
             if self.single_file:
                 os.replace(self.dir / self.out.name, self.out)
@@ -228,33 +235,6 @@ class StagedOutput:
 
 def _terminate(signum: int, frame: Any) -> None:
     raise ExportTerminated()
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """SIGINT/SIGTERM that arrive during the renames are held and raised right after them.
-
-    Done with Python-level handlers, not a thread signal mask: a process-directed signal is delivered to any
-    thread that does not block it (torch starts several), and Python then runs the handler in the main thread.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python runs signal handlers in the main thread only: nothing interrupts this one
-        return
-    pending: list[int] = []
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: pending.append(signum))
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    if pending:
-        handler = previous[pending[0]]
-        if callable(handler):
-            handler(pending[0], None)  # ours raises ExportTerminated, Python's default KeyboardInterrupt
-        elif handler == signal.SIG_DFL:
-            signal.raise_signal(pending[0])
 
 
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100

@@ -1,8 +1,10 @@
 """`edgecpm` command line. Subcommands live in `edgecpm.commands` (one module each, discovered here).
 
 Bad input prints one line `edgecpm: error: ...` and exits 2, with no traceback; so does a missing optional
-dependency (the line names the extra that installs it). Anything else is a bug: one line `edgecpm: internal
-error: ...` naming the log file that holds the full traceback, exit 1.
+dependency (the line names the extra that installs it), and so does a write the disk or the permissions refuse
+(full, file size limit, read-only). Ctrl-C exits 130 and SIGTERM 143, after one line and every clean-up.
+Anything else is a bug: one line `edgecpm: internal error: ...` naming the log file that holds the full
+traceback, exit 1.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from edgecpm import commands
 from edgecpm.errors import EdgecpmError
+from edgecpm.interrupts import Terminated, termination_raises, write_error
 from edgecpm.optional import missing_dependency
 from edgecpm.version import __version__
 
@@ -42,25 +45,37 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with termination_raises():  # SIGTERM unwinds like Ctrl-C: every clean-up runs
+            return int(args.func(args) or 0)
     except EdgecpmError as exc:
         print(f"edgecpm: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("edgecpm: terminated", file=sys.stderr)
+        return Terminated.exit_status
     except KeyboardInterrupt:
         print("edgecpm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as exc:
+        fault = write_error(exc, exc.filename or "the output")
+        if fault is None:
+            return _internal_error(exc, argv)
+        print(f"edgecpm: error: {fault}", file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:
         print(f"edgecpm: error: {missing_dependency(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a log file
-        log = write_crash_log(argv if argv is not None else sys.argv[1:])
-        where = f"; full log: {log}" if log else ""
-        print(
-            f"edgecpm: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{where}", file=sys.stderr
-        )
-        return 1
+        return _internal_error(exc, argv)
+
+
+def _internal_error(exc: Exception, argv: list[str] | None) -> int:
+    log = write_crash_log(argv if argv is not None else sys.argv[1:])
+    where = f"; full log: {log}" if log else ""
+    print(f"edgecpm: internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}{where}", file=sys.stderr)
+    return 1
 
 
 def crash_log_dir() -> Path:

@@ -32,6 +32,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HEADROOM = 3 << 30  # address space a worker may grow by after start-up (fixed bound; the seeds are < 2 MB)
 CASE_SECONDS = 10.0  # time bound per case
+RSS_FIXED_BOUND = 512 << 20  # fixed part of the memory bound: peak RSS growth <= 2 x input + this
 SEED_ROOT = Path(os.environ.get("EDGECPM_TEST_CACHE", Path.home() / ".cache" / "edgecpm" / "checkpoints")) / "fuzz"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -529,12 +530,17 @@ def run_target(name: str, cases: int, seed: int, start: int = 0) -> dict:
     counts = {"cases": 0, "ok": 0, "edgecpm_error": 0}
     failures: list[dict] = []
     slowest = 0.0
+    input_bytes = sum(p.stat().st_size for p in seed_dir.rglob("*") if p.is_file())
+    largest_case = len(original)
+    rss_start = _rss_bytes()
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"fuzz-{name}-") as tmp:
         base = Path(tmp) / "case"
         shutil.copytree(seed_dir, base)
         for i in range(start, start + cases):
             rng = random.Random(f"{name}:{seed}:{i}")
             data = mutator(original, rng, boundaries)
+            largest_case = max(largest_case, len(data))
             (base / fname).write_bytes(data)
             before = _snapshot(Path(tmp))
             t0 = time.perf_counter()
@@ -580,13 +586,30 @@ def run_target(name: str, cases: int, seed: int, start: int = 0) -> dict:
                 for w in written:
                     p = Path(tmp) / w
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    # memory bound: the peak RSS may grow over the warmed-up start by 2x the input (seed folder with the largest
+    # mutated file in place of the original) plus a fixed bound
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    growth = max(0, peak - rss_start)
+    largest_input = input_bytes - len(original) + largest_case
+    bound = 2 * largest_input + RSS_FIXED_BOUND
+    if growth > bound:
+        failures.append({"case": "all", "kind": "memory", "rss_growth_mib": growth >> 20, "bound_mib": bound >> 20})
     return {
         "target": name,
         **counts,
         "failures": failures,
+        "seconds": round(time.perf_counter() - started, 1),
         "slowest_s": round(slowest, 2),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
+        "input_mib": round(largest_input / 2**20, 2),
+        "peak_rss_mib": peak >> 20,
+        "rss_growth_mib": growth >> 20,
+        "rss_bound_mib": bound >> 20,
     }
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:"))
 
 
 def _limit_address_space() -> int:
@@ -643,7 +666,10 @@ def _report(results: list[dict]) -> str:
     for r in results:
         lines.append(
             f"{r['target']}: {r['cases']} cases, {r['edgecpm_error']} EdgecpmError, {r['ok']} ok, "
-            f"slowest {r['slowest_s']} s"
+            f"{len(r['failures'])} failures, {r['seconds']} s (slowest case {r['slowest_s']} s, bound "
+            f"{CASE_SECONDS:g} s), peak RSS {r['peak_rss_mib']} MiB (growth {r['rss_growth_mib']} MiB, bound "
+            f"{r['rss_bound_mib']} MiB = 2 x {r['input_mib']} MiB input + "
+            f"{RSS_FIXED_BOUND >> 20} MiB), address space limit {r.get('address_space_limit_gib')} GiB"
         )
         for f in r["failures"][:5]:
             lines.append(f"    {f}")
@@ -805,13 +831,16 @@ def test_config_fields_property_hypothesis():
     check()
 
 
+SLOW_CASES = int(os.environ.get("EDGECPM_FUZZ_CASES", "10000"))
+
+
 @pytest.mark.slow
 def test_fuzz_parsers_api_10000_each():
-    """>= 10,000 cases per parser (about an hour on 2 cores)."""
+    """>= 10,000 cases per parser (EDGECPM_FUZZ_CASES overrides), each parser in its own bounded worker."""
     results = []
     for t in TARGETS:
-        n = 2_000 if t == "manifest_gguf" else 10_000
-        results += run_worker([t], n, seed=2, timeout=6 * 3600)
+        results += run_worker([t], SLOW_CASES, seed=2, timeout=6 * 3600)
+        print(_report(results[-1:]), flush=True)  # one line per parser as it finishes (pytest -s shows them)
     print(_report(results))
     assert not [f for r in results for f in r["failures"]], _report(results)
 

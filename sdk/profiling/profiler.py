@@ -363,8 +363,10 @@ def _check_request(model: Any, device: str, out: Any, settings: ProfileSettings)
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise EdgecpmError(f"--out {out} exists and is not a directory")
     if out is not None:  # fail before a minute of measuring, not after
+        from edgecpm.interrupts import check_writable
         from edgecpm.optional import require
 
+        check_writable(out, out)
         require("matplotlib", "the profiling report's plots")
     contexts = settings.contexts
     if not contexts or contexts[0] < 1:

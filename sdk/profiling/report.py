@@ -10,6 +10,7 @@ an interrupted run leaves no partial report.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
@@ -292,13 +293,19 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
 
 
 def write_report(report: dict[str, Any], out: Path) -> list[str]:
-    """Write report.json, report.md, report.html and plots/*.png into `out`; returns the written paths."""
+    """Write report.json, report.md, report.html and plots/*.png into `out`; returns the written paths.
+
+    Each file goes to a temporary name first and all are renamed together (Ctrl-C/SIGTERM held during the
+    renames), so an earlier report in `out` stays whole; on any failure the temporaries and any folder this
+    call created are removed, and a full disk or read-only folder is one `EdgecpmError` naming `out`.
+    """
+    from edgecpm.interrupts import signals_deferred, write_error
+
     out = Path(out)
     if out.exists() and not out.is_dir():
         from edgecpm.errors import EdgecpmError
 
         raise EdgecpmError(f"--out {out} exists and is not a directory")
-    (out / "plots").mkdir(parents=True, exist_ok=True)
     pngs = make_plots(report)
     files = {
         out / "report.json": None,
@@ -308,17 +315,29 @@ def write_report(report: dict[str, Any], out: Path) -> list[str]:
     files.update({out / "plots" / f"{name}.png": data for name, data in pngs.items()})
     report_files = sorted(str(p) for p in files)
     files[out / "report.json"] = (json.dumps({**report, "files": report_files}, indent=2, default=str) + "\n").encode()
+    created = [d for d in (out, out / "plots") if not d.exists()]
     temps: list[tuple[Path, Path]] = []
     try:
+        (out / "plots").mkdir(parents=True, exist_ok=True)
         for path, data in files.items():
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            temps.append((tmp, path))  # before writing: a half-written temporary is removed too
             tmp.write_bytes(data)
-            temps.append((tmp, path))
-        for tmp, path in temps:
-            os.replace(tmp, path)
+        with signals_deferred():
+            for tmp, path in temps:
+                os.replace(tmp, path)
+        created = []
+    except OSError as exc:
+        fault = write_error(exc, out)
+        if fault is None:
+            raise
+        raise fault from None
     finally:
         for tmp, _ in temps:
             tmp.unlink(missing_ok=True)
+        for d in reversed(created):  # folders this call made, now empty again
+            with contextlib.suppress(OSError):
+                d.rmdir()
     return report_files
 
 
