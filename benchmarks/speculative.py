@@ -2,10 +2,14 @@
 draft source and k, against plain greedy decoding on the same target backend, in one run.
 
 Usage: python benchmarks/speculative.py [--text PATH] [--threads 1] [--tokens 48] [--runs 3] [--out FILE.json]
+       [--eagle HEAD.json] [--freq TABLE.json] [--fr-sizes 4096,16384] [--eagle-k 2,3,4] [--tasks continue]
+       [--drafts plain,q4_0,eagle]
 
 Targets: llama.cpp q8_0 (the default Q4_1 model re-exported, opened with flash attention, with which llama.cpp
 gives a batch the same logits as one token at a time) and the torch reference (the Q4_1 weights in fp32).
-Drafts: prompt lookup (k = 2, 4, 8) and the same model at lower precision (q4_0 GGUF on llama.cpp, k = 1..4).
+Drafts: prompt lookup (k = 2, 4, 8) and the same model at lower precision (q4_0 GGUF on llama.cpp, k = 1..4);
+on the torch target also an EAGLE head (examples/train_eagle_head.py; --eagle, default: beside the model) with
+its full output head and with FR-Spec (--freq, the `edgecpm freq-table` output; each of --fr-sizes rows).
 Tasks: "continue" (a WikiText-2 passage, continue it) and "repeat" (an input-grounded task: the chat model is
 asked to repeat the passage). Runs are interleaved (plain, then each draft, repeated) and medians reported;
 every speculative run is checked token for token against the plain run on the same target. "decode speed-up"
@@ -53,6 +57,35 @@ def run_once(model, backend, ids, tokens, draft, k):
     return r
 
 
+def eagle_configs(a, target) -> list:
+    """(name, EagleDraft, k) for the torch target: the head with its full output head, and with FR-Spec."""
+    from edgecpm.speculative import EagleDraft
+    from edgecpm.speculative.eagle import EagleHead, head_path
+    from edgecpm.speculative.frspec import read_ids, table_path
+
+    if target is None:
+        return []
+    head_json = Path(a.eagle) if a.eagle else head_path(default_model_path())
+    if not head_json.is_file():
+        print(f"no EAGLE head at {head_json}: skipping the EAGLE rows (examples/train_eagle_head.py)")
+        return []
+    model = target.backend.model
+    head, meta = EagleHead.load(head_json, target.config)
+    out_head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
+    head.attach(model.embed_tokens.weight, model.norm.weight, out_head)
+    ks = [int(k) for k in a.eagle_k.split(",")]
+    out = [("eagle", EagleDraft(head, None, "eagle"), k) for k in ks]
+    table = Path(a.freq) if a.freq else table_path(default_model_path())
+    if table.is_file():
+        for n in (int(x) for x in a.fr_sizes.split(",") if x):
+            rows = read_ids(table, int(target.config.vocab_size), n)
+            out += [(f"eagle + FR-Spec {n}", EagleDraft(head, rows, f"eagle+fr{n}"), k) for k in ks]
+    else:
+        print(f"no frequency table at {table}: skipping the FR-Spec rows (edgecpm freq-table)")
+    print(f"EAGLE head {head_json.name}: {meta.get('train_tokens')} training tokens of {meta.get('trained_on')}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--text", default=str(DEFAULT_TEXT))
@@ -62,23 +95,33 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=2)
     ap.add_argument("--targets", default="llama.cpp,torch")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--eagle", default=None, help="EAGLE head .json (default: beside the model, if there)")
+    ap.add_argument("--freq", default=None, help="FR-Spec frequency table (default: beside the model, if there)")
+    ap.add_argument("--fr-sizes", default="8192", help="FR-Spec sizes (rows of the table) to measure")
+    ap.add_argument("--eagle-k", default="2,3,4")
+    ap.add_argument("--tasks", default="continue,repeat")
+    ap.add_argument("--drafts", default=None, help="only drafts whose name starts with one of these (and plain)")
     a = ap.parse_args()
     text = Path(a.text).read_text(encoding="utf-8")
-    q8, q4 = exported("q8_0"), exported("q4_0")
+    q4 = exported("q4_0")
     # flash attention: llama.cpp's batch logits then equal its one-token logits (docs/speculative.md)
     draft_q4 = edgecpm.load(q4, threads=a.threads, flash_attn=True)
     targets = {}
     if "llama.cpp" in a.targets:
-        targets["llama.cpp q8_0"] = edgecpm.load(q8, threads=a.threads, flash_attn=True)
+        targets["llama.cpp q8_0"] = edgecpm.load(exported("q8_0"), threads=a.threads, flash_attn=True)
     if "torch" in a.targets:
         targets["torch fp32"] = edgecpm.load(default_model_path(), backend="torch", threads=a.threads)
     configs = [("plain", None, 0)]
     configs += [("prompt-lookup", PromptLookupDraft(), k) for k in (2, 4, 8)]
     configs += [("q4_0 self-draft (llama.cpp)", ModelDraft(draft_q4.backend, "q4_0"), k) for k in (1, 2, 3, 4)]
+    torch_only = eagle_configs(a, targets.get("torch fp32"))
     rows = []
     for tname, model in targets.items():
-        cfgs = configs if tname.startswith("llama") else [c for c in configs if c[2] in (0, 3, 8)]
-        for task in ("continue", "repeat"):
+        cfgs = configs if tname.startswith("llama") else [c for c in configs if c[2] in (0, 3, 8)] + torch_only
+        if a.drafts:
+            keep = tuple(a.drafts.split(","))
+            cfgs = [c for c in cfgs if c[1] is None or c[0].startswith(keep)]
+        for task in a.tasks.split(","):
             prompts = []
             for p in passages(text, a.passages):
                 if task == "continue":
@@ -116,6 +159,9 @@ def main() -> None:
                 if k:
                     st = [r.extra["speculative"] for _, r, _ in rs]
                     row.update(
+                        draft_ms_per_token=round(1e3 * med(s.draft_seconds / max(s.drafted, 1) for s in st), 2),
+                        verify_ms_per_round=round(1e3 * med(s.verify_seconds / max(s.rounds, 1) for s in st), 2),
+                        plain_ms_per_token=round(1e3 / base_tps, 2),
                         acceptance_length=round(statistics.median(s.acceptance_length for s in st), 3),
                         acceptance_rate=round(statistics.median(s.accepted / max(s.drafted, 1) for s in st), 3),
                         tokens_per_target_forward=round(statistics.median(s.tokens_per_target_forward for s in st), 3),

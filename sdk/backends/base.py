@@ -37,3 +37,13 @@ class Backend(Protocol):
         ...
 
     def reset(self) -> None: ...
+
+
+@runtime_checkable
+class HiddenStates(Protocol):
+    """Optional capability: a backend that can return the hidden states behind its logits (an EAGLE draft reads
+    them). Not part of `Backend`, so backends without it stay valid."""
+
+    def last_hidden_states(self) -> np.ndarray:
+        """Final-norm hidden states `[T, H]` (float32) of the T tokens of the last `prefill` / `decode` call."""
+        ...

@@ -25,6 +25,18 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.cache = model.new_cache(cache_mode, max_len)
+        # the final norm's output of the last call (what an EAGLE draft head reads; a reference, no copy)
+        self._hidden: torch.Tensor | None = None
+        model.norm.register_forward_hook(self._keep_hidden)
+
+    def _keep_hidden(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
+        self._hidden = output
+
+    def last_hidden_states(self) -> np.ndarray:
+        """`[T, H]` final-norm hidden states of the last prefill / decode's tokens (`HiddenStates` capability)."""
+        if self._hidden is None:
+            raise EdgecpmError("no hidden states yet: prefill or decode first")
+        return self._hidden[0].float().numpy()
 
     @property
     def n_past(self) -> int:

@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=("niah", "task-haystack"),
         help="add a long-context fidelity section: dense vs sparse vs q4_0 retention (repeatable)",
     )
+    p.add_argument(
+        "--speculative",
+        metavar="ROWS",
+        default=None,
+        help="add a speculative-decoding section (table, speed-up vs k plot) from benchmarks/speculative.py --out",
+    )
     p.add_argument("--json", action="store_true", help="print the report JSON (no progress bar)")
     p.add_argument(
         "--import",
@@ -69,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.import_file is not None:
         return _run_import(args)
+    rows = None
+    if args.speculative is not None:  # read first: a bad file fails before minutes of measuring
+        from edgecpm.speculative.report import read_rows
+
+        rows = read_rows(args.speculative)
     report = profile(
         args.model,
         device=args.device,
@@ -83,6 +94,11 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference,
         progress=not args.json,
     )
+    if rows is not None:
+        from edgecpm.profiling.report import write_report
+
+        report["speculative"] = rows
+        report["files"] = write_report(report, args.out)
     if args.eval:
         from edgecpm.evals.report_section import add_to_report
 

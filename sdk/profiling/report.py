@@ -110,6 +110,10 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
     ax.set_title(f"Memory at context {report['settings']['contexts'][-1]}")
     ax.legend(fontsize=7)
     out["memory"] = _fig_png(fig)
+    if report.get("speculative"):  # rows of benchmarks/speculative.py (edgecpm profile --speculative)
+        from edgecpm.speculative.report import speedup_png
+
+        out["speculative_speedup"] = speedup_png(report["speculative"])
     return out
 
 
@@ -261,6 +265,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append("")
     out.append("## Plots\n")
     out += [f"![{name}](plots/{name}.png)\n" for name in PLOTS]
+    if report.get("speculative"):
+        from edgecpm.speculative.report import section_markdown
+
+        out.append(section_markdown(report["speculative"], Path("plots"), image="plots/speculative_speedup.png"))
     return "\n".join(out)
 
 
@@ -288,6 +296,10 @@ def render_html(report: dict[str, Any], pngs: dict[str, bytes]) -> str:
             f"<figure><img id='{name}' alt='{name}' src='data:image/png;base64,{data}'>"
             f"<figcaption>{esc(name.replace('_', ' '))}</figcaption></figure>"
         )
+    if report.get("speculative"):
+        from edgecpm.speculative.report import section_html
+
+        parts.append(section_html(report["speculative"], pngs["speculative_speedup"]))
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -8,7 +8,7 @@ The verifier needs q exactly to keep sampled output distributed as the target's.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -117,4 +117,105 @@ class ModelDraft:
                 logits = self.backend.decode([token])[-1]
                 self._tokens.append(token)
                 self._logits = logits
+        return out
+
+
+class EagleDraft:
+    """An EAGLE head drafts from the target's own hidden states (`edgecpm.speculative.eagle`).
+
+    The speculator hands it the target's final-norm hidden states of every verified position (`observe`); the
+    head's KV cache holds one pair (token x_{j+1}, state of x_j) per position whose state is the target's, and
+    drafted pairs (fed the head's own predicted state) are dropped on the next proposal. With `rows` (FR-Spec)
+    the head's logits are computed over those token ids only.
+    """
+
+    needs_hidden_states = True
+
+    def __init__(self, head: Any, rows: np.ndarray | None = None, name: str | None = None) -> None:
+        import torch
+
+        self.head = head
+        self.vocab_size = int(head.target_config.vocab_size)
+        self.row_ids = None if rows is None else torch.as_tensor(np.asarray(rows, dtype=np.int64))
+        self.row_weight = None if rows is None else head.head_weight[self.row_ids].contiguous()
+        self.name = name or ("eagle" if rows is None else f"eagle + FR-Spec {len(rows)}")
+        self._cache = head.new_cache()
+        self._features = torch.empty(0, head.target_config.hidden_size)
+        self._pair_tokens: list[int] = []  # x_{j+1} of each pair in the cache whose state is the target's
+        self._last = None  # head output after the last of those pairs
+
+    def start(self, prompt_ids: Sequence[int]) -> None:
+        import torch
+
+        self._cache.reset()
+        self._pair_tokens = []
+        self._features = torch.empty(0, self.head.target_config.hidden_size)
+        self._last = None
+
+    def observe(self, hidden: np.ndarray, start: int) -> None:
+        """The target's final-norm states of positions start.. (rows of its last prefill or verify)."""
+        import torch
+
+        if start > self._features.shape[0]:
+            raise EdgecpmError(
+                f"EAGLE draft: hidden states from position {start}, but it holds {self._features.shape[0]}"
+            )
+        rows = torch.as_tensor(np.asarray(hidden, dtype=np.float32)).reshape(-1, self._features.shape[1])
+        self._features = torch.cat([self._features[:start], rows.to(self._features.dtype)])
+        if len(self._pair_tokens) > start:  # a pair built on a state that was just replaced
+            del self._pair_tokens[start:]
+            self._cache.truncate(min(self._cache.length, start))
+            self._last = None
+
+    def _sync(self, context: Sequence[int]) -> Any:
+        """Feed the pairs of `context` the head lacks; return its output after the last one `[1, 1, H]`."""
+        import torch
+
+        need = len(context) - 1  # pairs (context[p + 1], state p) for p < need
+        if self._features.shape[0] < need:
+            raise EdgecpmError(
+                "the EAGLE draft lacks the target's hidden states for this context (run it through the Speculator)"
+            )
+        common = 0
+        limit = min(len(self._pair_tokens), need)
+        while common < limit and self._pair_tokens[common] == int(context[common + 1]):
+            common += 1
+        if common == need and self._last is not None and self._cache.length == common:
+            return self._last
+        if common == need:  # nothing new, but the output after the last pair is gone: replay it
+            common -= 1
+        self._cache.truncate(common)
+        del self._pair_tokens[common:]
+        tokens = torch.as_tensor([int(t) for t in context[common + 1 : need + 1]], dtype=torch.long)[None]
+        out = self.head(tokens, self._features[common:need][None], self._cache)
+        self._pair_tokens.extend(int(t) for t in context[common + 1 : need + 1])
+        self._last = out[:, -1:]
+        return self._last
+
+    def propose(self, context: Sequence[int], k: int, params: SamplingParams, rng: np.random.Generator) -> Proposal:
+        import torch
+
+        if k <= 0:
+            return []
+        with torch.inference_mode():
+            state = self._sync(context)
+            real = self._cache.length
+            out: Proposal = []
+            for i in range(k):
+                logits = self.head.logits(state, self.row_weight)[0, -1]
+                if params.temperature == 0:
+                    j = int(torch.argmax(logits))
+                    token, q = (j if self.row_ids is None else int(self.row_ids[j])), None
+                else:
+                    full = logits.numpy()
+                    if self.row_ids is not None:
+                        full = np.full(self.vocab_size, -np.inf, dtype=np.float32)
+                        full[self.row_ids.numpy()] = logits.numpy()
+                    q = probabilities(full, params)
+                    token = draw(q, rng)
+                out.append((token, q))
+                if i + 1 < k:
+                    tok = torch.tensor([[token]], dtype=torch.long)
+                    state = self.head(tok, self.head.target_norm(state), self._cache)[:, -1:]
+            self._cache.truncate(real)  # drafted pairs never stay: their state was the head's guess
         return out

@@ -11,7 +11,8 @@ the k drafts in ONE `decode` call (k+1 logits rows) and keeps the longest accept
 
 Either way a round emits accepted + 1 tokens for one target forward. Both decoding states roll back to the
 accepted prefix with `truncate` (the draft's on its next proposal). The target's state never holds the
-pending (last emitted) token: it is the first token of the next verify batch.
+pending (last emitted) token: it is the first token of the next verify batch. A draft with
+`needs_hidden_states` (an EAGLE head) is handed the target's hidden states of every kept position (`observe`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecpm.backends.base import Backend
+from edgecpm.backends.base import Backend, HiddenStates
 from edgecpm.errors import EdgecpmError
 from edgecpm.generation import GenerationResult, SamplingParams, draw, probabilities, sample
 from edgecpm.speculative.drafts import Draft, Proposal
@@ -49,8 +50,11 @@ class Speculator:
         stats = SpeculativeStats(self.draft.name, self.k)
         out.extra["speculative"] = stats
         t0 = time.perf_counter()
+        hidden = self._hidden_states(target)
         logits = target.prefill(prompt_ids)
         self.draft.start(prompt_ids)
+        if hidden is not None:
+            self.draft.observe(hidden(), 0)
         out.prefill_seconds = time.perf_counter() - t0
         if max_new_tokens <= 0:
             return
@@ -71,6 +75,8 @@ class Speculator:
             n_before = target.n_past
             rows = target.decode([pending] + [t for t, _ in proposal])
             accepted, pending = verify(rows, proposal, params, rng)
+            if hidden is not None:  # the target's states of the pending token and the accepted drafts
+                self.draft.observe(hidden()[: accepted + 1], n_before)
             if accepted < len(proposal):
                 target.truncate(n_before + 1 + accepted)
             stats.record(len(proposal), accepted, t_verify - t_draft, time.perf_counter() - t_verify)
@@ -79,6 +85,17 @@ class Speculator:
                 produced += 1
                 stats.tokens = produced
                 context.append(token)
+
+    def _hidden_states(self, target: Backend) -> Any:
+        """The target's `last_hidden_states` when the draft reads them (an EAGLE head), else None."""
+        if not getattr(self.draft, "needs_hidden_states", False):
+            return None
+        if not isinstance(target, HiddenStates):
+            raise EdgecpmError(
+                f"the {self.draft.name} draft reads the target's hidden states, which the {target.name} backend "
+                "does not return (use the torch backend for the target)"
+            )
+        return target.last_hidden_states
 
 
 def verify(rows: np.ndarray, proposal: Proposal, params: SamplingParams, rng: np.random.Generator) -> tuple[int, int]:

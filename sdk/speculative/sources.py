@@ -1,6 +1,10 @@
 """`resolve_draft(spec, target)`: what `generate(draft=...)` and `--draft SRC` accept, turned into a `Draft`.
 
 * "prompt-lookup" (also "ngram", "lookup"): n-gram copying from the context;
+* "eagle": the EAGLE draft head stored beside the target (`edgecpm.speculative.eagle.head_path`);
+  "eagle+fr" restricts its output head to the frequency table beside the target (FR-Spec), "eagle+fr:N" to
+  the table's first N tokens; a head's `.json` path may stand for "eagle" (torch targets: it reads their
+  hidden states);
 * a path that `edgecpm.load` opens (a smaller model with the same tokenizer, or the target exported at lower
   precision) drafts as a model, on its own backend;
 * a `Draft`, a `LoadedModel` or a `Backend` object is used as is.
@@ -13,11 +17,11 @@ from typing import Any
 
 from edgecpm.backends.base import Backend
 from edgecpm.errors import EdgecpmError
-from edgecpm.speculative.drafts import Draft, ModelDraft, PromptLookupDraft
+from edgecpm.speculative.drafts import Draft, EagleDraft, ModelDraft, PromptLookupDraft
 
 LOOKUP_NAMES = ("prompt-lookup", "ngram", "lookup")
 # k when none is given: copying is free to draft, so long proposals cost only verify width
-DEFAULT_DRAFT_TOKENS = {"prompt-lookup": 8, "model": 4}
+DEFAULT_DRAFT_TOKENS = {"prompt-lookup": 8, "model": 4, "eagle": 4}
 
 
 def resolve_draft(spec: Any, target: Any, threads: int | None = None) -> Draft | None:
@@ -33,6 +37,9 @@ def resolve_draft(spec: Any, target: Any, threads: int | None = None) -> Draft |
     text = str(spec)
     if text.lower() in LOOKUP_NAMES:
         return PromptLookupDraft()
+    base, fr, size = text.partition("+fr")
+    if base.lower() == "eagle" or base.endswith(".json"):
+        return eagle_draft(target, None if base.lower() == "eagle" else Path(base), bool(fr), size)
     path = Path(text)
     if not path.exists():
         raise EdgecpmError(f"draft {text!r} is neither a draft name (prompt-lookup, none) nor a path")
@@ -51,6 +58,37 @@ def _model_draft(backend: Any, target: Any, name: str) -> ModelDraft:
     return ModelDraft(backend, name)
 
 
+def eagle_draft(target: Any, head_json: Path | None = None, frspec: bool = False, size: str = "") -> EagleDraft:
+    """The EAGLE head at `head_json` (default: beside the target) over a torch target's own weights."""
+    from edgecpm.speculative.eagle import EagleHead, head_path
+    from edgecpm.speculative.frspec import read_ids, table_path
+
+    model = getattr(target.backend, "model", None)
+    if model is None or not hasattr(model, "embed_tokens"):
+        raise EdgecpmError(
+            f"the EAGLE draft reads the target's hidden states and output head; the {target.backend.name} backend "
+            "does not expose them (load the target with backend='torch')"
+        )
+    path = head_json or head_path(target.path)
+    if not path.is_file():
+        raise EdgecpmError(f"no EAGLE head at {path}: train one with examples/train_eagle_head.py")
+    head, _ = EagleHead.load(path, target.config)
+    head = head.to(model.dtype).attach(
+        model.embed_tokens.weight,
+        model.norm.weight,
+        model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight,
+    )
+    rows = None
+    if frspec:
+        if size and not size[1:].isdigit():
+            raise EdgecpmError(f"FR-Spec size {size[1:]!r}; expected eagle+fr or eagle+fr:N with N a token count")
+        table = table_path(target.path)
+        if not table.is_file():
+            raise EdgecpmError(f"no frequency table at {table}: build one with `edgecpm freq-table`")
+        rows = read_ids(table, int(target.config.vocab_size), int(size[1:]) if size else None)
+    return EagleDraft(head, rows)
+
+
 def speculator_for(spec: Any, target: Any, draft_tokens: int | None = None, threads: int | None = None) -> Any:
     """A `Speculator` for `generate(draft=..., draft_tokens=...)`, or None for plain decoding."""
     from edgecpm.speculative.generator import Speculator
@@ -61,5 +99,6 @@ def speculator_for(spec: Any, target: Any, draft_tokens: int | None = None, thre
     if draft is None:
         return None
     if draft_tokens is None:
-        draft_tokens = DEFAULT_DRAFT_TOKENS["prompt-lookup" if isinstance(draft, PromptLookupDraft) else "model"]
+        kind = "prompt-lookup" if isinstance(draft, PromptLookupDraft) else "model"
+        draft_tokens = DEFAULT_DRAFT_TOKENS["eagle" if isinstance(draft, EagleDraft) else kind]
     return Speculator(draft, draft_tokens)
