@@ -55,12 +55,31 @@ at::Tensor infllmv2_sparse_cpu(const at::Tensor& q_in, const at::Tensor& k_in, c
   return out;
 }
 
+// The out variant: what ExecuTorch's to_executorch rewrites the op to (its runtime kernel has this schema).
+at::Tensor& infllmv2_sparse_cpu_out(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const at::Tensor& ck, const at::Tensor& sq, int64_t kernel_size,
+                                    int64_t kernel_stride, int64_t init_blocks, int64_t block_size,
+                                    int64_t window_size, int64_t topk, double scale, at::Tensor& out) {
+  const at::Tensor r = infllmv2_sparse_cpu(q, k, v, ck, sq, kernel_size, kernel_stride, init_blocks, block_size,
+                                           window_size, topk, scale);
+  out.resize_(r.sizes());
+  out.copy_(r);
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(edgecpm, m) {
   m.def(
       "infllmv2_sparse_cpu(Tensor q, Tensor k, Tensor v, Tensor ck, Tensor score_q, int kernel_size, "
       "int kernel_stride, int init_blocks, int block_size, int window_size, int topk, float scale) -> Tensor");
+  m.def(
+      "infllmv2_sparse_cpu.out(Tensor q, Tensor k, Tensor v, Tensor ck, Tensor score_q, int kernel_size, "
+      "int kernel_stride, int init_blocks, int block_size, int window_size, int topk, float scale, *, "
+      "Tensor(a!) out) -> Tensor(a!)");
 }
 
-TORCH_LIBRARY_IMPL(edgecpm, CPU, m) { m.impl("infllmv2_sparse_cpu", &infllmv2_sparse_cpu); }
+TORCH_LIBRARY_IMPL(edgecpm, CPU, m) {
+  m.impl("infllmv2_sparse_cpu", &infllmv2_sparse_cpu);
+  m.impl("infllmv2_sparse_cpu.out", &infllmv2_sparse_cpu_out);
+}
