@@ -58,7 +58,8 @@ class LoadedModel:
         """Generated text, or an iterator of text pieces with `stream=True`.
 
         `draft` turns on speculative decoding (same output): "prompt-lookup", a draft model path, a
-        `LoadedModel` or a `Draft`; `draft_tokens` is k, the tokens drafted per target forward.
+        `LoadedModel`, a `Draft`, or "eagle" / "eagle+fr" (the EAGLE head beside a torch target, with FR-Spec);
+        `draft_tokens` is k, the tokens drafted per target forward.
         """
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
         generator = self._generator(draft, draft_tokens)

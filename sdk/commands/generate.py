@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--draft",
         default=None,
-        help="speculative draft (same output, fewer target forwards): prompt-lookup, a draft model path "
+        help="speculative draft (same output, fewer target forwards): prompt-lookup, eagle, eagle+fr, a model path "
         "(smaller model with the same tokenizer, or the target at lower precision), or none",
     )
     p.add_argument("--draft-tokens", type=int, default=None, help="tokens drafted per target forward (k)")
