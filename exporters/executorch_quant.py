@@ -7,6 +7,8 @@ ExecuTorch's Llama export does; their names are returned so the manifest records
 `8da8w`: the same with int8 weights, per output channel: XNNPACK has no int8 group-wise kernel (its lowering
 asserts "Only 4b group quantization is supported"), so int8 weights are always per channel. Optional 4-bit
 group-wise embedding (`IntxWeightOnlyConfig`), which lowers to `quantized_decomposed::embedding_4bit`.
+BitCPM4 ternary linears under 8da4w get their own scales (codes exactly -1, 0, +1 in the int4 range): the
+weights are lossless and only the int8 activation quantization remains.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class QuantReport:
     kept_fp32: list[str] = field(default_factory=list)
     embedding_bits: int | None = None
     hqq: bool = True
+    ternary_exact: list[str] = field(default_factory=list)  # 8da4w linears holding their ternary values exactly
 
 
 def quantize_module(
@@ -53,8 +56,10 @@ def quantize_module(
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
         from torchao.quantization.granularity import PerAxis, PerGroup
 
+        exact = _ternary_qparams(module, group_size) if quant == "8da4w" else {}
+
         def wanted(m: nn.Module, fqn: str) -> bool:
-            if not isinstance(m, nn.Linear):
+            if not isinstance(m, nn.Linear) or fqn in exact:
                 return False
             ok = group_size == 0 or m.in_features % group_size == 0
             (report.quantized if ok else report.kept_fp32).append(fqn)
@@ -66,6 +71,10 @@ def quantize_module(
             intx_choose_qparams_algorithm="hqq_scale_only" if hqq else "affine",
         )
         quantize_(module, config, filter_fn=wanted)
+        if exact:
+            _quantize_exact(module, exact, group_size)
+            report.quantized.extend(exact)
+            report.ternary_exact.extend(exact)
     if embedding_bits is not None:
         from torchao.quantization import IntxWeightOnlyConfig, quantize_
         from torchao.quantization.granularity import PerGroup
@@ -84,3 +93,39 @@ def quantize_module(
             filter_fn=lambda m, fqn: isinstance(m, nn.Embedding),
         )
     return report
+
+
+def _ternary_qparams(module: nn.Module, group_size: int) -> dict[str, torch.Tensor]:
+    """Scales `[N, K / group_size]` of the BitCPM4 ternary linears whose scale groups are whole 8da4w groups:
+    with scale s and zero point 0 their int4 codes are exactly -1, 0, +1 (no rounding), instead of the HQQ
+    search's 15-level fit. Linears with finer scales than the group size keep the generic path."""
+    from edgecpm.weights.ternary import detect_ternary, ternary_codes
+
+    out = {}
+    for fqn, m in module.named_modules():
+        if not isinstance(m, nn.Linear) or group_size <= 0 or m.in_features % group_size:
+            continue
+        info = detect_ternary(m.weight)
+        if info is None or info.group % group_size:
+            continue
+        _, scales = ternary_codes(m.weight, info)
+        out[fqn] = scales.repeat_interleave(m.in_features // group_size // scales.shape[1], dim=1)
+    return out
+
+
+def _quantize_exact(module: nn.Module, scales: dict[str, torch.Tensor], group_size: int) -> None:
+    """The same IntxUnpackedToInt8Tensor (int4 codes, int8 dynamic per-token activations) torchao's 8da4w makes,
+    with the given scales instead of searched ones."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerGroup
+    from torchao.quantization.quant_api import _int8_dynamic_activation_intx_weight_transform
+
+    config = Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=torch.int4, weight_granularity=PerGroup(group_size), intx_choose_qparams_algorithm=None
+    )
+    for fqn, s in scales.items():
+        m = module.get_submodule(fqn)
+        zero = torch.zeros(s.shape, dtype=torch.int8)
+        _int8_dynamic_activation_intx_weight_transform(
+            m, config, custom_scale=s.to(m.weight.dtype), custom_zero_point=zero
+        )

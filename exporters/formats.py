@@ -180,6 +180,9 @@ TABLE: dict[str, FormatFacts] = {
                 # MatMulNBits (block 32, fp32 scales + zero points); LM head at 8 bits, embedding at model dtype
                 _q("int8", 9.25, 32, 9.25, "int8_gops", 1, kv=4),
                 _q("int4", 5.25, 32, 9.25, "int8_gops", 3, kv=4),
+                # BitCPM4: ternary linears as 2-bit MatMulNBits (codes + one fp32 scale per 32 values; 2.25 bits
+                # with per-row scales), lossless; the LM head at 8 bits
+                _q("tq2", 3.0, 32, 9.25, "int8_gops", 0, ternary=True, kv=4),
             )
         },
         "fp32",
@@ -200,7 +203,11 @@ TABLE: dict[str, FormatFacts] = {
             ),
             "shared_layers": Feature(KEPT, "each shared weight is one initializer used by every layer"),
             "layer_residual_scales": Feature(KEPT, "each layer multiplies by its own residual-scale constant"),
-            "ternary_weights": Feature(KEPT, "quantized like any weight (no ternary packing)"),
+            "ternary_weights": Feature(
+                KEPT,
+                "quant tq2 packs them losslessly as 2-bit MatMulNBits (their own codes and scales); other "
+                "quants quantize them like any weight",
+            ),
         },
     ),
     "executorch": FormatFacts(
@@ -240,7 +247,11 @@ TABLE: dict[str, FormatFacts] = {
             ),
             "shared_layers": Feature(KEPT, "shared linears are stored once in the .pte"),
             "layer_residual_scales": Feature(KEPT, "each layer's residual scale folded into o_proj / down_proj"),
-            "ternary_weights": Feature(KEPT, "quantized like any weight (no ternary packing)"),
+            "ternary_weights": Feature(
+                KEPT,
+                "8da4w stores them exactly (int4 codes -1/0/+1 with their own scales, int8 dynamic activations; "
+                "XNNPACK has no 2-bit kernel); fp32 and 8da8w treat them like any weight",
+            ),
         },
     ),
     # the reference torch backend runs the checkpoint as is, in fp32 (default) or bf16
@@ -333,6 +344,8 @@ def refusal(
     if quant is None:
         return None
     q = quant_spec(fmt, quant)
+    if q.ternary_only and fmt != "gguf":
+        return _ternary_linear_problem(config, q.name, source)
     if q.ternary_only:
         problem = _ternary_row_problem(config, q.name)
         if problem:
@@ -345,6 +358,20 @@ def refusal(
                 "(use a BitCPM4 checkpoint)"
             )
     return None
+
+
+def _ternary_linear_problem(config: ModelConfig, quant: str, source: Any) -> str | None:
+    """A non-GGUF ternary quant packs whatever block layout the checkpoint has; it only needs ternary weights."""
+    name = "model.layers.0.self_attn.q_proj.weight"
+    if source is not None and name in source:
+        from edgecpm.weights.ternary import detect_ternary
+
+        ternary = detect_ternary(source.get(name)) is not None
+    else:
+        ternary = any(s.ternary for s in config.layers)
+    if ternary:
+        return None
+    return f"quant {quant} stores ternary weights; {name} is not ternary (use a BitCPM4 checkpoint)"
 
 
 def _ternary_value_problem(source: Any, regroup: bool = False) -> str | None:

@@ -29,12 +29,12 @@ from onnx import TensorProto
 from edgecpm.config import ModelConfig
 from edgecpm.exporters.onnx_graph import GraphBuilder
 from edgecpm.exporters.onnx_lightning import declare_state, lightning_attention
-from edgecpm.exporters.onnx_quant import quantize
+from edgecpm.exporters.onnx_quant import quantize, quantize_ternary
 
 MS = "com.microsoft"
 SPARSE_DOMAIN = "ai.edgecpm"
 SPARSE_OP = "InfLLMv2Attention"
-QUANT_BITS = {"fp32": None, "fp16": None, "int8": 8, "int4": 4}
+QUANT_BITS = {"fp32": None, "fp16": None, "int8": 8, "int4": 4, "tq2": 2}  # tq2: ternary weights at 2 bits
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,8 @@ class DecoderGraph:
         self.g, self.cfg, self.get, self.opts, self.tick = g, config, get, opts, tick
         self.sparse_layers = sparse_layers
         self.shapes: dict[str, tuple[int, int]] = {}
+        self.blocks: dict[str, tuple[int, int]] = {}  # MatMulNBits stem -> (bits, block_size)
+        self.stems: dict[tuple[str, int], str] = {}  # (weight key, bits asked) -> stem written
         self.all_gqa = True  # GenAI may share past/present buffers only if every layer is GQA
 
     # ---- weights ----
@@ -114,6 +116,7 @@ class DecoderGraph:
             return g.op("MatMul", [x, weight], name=g.fresh(f"{key}/MatMul"))
         init = self.quantized(names, key, bits)
         n, k = self.shapes[init]
+        bits, block = self.blocks[init]
         return g.op(
             "MatMulNBits",
             [x, init + ".B", init + ".scales"],
@@ -122,22 +125,31 @@ class DecoderGraph:
             K=k,
             N=n,
             bits=bits,
-            block_size=opts.block_size,
+            block_size=block,
             accuracy_level=opts.accuracy_level,
         )
 
     def quantized(self, names: list[str], key: str, bits: int) -> str:
-        """Write `<key>.q<bits>.B` / `.scales` (MatMulNBits layout) once; returns the `<key>.q<bits>` stem."""
-        g, init = self.g, f"{key}.q{bits}"
-        if not g.has(init + ".B"):
-            w = self.fetch(names)
-            self.shapes[init] = w.shape
+        """Write `<key>.q<bits>.B` / `.scales` (MatMulNBits layout) once; returns the `<key>.q<bits>` stem.
+        bits=2 (quant tq2) packs a ternary weight losslessly (`<key>.t2`); a weight that is not ternary falls
+        back to 8 bits. `self.blocks[stem]` is the (bits, block_size) the node must use."""
+        g, asked = self.g, (key, bits)
+        if asked in self.stems:
+            return self.stems[asked]
+        w = self.fetch(names)
+        bq = quantize_ternary(w) if bits == 2 else None
+        if bq is None:
+            bits = 8 if bits == 2 else bits
             bq = quantize(w, bits, self.opts.block_size)
-            del w
-            g.initializer(init + ".B", bq.packed)
-            g.initializer(init + ".scales", bq.scales)
-            del bq
-            self.tick()
+        init = f"{key}.t2" if bq.bits == 2 else f"{key}.q{bq.bits}"
+        self.shapes[init] = w.shape
+        self.blocks[init] = (bq.bits, bq.block_size)
+        del w
+        g.initializer(init + ".B", bq.packed)
+        g.initializer(init + ".scales", bq.scales)
+        del bq
+        self.tick()
+        self.stems[asked] = init
         return init
 
     def embedding(self, name: str) -> str:
@@ -147,7 +159,8 @@ class DecoderGraph:
         if self.cfg.tie_word_embeddings and bits is not None:
             init = self.quantized([name], "lm_head", bits)
             n, k = self.shapes[init]
-            width = -(-k // opts.block_size) * opts.block_size
+            bits, block = self.blocks[init]
+            width = -(-k // block) * block
             data = g.alias(init + ".B", "embed_tokens.q", [n, width * bits // 8])
             h = g.op(
                 "GatherBlockQuantized",
@@ -156,7 +169,7 @@ class DecoderGraph:
                 name="/embed/GatherBlockQuantized",
                 gather_axis=0,
                 quantize_axis=1,
-                block_size=opts.block_size,
+                block_size=block,
                 bits=bits,
             )
             if width != k:

@@ -8,6 +8,7 @@ Codes are stored offset by 2^(bits-1) (so no zero_points input is needed: MatMul
 exactly that offset). For 4 bits, element 2i of a block goes to the low nibble of byte i and 2i+1 to the high.
 K need not be a multiple of the block size: the last block is zero-padded (SmolLM2's hidden size 576 with
 block 128, for example), which MatMulNBits expects (`B` is `[N, ceil(K/block), block*bits/8]`).
+Ternary (BitCPM4) weights are packed at 2 bits with their own codes and scales (`quantize_ternary`).
 """
 
 from __future__ import annotations
@@ -72,9 +73,43 @@ def _quantize_rows(rows: np.ndarray, bits: int, block_size: int) -> tuple[np.nda
     return q, scale
 
 
+TERNARY_BLOCK = 128  # MatMulNBits block for per-row / per-tensor ternary scales (2.25 bits per weight)
+
+
+def quantize_ternary(weight: np.ndarray) -> BlockQuantized | None:
+    """BitCPM4 ternary `[N, K]` as 2-bit MatMulNBits with the checkpoint's own codes and scales (lossless), or
+    None when the weight is not ternary. Per-32 / per-128 scales become blocks of that size; per-row and
+    per-tensor scales are repeated over blocks of `TERNARY_BLOCK`. Codes are stored +2 (MatMulNBits' default
+    2-bit zero point), element 4i+j of a block in bits 2j..2j+1 of byte i."""
+    import torch
+
+    from edgecpm.weights.ternary import detect_ternary, ternary_codes
+
+    w = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+    info = detect_ternary(w)
+    if info is None:
+        return None
+    codes, scales = ternary_codes(w, info)
+    n, k = w.shape
+    block = info.group if info.granularity.startswith("group") else TERNARY_BLOCK
+    kb = -(-k // block)
+    scales = scales.numpy()
+    scales = scales if scales.shape[1] == kb else np.repeat(scales[:, :1], kb, axis=1)
+    q = np.zeros((n, kb * block), dtype=np.uint8)
+    q[:, :k] = (codes.numpy() + 2).astype(np.uint8)
+    q[:, k:] = 2  # padding decodes to 0
+    q = q.reshape(n, kb, block)
+    packed = q[..., 0::4] | (q[..., 1::4] << 2) | (q[..., 2::4] << 4) | (q[..., 3::4] << 6)
+    return BlockQuantized(packed.astype(np.uint8), scales.astype(np.float32), 2, block, k)
+
+
 def dequantize(bq: BlockQuantized) -> np.ndarray:
     half = 1 << (bq.bits - 1)
-    if bq.bits == 4:
+    if bq.bits == 2:
+        q = np.empty(bq.packed.shape[:-1] + (bq.packed.shape[-1] * 4,), dtype=np.int16)
+        for j in range(4):
+            q[..., j::4] = (bq.packed >> (2 * j)) & 0x03
+    elif bq.bits == 4:
         q = np.empty(bq.packed.shape[:-1] + (bq.packed.shape[-1] * 2,), dtype=np.int16)
         q[..., 0::2] = bq.packed & 0x0F
         q[..., 1::2] = bq.packed >> 4

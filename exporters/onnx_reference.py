@@ -18,7 +18,7 @@ import torch
 
 from edgecpm.config import ModelConfig
 from edgecpm.exporters.onnx_decoder import OnnxOptions
-from edgecpm.exporters.onnx_quant import quantize
+from edgecpm.exporters.onnx_quant import quantize, quantize_ternary
 from edgecpm.weights.base import MemorySource
 
 LINEAR_SUFFIXES = (
@@ -27,6 +27,7 @@ LINEAR_SUFFIXES = (
     "v_proj.weight",
     "o_proj.weight",
     "o_gate.weight",
+    "z_proj.weight",
     "gate_proj.weight",
     "up_proj.weight",
     "down_proj.weight",
@@ -59,4 +60,7 @@ def effective_weights(config: ModelConfig, source: Any, opts: OnnxOptions) -> tu
 def _as_stored(w: torch.Tensor, bits: int | None, opts: OnnxOptions) -> torch.Tensor:
     if bits is None:
         return w.to(torch.float16).float() if opts.float_storage == np.float16 else w
-    return torch.from_numpy(quantize(w.numpy(), bits, opts.block_size).dequantize())
+    bq = quantize_ternary(w.numpy()) if bits == 2 else None  # tq2: ternary weights, others at 8 bits
+    if bq is None:
+        bq = quantize(w.numpy(), 8 if bits == 2 else bits, opts.block_size)
+    return torch.from_numpy(bq.dequantize())

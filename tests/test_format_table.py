@@ -99,6 +99,7 @@ EXPORTED_BY = {
     "onnx": {
         "fp32": "test_onnx_export.py::test_fp32_prefill_and_16_decode_steps_match_reference",
         **{q: "test_onnx_quant.py" for q in ("fp16", "int8", "int4")},
+        "tq2": "test_ternary_formats.py::test_tq2_with_fp32_activations_matches_reference",
     },
     "executorch": {
         "fp32": "test_executorch_export.py::test_prefill_and_16_decode_steps_match_reference",
