@@ -194,15 +194,19 @@ class StagedOutput:
     # ---- staging ------------------------------------------------------------------------------------------
     def __enter__(self) -> Path:
         self._remove_stale()
-        try:
+        try:  # `with` calls __exit__ only once __enter__ has returned: a signal in here cleans up itself
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir.mkdir()
-        except OSError as exc:
-            raise write_error(exc, self.out) or EdgecpmError(
-                f"cannot write to {self.out.parent}: {exc.strerror or exc}"
-            ) from None
-        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            self._previous_handler = signal.signal(signal.SIGTERM, _terminate)
+            main = threading.current_thread() is threading.main_thread()
+            if main and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                self._previous_handler = signal.signal(signal.SIGTERM, _terminate)
+        except BaseException as exc:
+            self.__exit__(type(exc), None, None)
+            if isinstance(exc, OSError):
+                raise write_error(exc, self.out) or EdgecpmError(
+                    f"cannot write to {self.out.parent}: {exc.strerror or exc}"
+                ) from None
+            raise
         return self.dir
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
 import time
 import traceback
@@ -39,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:  # run as the `edgecpm` program: the work is done (or cleaned up), so a signal that
+            for s in (signal.SIGINT, signal.SIGTERM):  # comes during interpreter shutdown ends the process
+                signal.signal(s, signal.SIG_DFL)  # at once (status 130/143 in a shell), not in a traceback
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

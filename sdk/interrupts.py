@@ -73,7 +73,7 @@ def signals_deferred() -> Iterator[None]:
 WRITE_FAULTS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
-    errno.EFBIG: "file too large (file size limit reached)",
+    errno.EFBIG: "file size limit reached (file too large)",
     errno.EROFS: "read-only file system",
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
@@ -91,8 +91,15 @@ def write_error(exc: BaseException, target: Any) -> EdgecpmError | None:
         return EdgecpmError(f"cannot write {target}: a write was cut short, disk full or file size limit ({exc})")
     if exc.errno not in WRITE_FAULTS:
         return None
-    where = f" ({exc.filename})" if exc.filename and Path(os.fsdecode(exc.filename)) != Path(target) else ""
-    return EdgecpmError(f"cannot write {target}: {WRITE_FAULTS[exc.errno]}{where}")
+    return EdgecpmError(f"cannot write {target}: {WRITE_FAULTS[exc.errno]}{_where(exc, target)}")
+
+
+def _where(exc: OSError, target: Any) -> str:
+    """The file the write failed on, when it lies beside or inside `target` (copy errors can name the source)."""
+    if not exc.filename:
+        return ""
+    failed, out = Path(os.path.abspath(os.fsdecode(exc.filename))), Path(os.path.abspath(target))
+    return f" at {failed}" if failed != out and out.parent in failed.parents else ""
 
 
 def nearest_folder(path: Path) -> Path:

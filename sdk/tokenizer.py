@@ -289,9 +289,16 @@ def read_added_tokens(directory: str | Path) -> dict[int, tuple[str, bool]]:
     return out
 
 
+MAX_TOKEN_CHARS = 1024  # real added/special tokens are tens of characters; a 10^6-character one made the
+# special-token splitter's regex take seconds to compile (found by tests/test_fuzz.py)
+
+
 def _token_text(text: str) -> str:
-    """A token's text, which must be encodable UTF-8 (JSON allows lone surrogates like \\udcff; UTF-8 does not)."""
+    """A token's text, which must be encodable UTF-8 (JSON allows lone surrogates like \\udcff; UTF-8 does not)
+    and at most MAX_TOKEN_CHARS long."""
     text.encode("utf-8")  # UnicodeEncodeError is a ValueError: reported as a malformed table
+    if len(text) > MAX_TOKEN_CHARS:
+        raise ValueError(f"a token of {len(text)} characters (at most {MAX_TOKEN_CHARS})")
     return text
 
 

@@ -333,15 +333,17 @@ def test_signal_leaves_no_partial_output(op: str, sig: str, moment: str, tiny_ti
         {"test": "signal", "op": op, "signal": sig, "moment": moment, "at_s": round(at, 2), "rc": rc,
          "exit_s": round(exit_s, 2), "out": result, "leftovers": _leftovers(lay), "stderr": lines[-1:]}
     )  # fmt: skip
-    assert "Traceback" not in err, err[-3000:]
-    if rc == 0:  # finished before the signal was delivered: then the new artifact must be complete
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    if rc in (0, -getattr(signal, sig)):
+        # the command had finished: rc 0, or the signal came during interpreter shutdown and ended the process
+        # by itself (a shell shows 130 / 143); the new artifact is then complete
         assert result == "new", err[-2000:]
     else:
         code, line = EXIT[sig]
         assert rc == code, err[-2000:]
         assert lines[-1:] == [line] and sum(ln.startswith("edgecpm:") for ln in lines) == 1, lines
         assert result in ("previous", "new")
-        if moment in ("staging", "writing") or moment.startswith("after:"):
+        if moment in ("staging", "writing"):
             assert result == "previous", "the signal came before the install, yet OUT changed"
     assert _leftovers(lay) == []
     assert_user_files_kept(lay)

@@ -166,9 +166,10 @@ class SafetensorsSource:
             mmap.mmap(f.fileno(), skip + entry.nbytes, offset=aligned, access=mmap.ACCESS_READ) as mm,
         ):
             src = np.frombuffer(mm, dtype=np.uint8, count=entry.nbytes, offset=skip)
-            dst = out.view(torch.uint8).reshape(-1).numpy()
-            dst[:] = src
-            del src
+            try:
+                out.view(torch.uint8).reshape(-1).numpy()[:] = src
+            finally:  # the view must go before the map closes, also when Ctrl-C/SIGTERM interrupts the copy
+                del src  # (else closing the map raises BufferError over the interrupt)
         return out
 
     def check_against(self, config: ModelConfig) -> None:
