@@ -152,3 +152,16 @@ def test_prefill_tiles_shared_union_and_per_query(agree: bool) -> None:
         q = q[:, :, :1].expand_as(q) + 0.01 * q
     ref = infllmv2_reference(q, k, v, SMALL)
     assert (comp.infllmv2_compiled(q, k, v, SMALL) - ref).abs().max().item() < TOL
+
+
+def test_bf16_cache_is_read_as_bf16() -> None:
+    """A bf16 KV cache (and bf16 queries): blocks are widened to fp32 inside the kernel; the reference does the
+    same math in fp32 on the same bf16 values. Output in q's dtype."""
+    q, k, v = _inputs(16, 1100, 9, d=64, seed=13)
+    q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    ref = infllmv2_reference(q.float(), k, v, SMALL)
+    out = comp.infllmv2_compiled(q, k, v, SMALL)
+    assert out.dtype == torch.bfloat16
+    fp32 = comp.infllmv2_compiled(q.float(), k, v, SMALL)
+    assert (fp32 - ref).abs().max().item() < TOL
+    assert (out.float() - ref).abs().max().item() < 1e-2  # bf16 output rounding

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -27,12 +28,26 @@ struct Params {
   int64_t kernel_size, kernel_stride, init_blocks, block_size, window_size, topk;
 };
 
-// A float tensor [B, H, N, D] whose last dimension is contiguous; strides in elements.
-struct View {
-  const float* data;
+// A tensor [B, H, N, D] whose last dimension is contiguous; strides in elements. Elements are fp32, or bf16
+// bit patterns (uint16_t) for keys/values.
+template <class T>
+struct ViewT {
+  const T* data;
   int64_t sb, sh, sn;
-  const float* row(int64_t b, int64_t h, int64_t n) const { return data + b * sb + h * sh + n * sn; }
+  const T* row(int64_t b, int64_t h, int64_t n) const { return data + b * sb + h * sh + n * sn; }
 };
+using View = ViewT<float>;
+using ViewBF16 = ViewT<uint16_t>;
+
+// n rows of D bf16 values (row stride `stride`) to contiguous fp32 (vectorizes: widen and shift).
+inline void bf16_rows_to_f32(const uint16_t* src, int64_t stride, int64_t n, int64_t D, float* __restrict dst) {
+  for (int64_t j = 0; j < n; ++j) {
+    const uint16_t* row = src + j * stride;
+    uint32_t* out = reinterpret_cast<uint32_t*>(dst + j * D);
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) out[d] = static_cast<uint32_t>(row[d]) << 16;
+  }
+}
 
 inline int64_t num_kernels(int64_t len, int64_t ks, int64_t st) { return len < ks ? 0 : (len - ks) / st + 1; }
 
@@ -169,6 +184,7 @@ inline void pv_any(int nv, vf* ot, const vf* p, const float* base, int64_t strid
 struct Scratch {
   std::vector<float> shared;
   std::vector<vf> qt, st, ot, sqt;
+  std::vector<float> kbuf, vbuf;  // one block of bf16 keys/values widened to fp32
   std::vector<std::pair<float, int32_t>> free;
   std::vector<uint8_t> mark;
 };
@@ -260,8 +276,9 @@ inline int64_t num_items(int64_t B, int64_t Hkv, int64_t T, int64_t G) {
 }
 
 // Attention of rows [r0, r0 + nv*L) of a tile over its union blocks (online softmax, rows in lanes).
+template <class KT>
 inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, int64_t S, int64_t D, int64_t r0,
-                        int64_t rn, const View& q, const View& k, const View& v, const Params& p, float scale,
+                        int64_t rn, const View& q, const ViewT<KT>& k, const ViewT<KT>& v, const Params& p, float scale,
                         const uint8_t* mark, int64_t nb, const uint8_t* in_union, int64_t last_blk, Scratch& s,
                         float* out, int64_t Hq) {
   const int64_t bs = p.block_size;
@@ -301,7 +318,19 @@ inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, 
     const int64_t k0 = j * bs;
     const int64_t n = std::min<int64_t>(std::min<int64_t>(k0 + bs, S), pos_hi + 1) - k0;
     vf* st = s.st.data();
-    qk_any(nv, s.qt.data(), k.row(b, h, k0), k.sn, n, D, st);
+    const float* kb;
+    const float* vb;
+    int64_t kstride, vstride;
+    if constexpr (std::is_same<KT, float>::value) {
+      kb = k.row(b, h, k0), vb = v.row(b, h, k0), kstride = k.sn, vstride = v.sn;
+    } else {  // bf16 cache: widen this block once; the micro-kernels then read it from L1
+      s.kbuf.resize(static_cast<size_t>(bs * D));
+      s.vbuf.resize(static_cast<size_t>(bs * D));
+      bf16_rows_to_f32(k.row(b, h, k0), k.sn, n, D, s.kbuf.data());
+      bf16_rows_to_f32(v.row(b, h, k0), v.sn, n, D, s.vbuf.data());
+      kb = s.kbuf.data(), vb = s.vbuf.data(), kstride = D, vstride = D;
+    }
+    qk_any(nv, s.qt.data(), kb, kstride, n, D, st);
     // mask: block not chosen by the lane's query, or key in its future
     const bool causal_free = all && k0 + n - 1 <= S - T + t0 + qlo;
     if (!causal_free)
@@ -330,7 +359,7 @@ inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, 
       m[w] = m_new;
       for (int64_t d = 0; d < D; ++d) s.ot[d * nv + w] *= alpha;
     }
-    pv_any(nv, s.ot.data(), st, v.row(b, h, k0), v.sn, n, D);
+    pv_any(nv, s.ot.data(), st, vb, vstride, n, D);
   }
   for (int64_t r = 0; r < rn; ++r) {
     const int64_t qi = (r0 + r) / G, g = (r0 + r) % G;
@@ -344,9 +373,12 @@ inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, 
 // Work items [begin, end) of the sparse attention: item = (batch, KV head, query tile).
 // q, sq: [B, Hq, T, D]; k, v: [B, Hkv, S, D]; ck: [B, Hkv, >= nc, D]; out: contiguous [B, Hq, T, D].
 // The T queries are the last T positions of the S keys.
+// KT: float, or uint16_t for bf16 keys/values (q, score_q, ck and out are fp32).
+template <class KT>
 inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_t Hq, int64_t Hkv, int64_t T,
-                                   int64_t S, int64_t D, int64_t nc, const View& q, const View& sq, const View& k,
-                                   const View& v, const View& ck, float* out, const Params& p, float scale) {
+                                   int64_t S, int64_t D, int64_t nc, const View& q, const View& sq,
+                                   const ViewT<KT>& k, const ViewT<KT>& v, const View& ck, float* out,
+                                   const Params& p, float scale) {
   (void)B;
   const int64_t G = Hq / Hkv;
   const int64_t qt = query_tile(T, G);

@@ -53,7 +53,8 @@ Tensor& infllmv2_sparse_out(KernelRuntimeContext& ctx, const Tensor& q, const Te
   const float sc = static_cast<float>(scale);
   const int64_t items = edgecpm_infllmv2::num_items(B, Hkv, T, Hq / Hkv);
   executorch::extension::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    edgecpm_infllmv2::sparse_attention_items(begin, end, B, Hq, Hkv, T, S, D, nc, qv, sqv, kv, vv, ckv, o, p, sc);
+    edgecpm_infllmv2::sparse_attention_items<float>(begin, end, B, Hq, Hkv, T, S, D, nc, qv, sqv, kv, vv, ckv, o, p,
+                                                    sc);
   });
   return out;
 }
