@@ -17,6 +17,7 @@ time is reported too: on a shared machine it does not count the time the thread 
 
     python benchmarks/kernels_infllmv2_compiled.py --lengths 32768 --rounds 15 --threads 2
     python benchmarks/kernels_infllmv2_compiled.py --lengths 32768 --rounds 15 --threads 1 --chunk 0
+    python benchmarks/kernels_infllmv2_compiled.py --lengths 32768 --rounds 15 --threads 2 --chunk 0 --dtype bf16
 """
 
 from __future__ import annotations
@@ -67,10 +68,11 @@ def interleaved(engines: dict, rounds: int) -> tuple[dict[str, float], dict[str,
 def bench(s: int, sp: SparseConfig, args: argparse.Namespace) -> dict:
     hq, hkv, d = 32, 2, 128
     gen = torch.Generator().manual_seed(s)
-    k = torch.randn(1, hkv, s, d, generator=gen)
-    v = torch.randn(1, hkv, s, d, generator=gen)
-    q1 = torch.randn(1, hq, 1, d, generator=gen)
-    qc = torch.randn(1, hq, args.chunk, d, generator=gen)
+    dt = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    k = torch.randn(1, hkv, s, d, generator=gen).to(dt)
+    v = torch.randn(1, hkv, s, d, generator=gen).to(dt)
+    q1 = torch.randn(1, hq, 1, d, generator=gen).to(dt)
+    qc = torch.randn(1, hq, args.chunk, d, generator=gen).to(dt)
     every = replace(sp, topk=-(-s // sp.block_size))  # every causal block chosen: dense through the same code
     ck = InfLLMv2State(sp).update(k)
     decode = {
@@ -110,6 +112,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256, help="queries in the timed prefill chunk (0: skip)")
     ap.add_argument("--prefill-rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="q/k/v dtype (a bf16 KV cache)")
     ap.add_argument("--flush-mb", type=int, default=128, help="buffer read before each timed call (0: off)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -145,7 +148,7 @@ def main() -> None:
                     flush=True,
                 )
     if args.json:
-        print(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        print(json.dumps({"threads": torch.get_num_threads(), "dtype": args.dtype, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
