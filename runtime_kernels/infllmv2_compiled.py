@@ -16,6 +16,7 @@ import io
 import math
 import os
 import platform
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -76,16 +77,30 @@ def load() -> None:
         _state["loaded"] = True
 
 
+def _registered() -> bool:
+    return hasattr(torch.ops.edgecpm, OP)
+
+
 def _build_and_load() -> None:
     from torch.utils import cpp_extension
+
+    if _registered():  # another build is loaded in this process: a second one would abort on re-registration
+        _register_fake()
+        return
 
     out = build_dir()
     out.mkdir(parents=True, exist_ok=True)
     name = f"edgecpm_infllmv2_cpu_{out.name.rsplit('-', 1)[1]}"
     lib = out / f"{name}.so"
-    if lib.exists():  # built before: load without invoking ninja
-        torch.ops.load_library(str(lib))
-    else:
+    build = not lib.exists()
+    if not build:  # built before: load without invoking ninja
+        try:
+            torch.ops.load_library(str(lib))
+        except (OSError, RuntimeError):  # a stale or truncated build (an interrupted first build): build again
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True, exist_ok=True)
+            build = True
+    if build:
         log = io.StringIO()
         try:
             with contextlib.redirect_stdout(log):
@@ -99,9 +114,10 @@ def _build_and_load() -> None:
                     verbose=False,
                 )
         except Exception as exc:
-            tail = [ln for ln in str(exc).splitlines() if "error" in ln.lower()]
-            raise RuntimeError(tail[0] if tail else str(exc)) from None
-    if not hasattr(torch.ops.edgecpm, OP):
+            text = f"{exc} {exc.__cause__ or ''}"
+            tail = [ln for ln in text.splitlines() if "error" in ln.lower()]
+            raise RuntimeError(tail[0] if tail else text.strip()) from None
+    if not _registered():
         raise RuntimeError(f"{lib} does not register edgecpm::{OP}")
     _register_fake()
 

@@ -8,7 +8,10 @@ the decode state over several steps, cache slices and pre-RoPE scoring inputs.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -136,6 +139,7 @@ def test_no_compiler_falls_back_with_one_line(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("EDGECPM_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setattr(comp, "FLAGS", comp.FLAGS + ("-DEDGECPM_FRESH_BUILD",))  # a key not built before
+    monkeypatch.setattr(comp, "_registered", lambda: False)  # as in a process that has not loaded the op
     with pytest.raises(EdgecpmError) as err:
         comp.load()
     assert "\n" not in str(err.value) and "could not be built" in str(err.value)
@@ -165,3 +169,18 @@ def test_bf16_cache_is_read_as_bf16() -> None:
     fp32 = comp.infllmv2_compiled(q.float(), k, v, SMALL)
     assert (fp32 - ref).abs().max().item() < TOL
     assert (out.float() - ref).abs().max().item() < 1e-2  # bf16 output rounding
+
+
+@pytest.mark.slow
+def test_stale_library_is_rebuilt(tmp_path) -> None:
+    """An unloadable file where the built library should be (an interrupted first build) is rebuilt. A fresh
+    process (this one has the op registered already) and a full compile, tens of seconds: slow."""
+    script = (
+        "from edgecpm.runtime_kernels import infllmv2_compiled as c\n"
+        "out = c.build_dir(); out.mkdir(parents=True)\n"
+        "(out / f\"edgecpm_infllmv2_cpu_{out.name.rsplit('-', 1)[1]}.so\").write_bytes(b'not a library')\n"
+        "c.load(); assert c.loaded(); print('rebuilt')\n"
+    )
+    env = {**os.environ, "EDGECPM_KERNEL_CACHE": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and "rebuilt" in done.stdout, done.stderr[-2000:]
