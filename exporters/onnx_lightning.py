@@ -16,13 +16,12 @@ intra-call mask is `[1, H, S, S]`, so the backend feeds long prompts in chunks.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto
 
-if TYPE_CHECKING:
-    from edgecpm.exporters.onnx_decoder import DecoderGraph
+DecoderGraph = Any  # onnx_decoder.DecoderGraph, which imports this module (no import back)
 
 STATE_IN = "past_key_values.{}.recurrent_state"
 STATE_OUT = "present.{}.recurrent_state"

@@ -176,7 +176,8 @@ def test_ternary_checkpoint_plans_ternary_gguf():
     ckpt = row_ternary_checkpoint()  # one scale per row: what TQ1_0/TQ2_0 store losslessly
     plan = edgecpm.plan(ckpt, "raspberry-pi-5", context=1024)
     tq = {c.quant.name: c for c in plan.candidates if c.quant.ternary_only}
-    assert set(tq) == {"tq1_0", "tq2_0"} and all(c.fits for c in tq.values())
+    assert set(tq) == {"tq1_0", "tq2_0", "tq2"} and all(c.fits for c in tq.values())  # tq2: ONNX 2-bit
+    assert tq["tq2"].format == "onnx" and tq["tq2_0"].format == "gguf"
     assert plan.choice.quant.quality == 0
 
 
