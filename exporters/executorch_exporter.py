@@ -31,6 +31,18 @@ __all__ = ["QUANTS", "OPTIONS", "export", "prepare", "write", "build_module", "r
 PTE_NAME = MODEL_FILE = "model.pte"
 DEFAULT_MAX_SEQ_LEN = 128
 DEFAULT_MAX_CONTEXT_LEN = 1024
+SPARSE_CONTEXT_FACTOR = 2  # sparse checkpoints: default context 2 x dense_len, so sparse attention runs
+
+
+def default_context_len(config: ModelConfig) -> int:
+    """max_context_len when none is given: 1024, or for a checkpoint with InfLLM v2 layers 2 x dense_len
+    (16384 for the published sparse_config), so a default export really contains sparse attention; capped
+    by max_position_embeddings."""
+    ctx = DEFAULT_MAX_CONTEXT_LEN
+    sc = config.sparse
+    if config.has_sparse_layers and sc is not None and sc.dense_len > 0:
+        ctx = max(ctx, SPARSE_CONTEXT_FACTOR * sc.dense_len)
+    return min(config.max_position_embeddings, ctx)
 
 
 def runner_metadata(config: ModelConfig, max_seq_len: int, max_context_len: int) -> dict[str, Any]:
@@ -60,7 +72,7 @@ def _positive_int(name: str) -> Any:
 
 OPTIONS: dict[str, Option] = {
     "max_seq_len": Option(DEFAULT_MAX_SEQ_LEN, _positive_int("max_seq_len")),  # longest prefill chunk
-    "max_context_len": Option(None),  # KV cache length; None: min(max_position_embeddings, 1024)
+    "max_context_len": Option(None),  # KV cache length; None: `default_context_len` (2 x dense_len if sparse)
     "group_size": Option(
         32,
         lambda v: (
@@ -92,7 +104,7 @@ def prepare(job: ExportJob) -> tuple[int, str]:
     config, o = job.config, job.options
     if o["threads"]:
         torch.set_num_threads(int(o["threads"]))
-    ctx = o["max_context_len"] or min(config.max_position_embeddings, DEFAULT_MAX_CONTEXT_LEN)
+    ctx = o["max_context_len"] or default_context_len(config)
     _check_lengths(config, o["max_seq_len"], ctx)
     attn_mode = sparse_mode(config.sparse, ctx) if config.has_sparse_layers else "dense"
     if attn_mode != "dense":
@@ -121,6 +133,7 @@ def write(job: ExportJob, prepared: tuple[int, str], tmp: Path) -> Written:
             embedding_bits=o["embedding_bits"],
             hqq=o["hqq"],
             all_logits=o["all_logits"],
+            max_seq_len=o["max_seq_len"],
         )
         bar.update(2)
         bar.set_postfix_str("export + lower (XNNPACK)")
@@ -145,6 +158,8 @@ def write(job: ExportJob, prepared: tuple[int, str], tmp: Path) -> Written:
             quantization=asdict(report),
             sparse_attention=attn_mode if config.has_sparse_layers else None,
             sparse_kernel=o["sparse_kernel"] if attn_mode != "dense" else None,
+            sparse_state="compressed_keys" if attn_mode != "dense" else None,
+            sparse_from=(config.sparse.dense_len if attn_mode == "switch" else 0) if attn_mode != "dense" else None,
             pte_bytes=len(buffer),
         ),
     )
@@ -160,13 +175,14 @@ def build_module(
     embedding_bits: int | None = None,
     hqq: bool = True,
     all_logits: bool = False,
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
 ) -> tuple[torch.nn.Module, QuantReport]:
     """The eager module that gets lowered (also what tests run in torch to check the program against)."""
     from edgecpm.exporters.executorch_module import ETDecoder
     from edgecpm.model import Model
 
     model = Model.from_source(config, source, torch.float32)
-    module = ETDecoder(model, max_context_len, all_logits=all_logits).eval()
+    module = ETDecoder(model, max_context_len, all_logits=all_logits, max_seq_len=max_seq_len).eval()
     del model
     report = quantize_module(module, quant, group_size, embedding_bits, hqq=hqq)
     return module, report

@@ -66,6 +66,33 @@ def _sparse_safe_configs() -> list[Any]:
     return [c for c in ALL_PARTITIONER_CONFIGS if c.__name__ != "PermuteConfig"]
 
 
+def expand_sym_sums(gm: torch.fx.GraphModule) -> None:
+    """Rewrite `torch.sym_sum(xs)` nodes as chained `operator.add`, in gm and its `torch.cond` branches.
+
+    Dynamo emits sym_sum for integer arithmetic on unbacked sizes (the sparse branch's context length);
+    ExecuTorch's edge passes only know the operator module's arithmetic.
+    """
+    import operator
+
+    for mod in gm.modules():
+        if not isinstance(mod, torch.fx.GraphModule):
+            continue
+        changed = False
+        for node in list(mod.graph.nodes):
+            if node.op == "call_function" and node.target is torch.sym_sum:
+                terms = list(node.args[0])
+                with mod.graph.inserting_before(node):
+                    acc = terms[0]
+                    for term in terms[1:]:
+                        acc = mod.graph.call_function(operator.add, (acc, term))
+                        acc.meta = dict(node.meta)
+                node.replace_all_uses_with(acc)
+                mod.graph.erase_node(node)
+                changed = True
+        if changed:
+            mod.recompile()
+
+
 def lower_to_pte(
     module: nn.Module,
     max_seq_len: int,
@@ -92,6 +119,8 @@ def lower_to_pte(
         ep = torch.export.export(module, example, dynamic_shapes=({1: seq}, None), strict=True)
     decomps = sparse_decompositions(sparse_mode) if has_sparse else {}
     ep = ep.run_decompositions(decomps)
+    if has_sparse:
+        expand_sym_sums(ep.graph_module)
     partitioners = ([XnnpackDynamicallyQuantizedPartitioner()] if quantized else []) + [
         XnnpackPartitioner(configs=_sparse_safe_configs()) if has_sparse else XnnpackPartitioner()
     ]

@@ -9,8 +9,10 @@ the reference `Model` on the same tokens (tests/test_executorch_*.py):
   lm_head / (hidden/dim_model_base)); the head is an untied `nn.Linear` so weight quantization reaches it.
 * Dense layers use ExecuTorch's `llama::update_cache` + `llama::custom_sdpa` (seq-major cache
   `[1, ctx, Hkv, D]`, GQA inside the kernel): ops the stock Android library links and its Llama export uses.
-* InfLLM v2 layers read the visible cache `[:, :start+S]` and call `torch.ops.edgecpm.infllmv2_attention`,
-  which the exporter decomposes into core ATen (the vectorized sparse algorithm itself) before lowering.
+* InfLLM v2 layers keep their compressed keys (mean-pooled key windows) in a third mutable buffer, updated
+  per call for the windows the new tokens touch (never recompressing the prefix), and run the vectorized
+  sparse algorithm (`runtime_kernels.infllmv2_vectorized.sparse_attention_traced`) on the visible cache with
+  those keys. Below `dense_len` a `torch.cond` runs `llama::custom_sdpa` instead: only one branch executes.
 * LongRoPE cos/sin are precomputed tables for every cache position (short or long factors chosen per call by
   the total length, as the reference does).
 """
@@ -66,6 +68,7 @@ class ETAttention(nn.Module):
         residual_scale: float,
         sparse: SparseConfig | None,
         projections: dict[str, nn.Linear] | None = None,
+        max_seq_len: int = 128,
     ) -> None:
         super().__init__()
         self.num_heads, self.num_kv_heads = src.num_heads, src.num_kv_heads
@@ -85,9 +88,30 @@ class ETAttention(nn.Module):
         self.projections = projections
         for name, mod in projections.items():
             self.add_module(name, mod)
-        shape = (1, max_context, self.num_kv_heads, self.head_dim)
+        self.mode = sparse_mode(sparse, max_context)
+        rows = max_context
+        if self.mode != "dense":
+            rows = self._sparse_buffers(sparse, max_context, max_seq_len)
+        shape = (1, rows, self.num_kv_heads, self.head_dim)
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
+
+    def _sparse_buffers(self, sp: SparseConfig, max_context: int, max_seq_len: int) -> int:
+        """Allocate the compressed-key buffer; returns the KV cache rows (padded for the static window read).
+
+        A call writing positions [start, start+S) recomputes the `windows` kernels from index
+        lo = max(start - ks + st, 0) // st: every kernel that overlaps the new tokens, so each kernel is pooled
+        in the call that writes its last key (and again after a rollback rewrites it). Kernels reaching past
+        the written tokens hold partial sums until then; block scoring never looks at them (a kernel counts
+        for a query only once it lies entirely in the query's past).
+        """
+        ks, st, bs = sp.kernel_size, sp.kernel_stride, sp.block_size
+        self.windows = (max_seq_len + ks - 2) // st + 2
+        self.window_len = (self.windows - 1) * st + ks
+        blocks = -(-max_context // bs)
+        ck_rows = max(blocks * (bs // st), max_context // st + self.windows + 1)
+        self.register_buffer("ck_cache", torch.zeros(1, ck_rows, self.num_kv_heads, self.head_dim), persistent=False)
+        return max_context + self.window_len + st
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, total: torch.Tensor
@@ -100,37 +124,70 @@ class ETAttention(nn.Module):
             q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         torch.ops.llama.update_cache(k, self.k_cache, start)
         torch.ops.llama.update_cache(v, self.v_cache, start)
-        mode = sparse_mode(self.sparse, self.max_context)
-        if mode == "sparse":
-            out = self._sparse(q, start, s)
+        if self.mode == "dense":
+            out = self._dense(q, start)
         else:
-            out = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)
-            if mode == "switch":  # dense while the context is shorter than dense_len, as published
-                out = torch.where(total < self.sparse.dense_len, out, self._sparse(q, start, s))
+            self._update_compressed(start)
+            if self.mode == "sparse":
+                out = self._sparse(q, start, s)
+            elif not torch.compiler.is_compiling():  # eager (tests, reference runs): a plain branch
+                out = self._dense(q, start) if start + s < self.sparse.dense_len else self._sparse(q, start, s)
+            else:  # dense while the context is shorter than dense_len, as published; one branch runs
+                # the branches take the position as a tensor: ExecuTorch's passes cannot replay symbolic
+                # integer operands of a cond, so each branch reads it again (.item())
+                out = torch.cond(
+                    total < self.sparse.dense_len,
+                    lambda q_, first: self._dense(q_, self._position(first, s)),
+                    lambda q_, first: self._sparse(q_, self._position(first, s), s),
+                    (q, total - s),
+                )
         out = out.reshape(b, s, self.num_heads * self.head_dim)
         if "o_gate" in self.projections:
             out = out * torch.sigmoid(self.o_gate(x))
         return self.o_proj(out)
 
+    def _position(self, first: torch.Tensor, s: int) -> int:
+        start = first.item()
+        torch._check(start >= 0)
+        torch._check(start + s <= self.max_context)
+        return start
+
+    def _dense(self, q: torch.Tensor, start: int) -> torch.Tensor:
+        return torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)
+
+    def _update_compressed(self, start: int) -> None:
+        """Pool the key windows that overlap this call's tokens into `ck_cache` (a static-size window read)."""
+        sp = self.sparse
+        ks, st = sp.kernel_size, sp.kernel_stride
+        lo = torch.sym_max(start - ks + st, 0) // st
+        torch._check(lo * st + self.window_len <= self.k_cache.shape[1])
+        torch._check(lo + self.windows <= self.ck_cache.shape[1])
+        keys = self.k_cache.narrow(1, lo * st, self.window_len)  # [1, L, Hkv, D]
+        if ks % st == 0:  # sums of stride-long chunks, then of ks/st neighbouring chunks
+            r = ks // st
+            chunks = keys.reshape(1, self.windows - 1 + r, st, self.num_kv_heads, self.head_dim).sum(2)
+            pooled = chunks[:, : self.windows]
+            for u in range(1, r):
+                pooled = pooled + chunks[:, u : u + self.windows]
+        else:
+            span = (self.windows - 1) * st + 1
+            pooled = keys[:, 0:span:st]
+            for u in range(1, ks):
+                pooled = pooled + keys[:, u : u + span : st]
+        torch.ops.llama.update_cache(pooled * (1.0 / ks), self.ck_cache, lo)
+
     def _sparse(self, q: torch.Tensor, start: int, s: int) -> torch.Tensor:
+        from edgecpm.runtime_kernels.infllmv2_vectorized import sparse_attention_traced
+
         sc = self.sparse
         total = start + s
+        n_ck = (total + sc.block_size - 1) // sc.block_size * (sc.block_size // sc.kernel_stride)
+        torch._check(n_ck <= self.ck_cache.shape[1])
         k = self.k_cache[:, :total].transpose(1, 2)
         v = self.v_cache[:, :total].transpose(1, 2)
-        # dense_len = -1: the op body is always the sparse algorithm (the dense switch is done above)
-        out = torch.ops.edgecpm.infllmv2_attention(
-            q.transpose(1, 2),
-            k,
-            v,
-            sc.kernel_size,
-            sc.kernel_stride,
-            sc.init_blocks,
-            sc.block_size,
-            sc.window_size,
-            sc.topk,
-            -1,
-        )
-        return out.transpose(1, 2)
+        ck = self.ck_cache[:, :n_ck].transpose(1, 2)  # kernels past the last complete one are never visible
+        out = sparse_attention_traced(q.transpose(1, 2), k, v, ck, sc)
+        return out.transpose(1, 2).contiguous()  # the layout of custom_sdpa's output (torch.cond needs it)
 
 
 class ETLightning(nn.Module):
@@ -206,7 +263,7 @@ class ETLightning(nn.Module):
 
 def sparse_mode(sparse: SparseConfig | None, max_context: int) -> str:
     """How an InfLLM v2 layer is exported: "dense" when no context the program accepts reaches dense_len,
-    "sparse" when every context does, else "switch" (both, selected by the current length)."""
+    "sparse" when every context does, else "switch" (a `torch.cond` on the current length: one branch runs)."""
     if sparse is None or max_context < sparse.dense_len:
         return "dense"
     if sparse.dense_len <= 1:
@@ -233,7 +290,7 @@ class ETDecoderLayer(nn.Module):
 class ETDecoder(nn.Module):
     """`forward(tokens [1,S] int64, input_pos [1] int64) -> logits` ([1,V] last row, or [1,S,V])."""
 
-    def __init__(self, model: Model, max_context: int, all_logits: bool = False) -> None:
+    def __init__(self, model: Model, max_context: int, all_logits: bool = False, max_seq_len: int = 128) -> None:
         super().__init__()
         cfg = model.config
         self.config = cfg
@@ -274,9 +331,9 @@ class ETDecoder(nn.Module):
                 )
             if key in shared:
                 proj, n1, n2, mlp = shared[key]
-                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj)
+                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj, max_seq_len)
             else:
-                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse)
+                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, max_seq_len=max_seq_len)
                 n1 = ETRMSNorm(src.input_layernorm.weight, cfg.rms_norm_eps)
                 n2 = ETRMSNorm(src.post_attention_layernorm.weight, cfg.rms_norm_eps)
                 mlp = nn.ModuleDict(

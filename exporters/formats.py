@@ -420,7 +420,8 @@ def losses(config: ModelConfig, fmt: str, context: int | None = None) -> list[st
             elif context is None and sc is not None and sc.dense_len > 1:
                 out.append(
                     f"{FEATURES[name][0]} decomposed into standard ops, and only in a program with "
-                    f"max_context_len >= dense_len {sc.dense_len} (the default 1024 is dense)"
+                    f"max_context_len >= dense_len {sc.dense_len} (the default, 2 x dense_len capped by "
+                    "max_position_embeddings, has it)"
                 )
             else:
                 out.append(f"{FEATURES[name][0]} decomposed into standard ops")

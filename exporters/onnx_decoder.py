@@ -10,7 +10,8 @@ Inputs `input_ids [B,S]`, `attention_mask [B,P+S]`, `past_key_values.N.key/value
 Dense layers use `com.microsoft::GroupQueryAttention` with rotary fused in (cos/sin caches are the reference
 `RotaryEmbedding`'s LongRoPE values; GQA needs head_dim % 16 == 0, other models use standard-op attention);
 residual adds are fused into `SkipSimplifiedLayerNormalization`. InfLLM v2 layers apply rotary and grow the
-cache with standard ops and call the custom `ai.edgecpm::InfLLMv2Attention` node (see `onnx_infllmv2.py`).
+cache with standard ops and call the custom `ai.edgecpm::InfLLMv2Attention` node (see `onnx_infllmv2.py`) on
+their compressed keys, kept as `past_key_values.N.compressed_keys` state (`onnx_infllmv2_state.py`).
 Linear weights are fp32, fp16 (stored half, computed fp32) or block-quantized `MatMulNBits` (int8 / int4);
 `OnnxOptions.linear_bits` says which, and the reference checks (`onnx_reference.py`) use the same rule.
 MiniCPM-SALA lightning layers have no K/V cache: their recurrent state is a graph input/output pair
@@ -28,6 +29,8 @@ from onnx import TensorProto
 
 from edgecpm.config import ModelConfig
 from edgecpm.exporters.onnx_graph import GraphBuilder
+from edgecpm.exporters.onnx_infllmv2_state import declare_state as declare_compressed_keys
+from edgecpm.exporters.onnx_infllmv2_state import update_state
 from edgecpm.exporters.onnx_lightning import declare_state, lightning_attention
 from edgecpm.exporters.onnx_quant import quantize, quantize_ternary
 
@@ -217,6 +220,8 @@ class DecoderGraph:
         for i, spec in enumerate(cfg.layers):
             if spec.attention == "lightning":  # recurrent state in, new state out (SALA)
                 declare_state(self, i)
+            elif spec.attention == "infllmv2" and self.sparse_layers:  # compressed keys in, grown keys out
+                declare_compressed_keys(g, i, hkv, d)
 
         if any(cfg.layers[i].use_rope for i in softmax):  # HyPE: SALA's NoPE softmax layers need no table
             cos, sin, _ = rope_caches(cfg)
@@ -350,9 +355,10 @@ class DecoderGraph:
             t = g.op("Transpose", [out], perm=[0, 2, 1, 3], name=f"{n}/out/Transpose")
             return g.op("Reshape", [t, g.const([0, 0, hq * d])], name=f"{n}/out/Reshape")
         sp = cfg.sparse
+        ck = update_state(g, index, pres_k, sp, d, n)  # compressed keys kept as graph state
         out = g.op(
             SPARSE_OP,
-            [q, pres_k, pres_v],
+            [q, pres_k, pres_v, ck],
             domain=SPARSE_DOMAIN,
             name=f"{n}/{SPARSE_OP}",
             kernel_size=sp.kernel_size,

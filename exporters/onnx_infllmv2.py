@@ -1,5 +1,9 @@
 """The `ai.edgecpm::InfLLMv2Attention` ONNX function: InfLLM v2 sparse attention in standard ONNX ops.
 
+Inputs q `[B,Hq,T,D]`, k, v `[B,Hkv,S,D]` (the whole present cache) and ck `[B,Hkv,NC,D]`: the compressed keys
+of the complete key windows, kept as graph state by the decoder (`onnx_infllmv2_state`), so the function never
+pools keys itself.
+
 The body is not written by hand: it is the runtime's own vectorized torch implementation
 (`edgecpm.runtime_kernels`), traced by `torch.onnx.export(dynamo=True)` with dynamic T and S and turned into a
 model-local FunctionProto of the same domain and name as the node. Any ONNX runtime inlines and runs it (real
@@ -55,6 +59,26 @@ def sparse_fn(sparse: SparseConfig) -> AttentionFn:
     return fn
 
 
+def sparse_state_fn(sparse: SparseConfig) -> Callable[..., torch.Tensor]:
+    """Sparse attention over the given compressed keys (the runtime's traced sparse path, no dense switch).
+
+    ck holds the complete windows only; it is zero-padded to ceil(S/bs) * bs/st windows (the static size the
+    block scoring reshapes to). The padding windows reach past the last key, so no query ever sees them.
+    """
+    from edgecpm.runtime_kernels.infllmv2_vectorized import sparse_attention_traced
+
+    sp = sparse
+    r = sp.block_size // sp.kernel_stride
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor) -> torch.Tensor:
+        b, h, _, d = ck.shape
+        n_ck = (k.shape[2] + sp.block_size - 1) // sp.block_size * r
+        padded = torch.cat([ck, ck.new_zeros(b, h, n_ck, d)], dim=2)[:, :, :n_ck]
+        return sparse_attention_traced(q, k, v, padded, sp)
+
+    return fn
+
+
 def dense_fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     from edgecpm.runtime_kernels import dense_attention
 
@@ -68,6 +92,11 @@ class _Wrap(torch.nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.fn(q, k, v)
+
+
+class _WrapState(_Wrap):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ck: torch.Tensor) -> torch.Tensor:
+        return self.fn(q, k, v, ck)
 
 
 def _sort_stable(self: Any, stable: Any = None, dim: int = -1, descending: bool = False) -> Any:
@@ -88,14 +117,22 @@ def trace(
     t: int,
     s: int,
     s_min: int = 2,
+    ck_len: int | None = None,
 ) -> onnx.ModelProto:
-    """`torch.onnx.export(dynamo=True)` of `fn(q, k, v)` with dynamic B, T and S (S >= s_min)."""
+    """`torch.onnx.export(dynamo=True)` of `fn(q, k, v)` with dynamic B, T and S (S >= s_min); with `ck_len`,
+    of `fn(q, k, v, ck)` with a dynamic number of compressed keys as well."""
     q = torch.randn(2, num_heads, t, head_dim)
     k = torch.randn(2, num_kv_heads, s, head_dim)
     v = torch.randn(2, num_kv_heads, s, head_dim)
     batch, tdim = torch.export.Dim("batch"), torch.export.Dim("t")
     sdim = torch.export.Dim("s", min=max(2, s_min))
     shapes = {"q": {0: batch, 2: tdim}, "k": {0: batch, 2: sdim}, "v": {0: batch, 2: sdim}}
+    args: tuple[torch.Tensor, ...] = (q, k, v)
+    names = ["q", "k", "v"]
+    if ck_len is not None:
+        args += (torch.randn(2, num_kv_heads, ck_len, head_dim),)
+        shapes["ck"] = {0: batch, 2: torch.export.Dim("nc")}
+        names.append("ck")
     table = {torch.ops.aten.sort.stable: _sort_stable}
     sink = io.StringIO()
     with (
@@ -106,12 +143,12 @@ def trace(
     ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            _Wrap(fn),
-            (q, k, v),
+            (_WrapState if ck_len is not None else _Wrap)(fn),
+            args,
             dynamo=True,
             opset_version=opset,
             dynamic_shapes=shapes,
-            input_names=["q", "k", "v"],
+            input_names=names,
             output_names=["out"],
             custom_translation_table=table,
             verbose=False,
@@ -151,30 +188,35 @@ def _as_branch(model: onnx.ModelProto, prefix: str) -> onnx.GraphProto:
 def sparse_function(
     sparse: SparseConfig, num_heads: int, num_kv_heads: int, head_dim: int, opset: int
 ) -> onnx.FunctionProto:
-    """`ai.edgecpm::InfLLMv2Attention(q, k, v) -> out`: If(S < dense_len, dense body, sparse body).
+    """`ai.edgecpm::InfLLMv2Attention(q, k, v, ck) -> out`: If(S < dense_len, dense body, sparse body).
 
     Both bodies are traced from the runtime's torch code; the sparse one with S >= dense_len, so its trace
-    holds no dense fallback of its own.
+    holds no dense fallback of its own. Only the taken branch runs.
     """
+    from edgecpm.runtime_kernels.infllmv2_vectorized import num_kernels
+
     s_min = max(sparse.dense_len, sparse.kernel_size + sparse.block_size, 2)
+    s_example = s_min + sparse.block_size + 3
     sparse_model = trace(
-        sparse_fn(sparse),
+        sparse_state_fn(sparse),
         num_heads,
         num_kv_heads,
         head_dim,
         opset,
         t=3,
-        s=s_min + sparse.block_size + 3,
+        s=s_example,
         s_min=s_min if sparse.dense_len >= 0 else 2,
+        ck_len=num_kernels(s_example, sparse.kernel_size, sparse.kernel_stride),
     )
     sparse_branch = _as_branch(sparse_model, "sparse/")
     opsets = {o.domain: o.version for o in sparse_model.opset_import}
+    inputs = ["q", "k", "v", "ck"]
     if sparse.dense_len <= 0:  # always sparse
         body = list(sparse_branch.node) + [helper.make_node("Identity", [sparse_branch.output[0].name], ["out"])]
         return helper.make_function(
             SPARSE_DOMAIN,
             SPARSE_OP,
-            ["q", "k", "v"],
+            inputs,
             ["out"],
             body,
             [helper.make_opsetid(d, v) for d, v in opsets.items()],
@@ -200,7 +242,7 @@ def sparse_function(
     return helper.make_function(
         SPARSE_DOMAIN,
         SPARSE_OP,
-        ["q", "k", "v"],
+        inputs,
         ["out"],
         body,
         [helper.make_opsetid(d, v) for d, v in opsets.items()],

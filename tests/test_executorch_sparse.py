@@ -1,6 +1,6 @@
-"""InfLLM v2 in an ExecuTorch program: the `edgecpm::infllmv2_attention` op decomposed into core ATen (the
-vectorized sparse algorithm itself, stable sort included), run by the stock `executorch.runtime` and compared
-with the reference model's sparse attention (runtime_kernels) on the same tokens."""
+"""InfLLM v2 in an ExecuTorch program: the vectorized sparse algorithm traced into core ATen (stable sort
+decomposed), its compressed keys kept in a mutable buffer, a torch.cond switching dense/sparse at dense_len, run
+by the stock `executorch.runtime` and compared with the reference model's sparse attention on the same tokens."""
 
 from __future__ import annotations
 
@@ -89,3 +89,43 @@ def test_sparse_modes_follow_dense_len() -> None:
     assert sparse_mode(sp, 96) == "switch"
     assert sparse_mode(replace(sp, dense_len=-1), 96) == "sparse"
     assert sparse_mode(None, 96) == "dense"
+
+
+def test_default_context_runs_sparse_attention() -> None:
+    """A default export of a sparse checkpoint gets a context at which sparse attention runs (2 x dense_len,
+    capped by max_position_embeddings); a dense checkpoint keeps 1024."""
+    from edgecpm.config import SparseConfig
+    from edgecpm.exporters.executorch_exporter import default_context_len
+    from edgecpm.exporters.executorch_module import sparse_mode
+
+    config, _ = open_checkpoint(cached_checkpoint(SyntheticSpec(sparse_config=SPARSE, init_std=0.5, seed=11)))
+    published = config.with_sparse(SparseConfig())
+    assert default_context_len(published) == 16384 and sparse_mode(published.sparse, 16384) == "switch"
+    assert default_context_len(config.with_sparse(None)) == 1024
+    short = replace(published, max_position_embeddings=12000)
+    assert default_context_len(short) == 12000  # capped, still past dense_len 8192
+
+
+def test_compressed_key_buffer_holds_window_means(checkpoint: Path) -> None:
+    """The module the program is traced from keeps each complete window's mean key in `ck_cache` after
+    chunked prefill and single-token steps (nothing recompressed from scratch: only overlapping windows are
+    written per call), compared with means taken directly from the key cache."""
+    from edgecpm.backends.executorch_ops import import_runtime_ops
+    from edgecpm.exporters.executorch_exporter import build_module
+
+    import_runtime_ops()
+    config, source = open_checkpoint(checkpoint)
+    module, _ = build_module(config, source, 96, "fp32", max_seq_len=16)
+    ids = torch.randint(0, config.vocab_size, (1, 50), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        for start in range(0, 48, 16):
+            module(ids[:, start : start + 16], torch.tensor([start]))
+        module(ids[:, 48:49], torch.tensor([48]))
+        module(ids[:, 49:50], torch.tensor([49]))
+    ks, st = SPARSE["kernel_size"], SPARSE["kernel_stride"]
+    n = (50 - ks) // st + 1
+    for layer in module.layers:
+        attn = layer.attn
+        keys = attn.k_cache[0, :50]
+        want = torch.stack([keys[i * st : i * st + ks].mean(0) for i in range(n)])
+        assert torch.allclose(attn.ck_cache[0, :n], want, atol=1e-5)

@@ -49,9 +49,10 @@ def _function_model(artifact: Path) -> onnx.ModelProto:
     """The artifact's custom node alone, with its local function, as a runnable model."""
     model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
     node = next(n for n in model.graph.node if n.domain == "ai.edgecpm")
-    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["b", "h", "t", "d"]) for n in ("q", "k", "v")]
+    names = ("q", "k", "v", "ck")  # ck: the compressed keys of the complete windows (graph state)
+    io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["b", "h", "t" + n, "d"]) for n in names]
     out = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["b", "h", "t", "d"])
-    single = helper.make_node(node.op_type, ["q", "k", "v"], ["out"], domain=node.domain)
+    single = helper.make_node(node.op_type, list(names), ["out"], domain=node.domain)
     single.attribute.extend(node.attribute)
     graph = helper.make_graph([single], "f", io, [out])
     return helper.make_model(
@@ -74,6 +75,40 @@ def test_graph_has_custom_node_with_local_function(sparse_artifact: Path) -> Non
     assert {"TopK", "If", "Softmax"} <= body_ops  # block selection, dense fallback, attention
 
 
+def _window_means(k: torch.Tensor, sp: SparseConfig) -> np.ndarray:
+    """Compressed keys by definition: the mean of each complete window of kernel_size keys, every stride."""
+    s = k.shape[2]
+    starts = range(0, s - sp.kernel_size + 1, sp.kernel_stride)
+    rows = [k[:, :, i : i + sp.kernel_size].mean(2) for i in starts]
+    return (torch.stack(rows, 2) if rows else k[:, :, :0]).numpy()
+
+
+def test_compressed_keys_are_graph_state(sparse_ckpt: Path, sparse_artifact: Path) -> None:
+    """Each call extends past_key_values.N.compressed_keys by the windows it completed (never recompressing the
+    prefix), whether the prompt comes at once or token by token, and truncation keeps the complete windows."""
+    config, _ = open_checkpoint(sparse_ckpt)
+    sp = config.sparse
+    ids = np.random.default_rng(5).integers(0, config.vocab_size, 45).tolist()
+    whole = OnnxBackend(sparse_artifact / "model.onnx", config)
+    whole.prefill(ids)
+    steps = OnnxBackend(sparse_artifact / "model.onnx", config)
+    steps.prefill(ids[:1])
+    for t in ids[1:]:
+        steps.decode([t])
+    names = [n for n in whole._past_names if n.endswith(".compressed_keys")]
+    assert len(names) == 2
+    for name in names:
+        i = whole._past_names.index(name)
+        keys = torch.from_numpy(whole._past[whole._past_names.index(name.replace("compressed_keys", "key"))].numpy())
+        want = _window_means(keys, sp)
+        assert want.shape[2] == (45 - sp.kernel_size) // sp.kernel_stride + 1
+        assert np.abs(whole._past[i].numpy() - want).max() < 1e-5
+        assert np.abs(steps._past[i].numpy() - want).max() < 1e-5
+    whole.truncate(30)
+    i = whole._past_names.index(names[0])
+    assert whole._past[i].shape()[2] == (30 - sp.kernel_size) // sp.kernel_stride + 1
+
+
 @pytest.mark.parametrize("t,s", [(1, 100), (7, 77), (1, 41), (5, 23), (40, 40)])
 def test_function_matches_runtime_sparse_attention(sparse_artifact: Path, t: int, s: int) -> None:
     sess = ort.InferenceSession(_function_model(sparse_artifact).SerializeToString())
@@ -81,7 +116,8 @@ def test_function_matches_runtime_sparse_attention(sparse_artifact: Path, t: int
     gen = torch.Generator().manual_seed(t * 1000 + s)
     q, k, v = (torch.randn(1, n, length, 16, generator=gen) for n, length in ((4, t), (2, s), (2, s)))
     ref = infllmv2_attention(q, k, v, sp, impl="reference").numpy()
-    got = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})[0]
+    ck = _window_means(k, sp)
+    got = sess.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy(), "ck": ck})[0]
     assert np.abs(got - ref).max() < 1e-4
     dense_gap = np.abs(dense_attention(q, k, v).numpy() - ref).max()
     if s >= sp.dense_len:

@@ -22,6 +22,7 @@ from edgecpm.errors import EdgecpmError
 
 PAST = "past_key_values."
 RECURRENT = ".recurrent_state"
+COMPRESSED = ".compressed_keys"  # InfLLM v2: one row per complete key window (kernel_size keys every stride)
 CHUNK = 256  # most tokens per graph call when the graph has lightning layers
 
 
@@ -40,8 +41,9 @@ class OnnxBackend:
         self.config = config
         self.vocab_size = config.vocab_size
         self.threads = threads
-        # every state input the graph declares, in its order: K/V caches (grow) and SALA recurrent states (fixed)
-        declared = self.session.get_inputs()
+        # every state input the graph declares, in its order: K/V caches (grow) and SALA recurrent states (fixed);
+        # InfLLM v2 compressed keys are inputs with an empty default (an overridable initializer), fed too
+        declared = [*self.session.get_inputs(), *self.session.get_overridable_initializers()]
         self._past_names = [i.name for i in declared if i.name.startswith(PAST)]
         self._state_names = ["present." + n[len(PAST) :] for n in self._past_names]
         self._zero_shapes = {
@@ -113,8 +115,18 @@ class OnnxBackend:
         if self.recurrent:
             self._replay(n)
             return
-        self._past = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :n])) for v in self._past]
+        self._past = [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, : self._kept(name, n)]))
+            for name, v in zip(self._past_names, self._past)
+        ]
         self._n = n
+
+    def _kept(self, name: str, n: int) -> int:
+        """Entries of a state tensor that describe the first n tokens (compressed keys: complete windows)."""
+        if name.endswith(COMPRESSED):
+            sp = self.config.sparse
+            return 0 if n < sp.kernel_size else (n - sp.kernel_size) // sp.kernel_stride + 1
+        return n
 
     def _replay(self, n: int) -> None:
         """Back to the state before the latest call, then run its first n - base tokens again."""
