@@ -302,6 +302,25 @@ def _token_text(text: str) -> str:
     return text
 
 
+def _check_text_rules(spec: Any) -> None:
+    """tokenizer.json's normalizer / pre-tokenizer / decoder strings are a few characters (a Replace of " " by
+    "\u2581", a split regex); a 10^6-character Replace made "Hello world" three million tokens (found by
+    tests/test_fuzz.py), so any string there longer than MAX_TOKEN_CHARS is refused."""
+    if not isinstance(spec, dict):
+        return
+    stack = [(key, spec.get(key)) for key in ("normalizer", "pre_tokenizer", "post_processor", "decoder")]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str) and len(value) > MAX_TOKEN_CHARS:
+            raise EdgecpmError(
+                f"tokenizer.json: a {where} string of {len(value)} characters (at most {MAX_TOKEN_CHARS})"
+            )
+        if isinstance(value, dict):  # a Precompiled normalizer's charsmap is data, not text it inserts
+            stack += [(where, v) for k, v in value.items() if k != "precompiled_charsmap"]
+        elif isinstance(value, list):
+            stack += [(where, v) for v in value]
+
+
 def _token_id(value: Any) -> int:
     """A token id from a tokenizer file: an integer (or its decimal string, as JSON object keys are) in
     [0, 2^31)."""
@@ -348,6 +367,7 @@ def load_tokenizer_dir(directory: str | Path, *, bos_id: int | None = None, eos_
         from tokenizers import Tokenizer as HFBackend
 
         spec = read_json(d / "tokenizer.json", "tokenizer.json")
+        _check_text_rules(spec)
         try:
             tk = HFBackend.from_str(json.dumps(spec))
         except Exception as exc:  # noqa: BLE001 - `tokenizers` raises bare Exception on a bad file
