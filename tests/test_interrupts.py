@@ -231,13 +231,13 @@ class Proc:
         for chunk in iter(lambda: self.p.stderr.read1(4096), b""):
             self.err += chunk
 
-    def wait(self, timeout: float = WAIT_S) -> tuple[int, str]:
+    def wait(self, timeout: float = WAIT_S, what: str = "after the signal") -> tuple[int, str]:
         try:
             rc = self.p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
-            raise AssertionError(f"no exit {timeout} s after the signal: {self.stderr[-2000:]}") from None
+            raise AssertionError(f"no exit {timeout} s {what}: {self.stderr[-2000:]}") from None
         self._t.join(10)
         return rc, self.stderr
 
@@ -363,7 +363,7 @@ def _fsize_limit(limit: int):
 
 
 def _fault_run(argv: list[str], lay: Layout, prefix: list[str] | None = None, **kw) -> tuple[int, str]:
-    return Proc(argv, _env(lay), prefix=prefix, **kw).wait()
+    return Proc(argv, _env(lay), prefix=prefix, **kw).wait(3 * WAIT_S, "after the start")  # a whole run
 
 
 def _assert_fault(rc: int, err: str, lay: Layout, op: str, what: str, expect: tuple[str, ...]) -> None:
