@@ -100,6 +100,7 @@ def test_draft_reused_across_generations_resyncs(target, head) -> None:
 def test_frspec_drafts_only_table_tokens_and_its_logits_are_those_rows(target, head, rows) -> None:
     ids = target.encode_prompt(PROMPT)
     b = target.backend
+    b.keep_hidden_states(True)
     b.prefill(ids)
     draft = EagleDraft(head, rows)
     draft.start(ids)
@@ -165,7 +166,7 @@ def test_eagle_needs_a_backend_with_hidden_states(target, head) -> None:
         prefill = target.backend.prefill
         decode = target.backend.decode
         truncate = target.backend.truncate
-        reset = target.backend.reset
+        reset = target.backend.reset  # no keep_hidden_states / last_hidden_states
 
     gen = Generator(NoHidden(), target.tokenizer, speculator=Speculator(EagleDraft(head), 3))
     with pytest.raises(edgecpm.EdgecpmError, match="does not return"):

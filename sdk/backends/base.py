@@ -44,6 +44,10 @@ class HiddenStates(Protocol):
     """Optional capability: a backend that can return the hidden states behind its logits (an EAGLE draft reads
     them). Not part of `Backend`, so backends without it stay valid."""
 
+    def keep_hidden_states(self, on: bool = True) -> None:
+        """From now on, keep the hidden states of each call (off by default: they cost memory)."""
+        ...
+
     def last_hidden_states(self) -> np.ndarray:
         """Final-norm hidden states `[T, H]` (float32) of the T tokens of the last `prefill` / `decode` call."""
         ...

@@ -25,17 +25,25 @@ class TorchBackend:
         if threads:
             torch.set_num_threads(threads)
         self.cache = model.new_cache(cache_mode, max_len)
-        # the final norm's output of the last call (what an EAGLE draft head reads; a reference, no copy)
+        # the final norm's output of the last call (what an EAGLE draft head reads; a reference, no copy), kept
+        # only once asked for: a long prefill's states would otherwise stay alive until the next call
         self._hidden: torch.Tensor | None = None
+        self._keep = False
         model.norm.register_forward_hook(self._keep_hidden)
 
     def _keep_hidden(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
-        self._hidden = output
+        if self._keep:
+            self._hidden = output
+
+    def keep_hidden_states(self, on: bool = True) -> None:
+        self._keep = on
+        if not on:
+            self._hidden = None
 
     def last_hidden_states(self) -> np.ndarray:
         """`[T, H]` final-norm hidden states of the last prefill / decode's tokens (`HiddenStates` capability)."""
         if self._hidden is None:
-            raise EdgecpmError("no hidden states yet: prefill or decode first")
+            raise EdgecpmError("no hidden states kept: call keep_hidden_states() before prefill / decode")
         return self._hidden[0].float().numpy()
 
     @property

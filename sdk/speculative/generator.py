@@ -95,6 +95,7 @@ class Speculator:
                 f"the {self.draft.name} draft reads the target's hidden states, which the {target.name} backend "
                 "does not return (use the torch backend for the target)"
             )
+        target.keep_hidden_states(True)
         return target.last_hidden_states
 
 
