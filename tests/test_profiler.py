@@ -99,6 +99,24 @@ def test_report_files_and_real_pngs(gguf_report):
     assert str(out / "report.html") in d["files"]
 
 
+def test_sparse_models_get_a_dense_attention_curve(gguf_report):
+    """Only an InfLLM v2 model has a dense-attention prediction; when present it is drawn beside the others."""
+    import copy
+
+    rep, _ = gguf_report
+    for entry in rep["calibration"]["backends"].values():
+        assert all(p["predicted_decode_dense_calibrated"] is None for p in entry["predictions"])
+    with_dense = copy.deepcopy(rep)
+    for entry in with_dense["calibration"]["backends"].values():
+        for p in entry["predictions"]:
+            p["predicted_decode_dense_calibrated"] = 0.5 * p["predicted_decode_calibrated"]
+    import matplotlib.image as mpimg
+
+    plain = mpimg.imread(io.BytesIO(report_mod.make_plots(rep)["tokens_vs_context"]), format="png")
+    drawn = mpimg.imread(io.BytesIO(report_mod.make_plots(with_dense)["tokens_vs_context"]), format="png")
+    assert plain.shape == drawn.shape and np.abs(plain - drawn).sum() > 100  # extra lines and legend entries
+
+
 def test_calibration_is_stored_and_used_by_plan(gguf_report, calib_dir, monkeypatch):
     rep, _ = gguf_report
     monkeypatch.setenv("EDGECPM_CALIBRATION_DIR", str(calib_dir))

@@ -571,6 +571,10 @@ def _calibrate(
                     "measured_decode_median": row["decode_tokens_per_s"],
                     "predicted_decode_default": p0.decode_tokens_per_s,
                     "predicted_decode_calibrated": p1.decode_tokens_per_s,
+                    # InfLLM v2 models: the same backend with dense attention, so the report shows both curves
+                    "predicted_decode_dense_calibrated": p1.decode_tokens_per_s_dense
+                    if config.has_sparse_layers
+                    else None,
                     "measured_prefill": row["prefill_tokens_per_s"],
                     "predicted_prefill_default": p0.prefill_tokens_per_s,
                     "predicted_prefill_calibrated": p1.prefill_tokens_per_s,

@@ -59,6 +59,9 @@ def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
             color=color,
             label=f"{name} predicted (calibrated)",
         )
+        dense = [p.get("predicted_decode_dense_calibrated") for p in preds]
+        if any(d is not None for d in dense):  # an InfLLM v2 model: the dense-attention curve beside it
+            ax.plot(ctx, dense, "-.", color=color, alpha=0.6, label=f"{name} predicted, dense attention")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("decode tokens/s")
