@@ -25,38 +25,10 @@ import torch
 from onnx import helper
 
 from edgecpm.config import SparseConfig
-from edgecpm.errors import EdgecpmError
 from edgecpm.exporters.onnx_decoder import SPARSE_DOMAIN, SPARSE_OP
 
 ATTRIBUTES = ("kernel_size", "kernel_stride", "init_blocks", "block_size", "window_size", "topk", "dense_len")
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def sparse_fn(sparse: SparseConfig) -> AttentionFn:
-    """The runtime's export-friendly InfLLM v2 body (`infllmv2_decomposition`) with `sparse` bound."""
-    try:
-        from edgecpm.runtime_kernels import infllmv2_decomposition
-    except ImportError:
-        raise EdgecpmError(
-            "this build of edgecpm.runtime_kernels has no InfLLM v2 kernel; cannot export sparse attention"
-        ) from None
-    sp = sparse
-
-    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return infllmv2_decomposition(
-            q,
-            k,
-            v,
-            sp.kernel_size,
-            sp.kernel_stride,
-            sp.init_blocks,
-            sp.block_size,
-            sp.window_size,
-            sp.topk,
-            sp.dense_len,
-        )
-
-    return fn
 
 
 def sparse_state_fn(sparse: SparseConfig) -> Callable[..., torch.Tensor]:
