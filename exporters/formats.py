@@ -199,7 +199,8 @@ TABLE: dict[str, FormatFacts] = {
             "sparse_layers": Feature(
                 KEPT,
                 "an ai.edgecpm InfLLMv2Attention node whose function body is the "
-                "sparse algorithm in standard ops (option sparse=False: dense attention)",
+                "sparse algorithm in standard ops, with the compressed keys as graph state "
+                "(option sparse=False: dense attention)",
             ),
             "shared_layers": Feature(KEPT, "each shared weight is one initializer used by every layer"),
             "layer_residual_scales": Feature(KEPT, "each layer multiplies by its own residual-scale constant"),
@@ -241,9 +242,9 @@ TABLE: dict[str, FormatFacts] = {
             ),
             "sparse_layers": Feature(
                 DECOMPOSED,
-                "the edgecpm::infllmv2_attention op runs as its decomposition, "
-                "and only past dense_len: a program whose max_context_len is below "
-                "dense_len has dense attention only",
+                "the edgecpm::infllmv2_attention op runs as its decomposition past dense_len "
+                "(a torch.cond on the length computes dense or sparse, never both; compressed "
+                "keys in a mutable buffer; default max_context_len 2 x dense_len)",
             ),
             "shared_layers": Feature(KEPT, "shared linears are stored once in the .pte"),
             "layer_residual_scales": Feature(KEPT, "each layer's residual scale folded into o_proj / down_proj"),
