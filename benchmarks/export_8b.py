@@ -64,14 +64,14 @@ def _bf16_chunks(rng: np.random.Generator, n: int, mean: float, std: float):
         x *= std
         x += mean
         _POOL[(mean, std)] = (x.view(np.uint32) >> 16).astype("<u2").tobytes()  # bf16 = top half of fp32 bits
-    pool = _POOL[(mean, std)]
-    done = 0
-    start = 2 * int(rng.integers(CHUNK))
-    while done < n:
-        k = min(CHUNK, n - done)
-        piece = (pool[start:] + pool[:start])[: 2 * k]
-        yield piece
-        done += k
+    pool = memoryview(_POOL[(mean, std)])
+    pos = 2 * int(rng.integers(CHUNK))
+    left = 2 * n
+    while left:  # slices of the pool, wrapping around: no copy of it per chunk
+        take = min(left, len(pool) - pos)
+        yield pool[pos : pos + take]
+        left -= take
+        pos = (pos + take) % len(pool)
 
 
 def build_checkpoint(out: Path) -> int:
