@@ -111,6 +111,19 @@ def test_verify_rule_reproduces_the_target_distribution() -> None:
     assert chi2_sf(stat, 4) > 1e-3, (counts / n, p)
 
 
+def exact_continuations(b, ids: list[int], params: SamplingParams) -> dict[tuple[int, ...], float]:
+    """Every 3-token continuation's exact probability, from the target's own logits (one prefill per prefix)."""
+    exact: dict[tuple[int, ...], float] = {}
+    first = probabilities(b.prefill(ids), params)
+    for t1 in np.flatnonzero(first):
+        p2 = probabilities(b.prefill(ids + [int(t1)]), params)
+        for t2 in np.flatnonzero(p2):
+            p3 = probabilities(b.prefill(ids + [int(t1), int(t2)]), params)
+            for t3 in np.flatnonzero(p3):
+                exact[(int(t1), int(t2), int(t3))] = first[t1] * p2[t2] * p3[t3]
+    return exact
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -125,14 +138,7 @@ def test_sampled_continuations_follow_the_target_distribution(target, drafts, so
     params = SamplingParams(temperature=1.5, top_k=2)
     ids = target.encode_prompt(PROMPT)
     b = target.backend
-    exact: dict[tuple[int, ...], float] = {}
-    first = probabilities(b.prefill(ids), params)
-    for t1 in np.flatnonzero(first):
-        p2 = probabilities(b.prefill(ids + [int(t1)]), params)
-        for t2 in np.flatnonzero(p2):
-            p3 = probabilities(b.prefill(ids + [int(t1), int(t2)]), params)
-            for t3 in np.flatnonzero(p3):
-                exact[(int(t1), int(t2), int(t3))] = first[t1] * p2[t2] * p3[t3]
+    exact = exact_continuations(b, ids, params)
     assert len(exact) == 8
     runs = 100 if source == "smaller model" else 400
     for draft in [None if source is None else drafts[source]]:

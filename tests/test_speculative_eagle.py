@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import edgecpm
-from edgecpm.generation import Generator, SamplingParams, probabilities
+from edgecpm.generation import Generator, SamplingParams
 from edgecpm.speculative import EagleDraft, Speculator
 from edgecpm.speculative.eagle import EagleHead
 from edgecpm.speculative.eagle_train import extract, train
@@ -120,19 +120,12 @@ def test_frspec_drafts_only_table_tokens_and_its_logits_are_those_rows(target, h
 @pytest.mark.parametrize("fr", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_sampled_eagle_follows_the_target_distribution(target, head, rows, fr) -> None:
     """3-token continuations at top_k=2: the 8 outcomes' exact probabilities from the target's own logits."""
-    from tests.test_speculative import chi2_sf
+    from tests.test_speculative import chi2_sf, exact_continuations
 
     params = SamplingParams(temperature=1.5, top_k=2)
     ids = target.encode_prompt(PROMPT)
     b = target.backend
-    exact: dict[tuple[int, ...], float] = {}
-    first = probabilities(b.prefill(ids), params)
-    for t1 in np.flatnonzero(first):
-        p2 = probabilities(b.prefill(ids + [int(t1)]), params)
-        for t2 in np.flatnonzero(p2):
-            p3 = probabilities(b.prefill(ids + [int(t1), int(t2)]), params)
-            for t3 in np.flatnonzero(p3):
-                exact[(int(t1), int(t2), int(t3))] = first[t1] * p2[t2] * p3[t3]
+    exact = exact_continuations(b, ids, params)
     runs = 100
     draft = EagleDraft(head, rows if fr else None)
     counts = dict.fromkeys(exact, 0)
