@@ -62,16 +62,21 @@ DENSE = "metadata only"  # settings stored, the runtime runs the layers dense
 DECOMPOSED = "decomposed"  # run through the op's decomposition into standard ops
 DUPLICATED = "duplicated"  # run as trained, weights stored once per use
 REFUSED = "refused"  # the exporter refuses the model
+STORED = "stored only"  # written to the file, but the format's own runtime cannot run it (edgecpm's can)
 
 
 @dataclass(frozen=True)
 class Feature:
-    support: str  # KEPT, DENSE, DECOMPOSED, DUPLICATED or REFUSED
+    support: str  # KEPT, DENSE, DECOMPOSED, DUPLICATED, STORED or REFUSED
     note: str  # what the format does with it; for REFUSED the exporter's exact error text
 
     @property
     def refused(self) -> bool:
         return self.support == REFUSED
+
+    @property
+    def stored_only(self) -> bool:
+        return self.support == STORED
 
 
 def _sparse_nope(c: ModelConfig) -> bool:
@@ -107,7 +112,13 @@ class FormatFacts:
     single_file_suffix: str | None = None  # an OUT ending in this is one file (plus a sidecar manifest)
 
 
-_NO_SALA = "export to onnx or executorch (or run the checkpoint on the torch backend)"
+# GGUF files of models llama.cpp cannot run get edgecpm's own architecture name, so llama.cpp refuses them at
+# load ("unknown model architecture") instead of running something else (docs/gguf.md)
+EDGECPM_GGUF_ARCH = "edgecpm-sala"
+_GGUF_STORED = (
+    f"stored in an {EDGECPM_GGUF_ARCH} GGUF that edgecpm's torch backend runs; llama.cpp cannot run it "
+    "(export to onnx or executorch for a runtime other than torch)"
+)
 _ONNX_NOPE = (
     "sparse_config.use_nope (block selection on pre-RoPE keys) is not supported by the ONNX exporter; "
     "export with sparse=False (dense attention) instead"
@@ -139,11 +150,9 @@ TABLE: dict[str, FormatFacts] = {
         },
         "f16",
         {
-            "lightning_layers": Feature(
-                REFUSED, "llama.cpp has no lightning-attention (MiniCPM-SALA) layers; " + _NO_SALA
-            ),
-            "output_gates": Feature(REFUSED, "llama.cpp's minicpm architecture has no gated attention layers"),
-            "nope_layers": Feature(REFUSED, "llama.cpp's minicpm architecture has no NoPE attention layers"),
+            "lightning_layers": Feature(STORED, "llama.cpp has no lightning-attention (MiniCPM-SALA) layers"),
+            "output_gates": Feature(STORED, "llama.cpp's minicpm architecture has no gated attention layers"),
+            "nope_layers": Feature(STORED, "llama.cpp's minicpm architecture has no NoPE attention layers"),
             "sparse_use_nope": Feature(DENSE, "stored as minicpm.infllm_v2.use_nope; llama.cpp runs dense"),
             "sparse_layers": Feature(
                 DENSE, "InfLLM v2 settings stored as minicpm.infllm_v2.* metadata; llama.cpp runs sparse layers dense"
@@ -388,6 +397,19 @@ def _ternary_value_problem(source: Any, regroup: bool = False) -> str | None:
     return None
 
 
+def runtime_refusal(config: ModelConfig, fmt: str) -> str | None:
+    """Why the format's own runtime (llama.cpp for GGUF) cannot run this model, or None when it can.
+
+    Such a model still exports (its features are STORED): edgecpm's torch backend runs the file.
+    """
+    f = facts(fmt)
+    for name in present_features(config):
+        feat = f.features.get(name)
+        if feat is not None and feat.stored_only:
+            return f"{feat.note}; {_GGUF_STORED}"
+    return None
+
+
 def check_exportable(
     config: ModelConfig,
     fmt: str,
@@ -414,6 +436,8 @@ def losses(config: ModelConfig, fmt: str, context: int | None = None) -> list[st
             continue
         if feat.refused:
             out.append(f"refused: {FEATURES[name][0]}")
+        elif feat.stored_only:
+            out.append(f"stored for edgecpm's torch backend only: {feat.note}")
         elif fmt == "executorch" and name == "sparse_layers":
             sc = config.sparse
             if context is not None and sc is not None and context < sc.dense_len:

@@ -10,6 +10,11 @@ Format facts (docs/gguf.md): all three µP scale keys are written (llama.cpp's d
 differ), q/k rows are permuted to llama.cpp's interleaved rotary layout, LongRoPE factors are two global F32
 tensors, a tied head has no `output.weight`, and InfLLM v2 settings go in `<arch>.infllm_v2.*` keys that
 llama.cpp ignores and `GGUFSource` reads back.
+
+Models llama.cpp cannot run (MiniCPM-SALA: lightning layers, output gates, NoPE layers) are written under
+edgecpm's own architecture name (`formats.EDGECPM_GGUF_ARCH`) for edgecpm's torch backend: every checkpoint
+tensor in HF row order (no rotary permutation), the full model config as one JSON key, and only the quants this
+module produces itself (llama.cpp's quantizer cannot read such a file).
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from gguf import GGMLQuantizationType, GGUFWriter, RopeScalingType
 from edgecpm.config import ModelConfig
 from edgecpm.errors import EdgecpmError
 from edgecpm.exporters.artifact import Artifact
+from edgecpm.exporters.formats import EDGECPM_GGUF_ARCH, runtime_refusal
 from edgecpm.exporters.gguf_quant import (
     QUANTS,
+    SCHEMES,
     QuantScheme,
     byte_shape,
     llamacpp_quantize,
@@ -39,7 +46,14 @@ from edgecpm.exporters.gguf_vocab_writer import write_vocab
 from edgecpm.exporters.registry import Option, run_export
 from edgecpm.exporters.shell import ExportJob, Written
 from edgecpm.progress import progress_bar
-from edgecpm.weights.gguf_source import BLOCK_TENSOR_NAMES, INFLLM_KEY_PREFIX, SHARED_LAYERS_KEY, GGUFSource
+from edgecpm.weights.gguf_source import (
+    BLOCK_TENSOR_NAMES,
+    CONFIG_JSON_KEY,
+    INFLLM_KEY_PREFIX,
+    SHARED_LAYERS_KEY,
+    GGUFSource,
+    hf_to_gguf_name,
+)
 
 __all__ = ["QUANTS", "OPTIONS", "export", "prepare", "write", "plan_tensors"]
 OPTIONS: dict[str, Option] = {
@@ -77,6 +91,14 @@ def prepare(job: ExportJob) -> tuple[QuantScheme, str, list[TensorPlan]]:
     """Every tensor's name, shape and type, before a byte is written."""
     s = scheme(job.quant)
     arch = target_architecture(job.config)
+    if arch == EDGECPM_GGUF_ARCH:
+        if s.llama_ftype is not None:
+            raise EdgecpmError(
+                f"quant {s.name} is made by llama.cpp's quantizer, which cannot read an {EDGECPM_GGUF_ARCH} GGUF "
+                "(this model has layers llama.cpp cannot run); use one of "
+                + ", ".join(n for n, q in SCHEMES.items() if q.llama_ftype is None)
+            )
+        return s, arch, plan_edgecpm_tensors(job.config, job.source, s)
     return s, arch, plan_tensors(job.config, job.source, s, arch)
 
 
@@ -106,8 +128,10 @@ def write(job: ExportJob, prepared: tuple[QuantScheme, str, list[TensorPlan]], s
 
 
 def target_architecture(config: ModelConfig) -> str:
-    """`minicpm` for the MiniCPM family, `llama` for Llama sources. What no GGUF can express (SALA, gates,
-    NoPE, ...) is refused earlier by `formats.check_exportable`; this refuses what a llama GGUF cannot hold."""
+    """`minicpm` for the MiniCPM family, `llama` for Llama sources, edgecpm's own architecture for a model
+    llama.cpp cannot run (SALA); this refuses what a llama GGUF cannot hold."""
+    if runtime_refusal(config, "gguf") is not None:
+        return EDGECPM_GGUF_ARCH
     if config.head_dim * config.num_heads != config.hidden_size and config.architecture == "llama":
         raise EdgecpmError("head_dim * num_heads != hidden_size is not supported for llama GGUFs")
     return "llama" if config.architecture == "llama" else "minicpm"
@@ -161,6 +185,19 @@ def plan_tensors(config: ModelConfig, source: Any, s: QuantScheme, arch: str) ->
     return plan
 
 
+def plan_edgecpm_tensors(config: ModelConfig, source: Any, s: QuantScheme) -> list[TensorPlan]:
+    """Every checkpoint tensor once (shared layers too), in HF row order: only edgecpm's loader reads this."""
+    plan = []
+    for hf in source.names():
+        name = hf_to_gguf_name(hf, generic=True)
+        if len(name.encode()) >= 64:  # GGML_MAX_NAME
+            raise EdgecpmError(f"tensor {hf!r} has no GGUF name shorter than 64 bytes")
+        shape = tuple(int(x) for x in source.shape(hf))
+        ternary = s.ternary and len(shape) == 2 and name not in ("token_embd.weight", "output.weight")
+        plan.append(TensorPlan(name, hf, shape, tensor_type(s, name, shape), 0, ternary))
+    return plan
+
+
 def write_gguf(
     path: Path,
     config: ModelConfig,
@@ -176,10 +213,11 @@ def write_gguf(
     writer = GGUFWriter(path, arch)
     try:
         write_metadata(writer, config, s, arch)
+        family = "minicpm" if arch == EDGECPM_GGUF_ARCH else arch  # the vocabulary's chat template default
         if isinstance(source, GGUFSource):
-            write_vocab(writer, reader=source.reader, n_vocab=config.vocab_size, architecture=arch)
+            write_vocab(writer, reader=source.reader, n_vocab=config.vocab_size, architecture=family)
         else:
-            write_vocab(writer, hf_dir=src_path, n_vocab=config.vocab_size, architecture=arch)
+            write_vocab(writer, hf_dir=src_path, n_vocab=config.vocab_size, architecture=family)
         for t in plan:
             writer.add_tensor_info(
                 t.gguf_name, byte_shape(t.shape, t.qtype), np.dtype(np.uint8), t.nbytes, raw_dtype=t.qtype
@@ -217,7 +255,11 @@ def write_metadata(writer: GGUFWriter, config: ModelConfig, s: QuantScheme, arch
         writer.add_rope_dimension_count(config.head_dim)
     elif arch == "llama":
         writer.add_rope_dimension_count(config.head_dim)
-    if arch == "minicpm":
+    if arch == EDGECPM_GGUF_ARCH:  # the whole config, which edgecpm's loader reads back (layer kinds, lightning)
+        import json
+
+        writer.add_string(f"{arch}.{CONFIG_JSON_KEY}", json.dumps(config.to_dict(), separators=(",", ":")))
+    if arch in ("minicpm", EDGECPM_GGUF_ARCH):
         writer.add_embedding_scale(config.scale_emb)
         writer.add_residual_scale(config.layer_residual_scale(0))  # uniform (checked); the ODE step included
         writer.add_logit_scale(config.logit_scale)
@@ -237,7 +279,7 @@ def write_metadata(writer: GGUFWriter, config: ModelConfig, s: QuantScheme, arch
                 writer.add_int32(name, int(value))
             else:
                 writer.add_uint32(name, int(value))
-    if config.num_weight_layers != config.num_layers:
+    if config.num_weight_layers != config.num_layers and arch != EDGECPM_GGUF_ARCH:
         # llama.cpp needs every blk.N (shared blocks are written again); edgecpm's loader reads which are one
         # (each block names the first block holding its weights: blk.N of a stepped model need not exist)
         first: dict[int, int] = {}

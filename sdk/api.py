@@ -144,11 +144,14 @@ def load(
     if threads is None and device is not None:
         threads = _threads_from_profile(device)
 
+    from edgecpm.exporters.formats import runtime_refusal
     from edgecpm.exporters.manifest import FORMAT_BACKENDS, is_artifact, read_manifest
 
     if p.is_dir() and is_artifact(p):
         manifest = read_manifest(p)
         name = FORMAT_BACKENDS[manifest.format] if backend == "auto" else backend
+        if backend == "auto" and runtime_refusal(manifest.model_config, manifest.format) is not None:
+            name = "torch"  # e.g. a SALA GGUF: stored for edgecpm's torch backend, llama.cpp cannot run it
         if name == "torch":
             if manifest.format != "gguf":
                 raise EdgecpmError(
@@ -165,6 +168,7 @@ def load(
                 **options,
             )
         _check_fixed_steps(manifest.model_config, ode_steps, manifest.format)
+        _check_runs(name, manifest.model_config, p / manifest.model_files[0])
         opened = open_backend(
             name, p, manifest.model_config, manifest, dtype=dtype, threads=threads, progress=progress, **options
         )
@@ -193,10 +197,21 @@ def load(
     name = "torch" if backend == "auto" else backend
     if name == "llama.cpp" and fmt != "gguf":
         raise EdgecpmError("the llama.cpp backend runs .gguf files; export the checkpoint with --format gguf first")
+    _check_runs(name, config, p)
     backend_obj = open_backend(
         name, p, config, None, source=source, dtype=dtype, threads=threads, progress=progress, **options
     ).backend
     return LoadedModel(p, config, tokenizer, backend_obj, fmt)
+
+
+def _check_runs(backend: str, config: ModelConfig, model_file: Path) -> None:
+    """A format's own runtime that cannot run the model (llama.cpp and a SALA GGUF) is one line, not a crash."""
+    from edgecpm.exporters.formats import BACKEND_FORMAT, runtime_refusal
+
+    fmt = BACKEND_FORMAT.get(backend)
+    reason = None if fmt is None else runtime_refusal(config, fmt)
+    if reason is not None:
+        raise EdgecpmError(f"the {backend} backend cannot run {model_file.name}: {reason}")
 
 
 def _check_fixed_steps(config: ModelConfig, ode_steps: int | None, fmt: str) -> None:

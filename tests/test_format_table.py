@@ -22,11 +22,13 @@ from edgecpm.exporters.formats import (
     FEATURES,
     KEPT,
     REFUSED,
+    STORED,
     TABLE,
     check_exportable,
     losses,
     present_features,
     refusal,
+    runtime_refusal,
 )
 from edgecpm.exporters.registry import exporter_module, resolve_options
 from edgecpm.model import Model
@@ -158,9 +160,6 @@ def test_default_q4_1_model_bits_come_from_the_table() -> None:
 # ---- refusals: one reason, said by the exporter and by the planner ----------------------------------------
 
 REFUSALS = [  # (spec, format, quant, feature or None for a quant rule, the exporter's words)
-    (SALA, "gguf", "f16", "lightning_layers", "llama.cpp has no lightning-attention"),
-    (GATES, "gguf", "f16", "output_gates", "no gated attention layers"),
-    (NOPE, "gguf", "f16", "nope_layers", "no NoPE attention layers"),
     (SPARSE_NOPE, "onnx", "fp32", "sparse_use_nope", "use_nope"),
     (SPARSE_NOPE, "executorch", "fp32", "sparse_use_nope", "use_nope"),
     (NARROW_TERNARY, "gguf", "tq2_0", None, r"tensor blk\.0\.attn_q\.weight has rows of 64 values"),
@@ -194,13 +193,39 @@ def test_sala_model_is_planned_on_torch_onnx_and_executorch() -> None:
     plan = edgecpm.plan(cached_checkpoint(SALA), DEVICE, context=256)
     assert plan.fits and plan.choice.backend in ("torch", "onnxruntime", "executorch")
     assert all(c.refused for c in plan.candidates if c.backend not in ("torch", "onnxruntime", "executorch"))
-    assert plan.export_losses == {
-        fmt: []
-        if fmt in ("onnx", "executorch")
-        else ["refused: lightning-attention (SALA) layers"]
-        + (["refused: gated attention output", "refused: NoPE (no rotary) attention layers"] if fmt == "gguf" else [])
-        for fmt in EXPORT_FORMATS
-    }
+    gguf_notes = [
+        "stored for edgecpm's torch backend only: " + TABLE["gguf"].features[n].note
+        for n in ("lightning_layers", "output_gates", "nope_layers")
+    ]
+    assert plan.export_losses == {fmt: gguf_notes if fmt == "gguf" else [] for fmt in EXPORT_FORMATS}
+    config, _ = open_checkpoint(cached_checkpoint(SALA))
+    llama = [c.refused for c in plan.candidates if c.backend == "llama.cpp"]
+    assert llama and set(llama) == {"llama.cpp cannot run this model: " + runtime_refusal(config, "gguf")}
+
+
+STORED_FEATURES = [(SALA, "lightning_layers"), (GATES, "output_gates"), (NOPE, "nope_layers")]
+
+
+@pytest.mark.parametrize("spec,feature", STORED_FEATURES, ids=[f[1] for f in STORED_FEATURES])
+def test_gguf_stores_what_llamacpp_cannot_run(spec, feature, tmp_path) -> None:
+    """STORED: the GGUF exporter writes it (edgecpm's own architecture), the torch backend runs that file as
+    the reference runs the checkpoint, and neither the planner nor the llama.cpp backend sends it to llama.cpp."""
+    src = cached_checkpoint(spec)
+    config, source = open_checkpoint(src)
+    assert feature in present_features(config) and TABLE["gguf"].features[feature].support == STORED
+    assert refusal(config, "gguf", "f32", source=source) is None
+    reason = runtime_refusal(config, "gguf")
+    assert reason.startswith(TABLE["gguf"].features[present_features(config)[0]].note + "; stored in an edgecpm-sala")
+    art = edgecpm.export(src, format="gguf", out=tmp_path / "art", quant="f32", progress=False)
+    ids = np.random.default_rng(4).integers(3, 600, 24)
+    lm = edgecpm.load(art.path)
+    assert lm.backend.name == "torch"
+    got = lm.backend.prefill(ids.tolist(), all_logits=True)
+    assert np.abs(got - _reference_logits(src, ids)).max() < 1e-3
+    with pytest.raises(EdgecpmError, match="the llama.cpp backend cannot run"):
+        edgecpm.load(art.path, backend="llama.cpp")
+    plan = edgecpm.plan(art.path, DEVICE, backend="llama.cpp", context=64)
+    assert not plan.fits and plan.candidates[0].refused == f"llama.cpp cannot run this model: {reason}"
 
 
 def test_onnx_sparse_false_exports_a_use_nope_model_dense() -> None:
@@ -224,7 +249,7 @@ def test_inspect_and_plan_say_what_each_format_loses(capsys) -> None:
     assert re.search(r"export executorch\s+.*only in a program with max_context_len >= dense_len 8192", out)
     assert main(["plan", str(cached_checkpoint(SALA)), "--device", DEVICE]) == 0
     out = capsys.readouterr().out
-    assert "format  gguf: refused: lightning-attention (SALA) layers" in out
+    assert "format  gguf: stored for edgecpm's torch backend only: llama.cpp has no lightning-attention" in out
     config = preset_config("minicpm4-8b")
     assert losses(config, "executorch", context=4096) == [
         "InfLLM v2 sparse attention runs dense: max_context_len 4096 < dense_len 8192"
@@ -340,6 +365,7 @@ CLAIMS_HERE = {
     **{("onnx", n): "test_onnx_keeps_gates_nope_ternary_and_shared_layers" for n in _KEPT_HERE_FEATURES},
     **{("executorch", n): "test_executorch_keeps_gates_nope_ternary_and_shared_layers" for n in _KEPT_HERE_FEATURES},
     **{(r[1], r[3]): "test_exporter_and_planner_refuse_with_the_same_reason" for r in REFUSALS if r[3]},
+    **{("gguf", feature): "test_gguf_stores_what_llamacpp_cannot_run" for _, feature in STORED_FEATURES},
 }
 
 
@@ -354,6 +380,6 @@ def test_every_claim_of_the_table_is_exercised() -> None:
         assert _test_exists(f"test_format_table.py::{name}"), name
     for (fmt, name), test in CLAIMS_HERE.items():
         support = TABLE[fmt].features[name].support
-        assert support in (KEPT, DENSE, DECOMPOSED, DUPLICATED, REFUSED)
+        assert support in (KEPT, DENSE, DECOMPOSED, DUPLICATED, STORED, REFUSED)
         # a refusal is exercised by the refusal test, anything else by a test that runs the format
         assert (support == REFUSED) == (test == "test_exporter_and_planner_refuse_with_the_same_reason"), (fmt, name)

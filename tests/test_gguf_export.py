@@ -202,13 +202,6 @@ def test_shared_layers_are_duplicated_and_match_reference(outdir) -> None:
     assert np.abs(got - reference_logits(src, ids)).max() <= 5e-3
 
 
-def test_sala_hybrid_is_refused(tmp_path) -> None:
-    src = cached_checkpoint(SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=2))
-    with pytest.raises(edgecpm.EdgecpmError, match="lightning"):
-        export(src, tmp_path, "f16")
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_gguf_source_reexport_matches_reference(tiny_untied, outdir) -> None:
     first = export(tiny_untied, outdir, "f32", "first")
     second = export(first.model_file, outdir, "f16", "second")

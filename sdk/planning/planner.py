@@ -24,7 +24,15 @@ from edgecpm.config import ModelConfig, is_preset, preset_config
 from edgecpm.device_profiles.catalog import load_profile
 from edgecpm.device_profiles.profile import DeviceProfile
 from edgecpm.errors import EdgecpmError
-from edgecpm.exporters.formats import EXPORT_FORMATS, facts, format_report, refusal, runs_sparse
+from edgecpm.exporters.formats import (
+    EXPORT_FORMATS,
+    FORMAT_BACKENDS,
+    facts,
+    format_report,
+    refusal,
+    runs_sparse,
+    runtime_refusal,
+)
 from edgecpm.planning.cost_model import (
     BACKEND_FORMAT,
     FORMAT_QUANTS,
@@ -455,6 +463,14 @@ def _export_refusal(info: ModelInfo, fmt: str, quant: str, sparse: bool) -> str 
     return None if reason is None else f"the {fmt} exporter refuses: {reason}"
 
 
+def _runtime_refusal(config: ModelConfig, backend: str, fmt: str) -> str | None:
+    """A format's own runtime that cannot run the model (llama.cpp and a SALA GGUF, which only torch runs)."""
+    if backend != FORMAT_BACKENDS.get(fmt):
+        return None
+    reason = runtime_refusal(config, fmt)
+    return None if reason is None else f"{backend} cannot run this model: {reason}"
+
+
 def plan(
     model: Any,
     device: str | DeviceProfile,
@@ -507,7 +523,7 @@ def plan(
             sparse_here = use_sparse and runs_sparse(fmt)  # llama.cpp runs InfLLM v2 layers dense
             coeffs = _coefficients(profile, b, q.name)
             pred = predict(config, q, b, profile, context, prompt_tokens, coeffs, sparse_here)
-            refused = _export_refusal(info, fmt, q.name, use_sparse)
+            refused = _export_refusal(info, fmt, q.name, use_sparse) or _runtime_refusal(config, b, fmt)
             floor = retention_floor(retention, q.name, sparse_here, min_retention)  # measured by `edgecpm eval`
             fits = refused is None and floor is None and pred.total_bytes <= budget
             rejected = (

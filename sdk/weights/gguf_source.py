@@ -3,11 +3,13 @@
 Tensors are dequantized with `gguf.quants` to float32 on demand and llama.cpp's q/k row permutation
 (interleaved rotary pairs) is undone, so the reference model sees exactly the HF layout. The config is
 rebuilt from the GGUF metadata: the three MiniCPM scalings, LongRoPE factor tensors, tying, special ids and
-edgecpm's own `<arch>.infllm_v2.*` block for sparse attention.
+edgecpm's own `<arch>.infllm_v2.*` block for sparse attention. A file of edgecpm's own architecture (models
+llama.cpp cannot run, e.g. MiniCPM-SALA) carries its whole config as JSON and its tensors unpermuted.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -18,8 +20,9 @@ import torch
 
 from edgecpm.config import LayerSpec, ModelConfig, RopeScaling, SparseConfig
 from edgecpm.errors import ConfigError, EdgecpmError, WeightError
+from edgecpm.exporters.formats import EDGECPM_GGUF_ARCH as EDGECPM_ARCH
 
-SUPPORTED_GGUF_ARCHITECTURES = ("minicpm", "llama")
+SUPPORTED_GGUF_ARCHITECTURES = ("minicpm", "llama", EDGECPM_ARCH)
 
 # GGUF tensor name (per block, after "blk.N.") -> HF name (after "model.layers.N.")
 BLOCK_TENSOR_NAMES: dict[str, str] = {
@@ -41,11 +44,13 @@ GLOBAL_TENSOR_NAMES: dict[str, str] = {
 # GGUF metadata key suffix -> SparseConfig field (edgecpm's namespaced block; llama.cpp ignores it)
 INFLLM_KEY_PREFIX = "infllm_v2."
 SHARED_LAYERS_KEY = "edgecpm.weight_layers"  # per block: the block whose weights it uses (shared-layer models)
+CONFIG_JSON_KEY = "edgecpm.config"  # edgecpm's own architecture: `ModelConfig.to_dict()` as JSON
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.(.+)$")
 
 
-def hf_to_gguf_name(hf_name: str) -> str:
-    """Inverse of the GGUF -> HF mapping (used by the GGUF exporter)."""
+def hf_to_gguf_name(hf_name: str, generic: bool = False) -> str:
+    """Inverse of the GGUF -> HF mapping (used by the GGUF exporter). `generic`: a block tensor without a
+    llama.cpp name becomes `blk.N.<its HF name within the layer>` (edgecpm's own architecture)."""
     for g, h in GLOBAL_TENSOR_NAMES.items():
         if hf_name == h:
             return g
@@ -54,6 +59,8 @@ def hf_to_gguf_name(hf_name: str) -> str:
         for g, h in BLOCK_TENSOR_NAMES.items():
             if m.group(2) == h:
                 return f"blk.{m.group(1)}.{g}"
+        if generic:
+            return f"blk.{m.group(1)}.{m.group(2)}"
     raise WeightError(f"tensor {hf_name!r} has no GGUF name for the minicpm architecture")
 
 
@@ -213,7 +220,7 @@ class GGUFSource:
         self._tensors = {t.name: t for t in self.reader.tensors}
         self._hf_to_gguf: dict[str, str] = {}
         for gname in self._tensors:
-            hf = self._to_hf(gname)
+            hf = self._to_hf(gname, generic=self.arch == EDGECPM_ARCH)
             if hf is not None:
                 self._hf_to_gguf[hf] = gname
         try:
@@ -255,7 +262,9 @@ class GGUFSource:
             ) from None
         try:
             arr = np.asarray(arr, dtype=np.float32).reshape(self.shape(name))
-            if name.endswith("self_attn.q_proj.weight"):
+            if self.arch == EDGECPM_ARCH:
+                pass  # written in HF row order
+            elif name.endswith("self_attn.q_proj.weight"):
                 arr = unpermute_from_llamacpp(arr, self.config.num_heads)
             elif name.endswith("self_attn.k_proj.weight"):
                 arr = unpermute_from_llamacpp(arr, self.config.num_kv_heads)
@@ -285,12 +294,14 @@ class GGUFSource:
             raise WeightError(f"tensor {name!r} is not in {self.path.name}") from None
 
     @staticmethod
-    def _to_hf(gname: str) -> str | None:
+    def _to_hf(gname: str, generic: bool = False) -> str | None:
         if gname in GLOBAL_TENSOR_NAMES:
             return GLOBAL_TENSOR_NAMES[gname]
         m = _BLOCK_RE.match(gname)
         if m and m.group(2) in BLOCK_TENSOR_NAMES:
             return f"model.layers.{m.group(1)}.{BLOCK_TENSOR_NAMES[m.group(2)]}"
+        if m and generic:
+            return f"model.layers.{m.group(1)}.{m.group(2)}"
         return None  # rope factor tensors are metadata, read into the config
 
     def _meta(self, key: str, default: Any = ...) -> Any:
@@ -305,12 +316,16 @@ class GGUFSource:
         for name in ("model.embed_tokens.weight", "model.norm.weight"):
             if name not in self:
                 raise WeightError(f"{self.path.name} has no tensor for {name!r}")
+        if self.arch == EDGECPM_ARCH:
+            return  # each layer kind has its own tensors: the model checks each one's name and shape as it loads
         for i in range(self.config.num_layers):
             for hf in BLOCK_TENSOR_NAMES.values():
                 if f"model.layers.{i}.{hf}" not in self:
                     raise WeightError(f"{self.path.name} is missing tensor blk.{i} {hf}")
 
     def _build_config(self) -> ModelConfig:
+        if self.arch == EDGECPM_ARCH:
+            return self._stored_config()
         n_layers = int(self._meta("block_count"))
         hidden = int(self._meta("embedding_length"))
         n_head = int(self._meta("attention.head_count"))
@@ -390,6 +405,31 @@ class GGUFSource:
             torch_dtype="float32",
             name=str(field_value(self.reader, "general.name", self.path.stem)),
         )
+
+    def _stored_config(self) -> ModelConfig:
+        """edgecpm's own architecture: the config the exporter stored whole, checked like a manifest's."""
+        from dataclasses import replace
+
+        text = self._meta(CONFIG_JSON_KEY)
+        if not isinstance(text, str):
+            raise ConfigError(f"GGUF metadata key '{self.arch}.{CONFIG_JSON_KEY}' is not a string")
+        try:
+            d = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"GGUF metadata key '{self.arch}.{CONFIG_JSON_KEY}' is not JSON ({exc})") from None
+        try:
+            config = ModelConfig.from_dict(d)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.path.name}: the stored {CONFIG_JSON_KEY} is malformed ({exc})") from None
+        emb = self._tensors.get("token_embd.weight")
+        if emb is None:
+            raise WeightError(f"{self.path.name} has no token_embd.weight tensor")
+        if int(emb.shape[1]) != config.vocab_size:
+            raise ConfigError(
+                f"{self.path.name}: token_embd.weight has {int(emb.shape[1])} rows; the stored config says "
+                f"vocab_size {config.vocab_size}"
+            )
+        return replace(config, torch_dtype="float32")  # tensors are dequantized to float32
 
     def _weight_layers(self, n_layers: int) -> list[int]:
         """Which block's weights each block uses: edgecpm writes the map for shared-layer models (the shared
