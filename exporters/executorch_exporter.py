@@ -84,8 +84,15 @@ OPTIONS: dict[str, Option] = {
     "embedding_bits": Option(None, lambda v: None if v in (None, 4, 8) else f"embedding bits {v}; expected 4 or 8"),
     "all_logits": Option(False),  # forward returns logits for every position, not only the last
     "hqq": Option(True),  # torchao's HQQ scale search for int4 weights
+    # InfLLM v2 past dense_len: "decompose" (portable: the stock runtime and Android library run it) or
+    # "compiled" (the C++ kernel library, which the runtime must load; edgecpm's backend builds and loads it)
     "sparse_kernel": Option(
-        "decompose", lambda v: None if v == "decompose" else (f"sparse kernel mode {v!r}; expected 'decompose'")
+        "decompose",
+        lambda v: (
+            None
+            if v in ("decompose", "compiled")
+            else (f"sparse kernel mode {v!r}; expected 'decompose' or 'compiled'")
+        ),
     ),
 }
 
@@ -109,6 +116,10 @@ def prepare(job: ExportJob) -> tuple[int, str]:
     attn_mode = sparse_mode(config.sparse, ctx) if config.has_sparse_layers else "dense"
     if attn_mode != "dense":
         _require_sparse_op()
+        if o["sparse_kernel"] == "compiled":  # the program is useless without the library: fail before export
+            from edgecpm.runtime_kernels.infllmv2_executorch import build
+
+            build()
     return ctx, attn_mode
 
 
@@ -134,6 +145,7 @@ def write(job: ExportJob, prepared: tuple[int, str], tmp: Path) -> Written:
             hqq=o["hqq"],
             all_logits=o["all_logits"],
             max_seq_len=o["max_seq_len"],
+            sparse_kernel=o["sparse_kernel"],
         )
         bar.update(2)
         bar.set_postfix_str("export + lower (XNNPACK)")
@@ -176,13 +188,16 @@ def build_module(
     hqq: bool = True,
     all_logits: bool = False,
     max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
+    sparse_kernel: str = "decompose",
 ) -> tuple[torch.nn.Module, QuantReport]:
     """The eager module that gets lowered (also what tests run in torch to check the program against)."""
     from edgecpm.exporters.executorch_module import ETDecoder
     from edgecpm.model import Model
 
     model = Model.from_source(config, source, torch.float32)
-    module = ETDecoder(model, max_context_len, all_logits=all_logits, max_seq_len=max_seq_len).eval()
+    module = ETDecoder(
+        model, max_context_len, all_logits=all_logits, max_seq_len=max_seq_len, sparse_kernel=sparse_kernel
+    ).eval()
     del model
     report = quantize_module(module, quant, group_size, embedding_bits, hqq=hqq)
     return module, report

@@ -44,7 +44,11 @@ def sparse_decompositions(mode: str) -> dict[Any, Callable[..., Any]]:
     """How `edgecpm::infllmv2_attention` is lowered: "decompose" = its vectorized body in core ATen ops.
 
     The body's stable sort (block selection) is itself decomposed, since ExecuTorch has no sort kernel.
+    "compiled": nothing to decompose (the sparse branch is one `edgecpm::infllmv2_sparse_cache` node, which
+    `to_executorch` turns into its `.out` overload, the kernel library's entry point).
     """
+    if mode == "compiled":
+        return {}
     if mode == "decompose":
         from edgecpm.runtime_kernels import infllmv2_decomposition  # the op's one definition
 
@@ -52,7 +56,7 @@ def sparse_decompositions(mode: str) -> dict[Any, Callable[..., Any]]:
             torch.ops.edgecpm.infllmv2_attention.default: infllmv2_decomposition,
             torch.ops.aten.sort.stable: stable_sort_by_rank,
         }
-    raise EdgecpmError(f"sparse kernel mode {mode!r}; expected 'decompose'")
+    raise EdgecpmError(f"sparse kernel mode {mode!r}; expected 'decompose' or 'compiled'")
 
 
 def _sparse_safe_configs() -> list[Any]:

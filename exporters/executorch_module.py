@@ -13,6 +13,8 @@ the reference `Model` on the same tokens (tests/test_executorch_*.py):
   per call for the windows the new tokens touch (never recompressing the prefix), and run the vectorized
   sparse algorithm (`runtime_kernels.infllmv2_vectorized.sparse_attention_traced`) on the visible cache with
   those keys. Below `dense_len` a `torch.cond` runs `llama::custom_sdpa` instead: only one branch executes.
+  With `sparse_kernel="compiled"` the sparse branch is one `edgecpm::infllmv2_sparse_cache` call instead (the
+  compiled C++ kernel, `runtime_kernels.infllmv2_executorch`), which reads the three buffers in place.
 * LongRoPE cos/sin are precomputed tables for every cache position (short or long factors chosen per call by
   the total length, as the reference does).
 """
@@ -30,6 +32,7 @@ from edgecpm.config import ModelConfig, SparseConfig
 from edgecpm.errors import EdgecpmError
 from edgecpm.layers import RotaryEmbedding
 from edgecpm.model import Model
+from edgecpm.runtime_kernels import infllmv2_executorch  # noqa: F401  (torch.ops.edgecpm.infllmv2_sparse_cache)
 
 
 def _linear_from(weight: torch.Tensor, scale: float = 1.0) -> nn.Linear:
@@ -69,8 +72,12 @@ class ETAttention(nn.Module):
         sparse: SparseConfig | None,
         projections: dict[str, nn.Linear] | None = None,
         max_seq_len: int = 128,
+        sparse_kernel: str = "decompose",
     ) -> None:
         super().__init__()
+        if sparse_kernel not in SPARSE_KERNELS:
+            raise EdgecpmError(f"sparse kernel mode {sparse_kernel!r}; expected one of {', '.join(SPARSE_KERNELS)}")
+        self.sparse_kernel = sparse_kernel
         self.num_heads, self.num_kv_heads = src.num_heads, src.num_kv_heads
         self.head_dim = src.head_dim
         self.use_rope = src.use_rope
@@ -180,6 +187,22 @@ class ETAttention(nn.Module):
         from edgecpm.runtime_kernels.infllmv2_vectorized import sparse_attention_traced
 
         sc = self.sparse
+        if self.sparse_kernel == "compiled":  # one op over the whole buffers: no slice, no decomposed body
+            out = torch.ops.edgecpm.infllmv2_sparse_cache(
+                q,
+                self.k_cache,
+                self.v_cache,
+                self.ck_cache,
+                start,
+                sc.kernel_size,
+                sc.kernel_stride,
+                sc.init_blocks,
+                sc.block_size,
+                sc.window_size,
+                sc.topk,
+                1.0 / math.sqrt(self.head_dim),
+            )
+            return out.transpose(1, 2).contiguous()
         total = start + s
         n_ck = (total + sc.block_size - 1) // sc.block_size * (sc.block_size // sc.kernel_stride)
         torch._check(n_ck <= self.ck_cache.shape[1])
@@ -261,6 +284,11 @@ class ETLightning(nn.Module):
         return self.o_proj(out)
 
 
+# how the sparse branch runs: the decomposed vectorized body (portable: stock runtime and Android library) or
+# the compiled kernel library's op (the runtime must load `libedgecpm_et.so` first; the backend does)
+SPARSE_KERNELS = ("decompose", "compiled")
+
+
 def sparse_mode(sparse: SparseConfig | None, max_context: int) -> str:
     """How an InfLLM v2 layer is exported: "dense" when no context the program accepts reaches dense_len,
     "sparse" when every context does, else "switch" (a `torch.cond` on the current length: one branch runs)."""
@@ -290,7 +318,14 @@ class ETDecoderLayer(nn.Module):
 class ETDecoder(nn.Module):
     """`forward(tokens [1,S] int64, input_pos [1] int64) -> logits` ([1,V] last row, or [1,S,V])."""
 
-    def __init__(self, model: Model, max_context: int, all_logits: bool = False, max_seq_len: int = 128) -> None:
+    def __init__(
+        self,
+        model: Model,
+        max_context: int,
+        all_logits: bool = False,
+        max_seq_len: int = 128,
+        sparse_kernel: str = "decompose",
+    ) -> None:
         super().__init__()
         cfg = model.config
         self.config = cfg
@@ -331,9 +366,11 @@ class ETDecoder(nn.Module):
                 )
             if key in shared:
                 proj, n1, n2, mlp = shared[key]
-                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj, max_seq_len)
+                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, proj, max_seq_len, sparse_kernel)
             else:
-                attn = ETAttention(src.self_attn, cfg, max_context, rs, sparse, max_seq_len=max_seq_len)
+                attn = ETAttention(
+                    src.self_attn, cfg, max_context, rs, sparse, max_seq_len=max_seq_len, sparse_kernel=sparse_kernel
+                )
                 n1 = ETRMSNorm(src.input_layernorm.weight, cfg.rms_norm_eps)
                 n2 = ETRMSNorm(src.post_attention_layernorm.weight, cfg.rms_norm_eps)
                 mlp = nn.ModuleDict(

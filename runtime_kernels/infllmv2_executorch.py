@@ -7,6 +7,13 @@ into a process that has imported ExecuTorch's Python runtime registers `edgecpm:
 that runtime's operator registry, so a `.pte` whose graph holds `torch.ops.edgecpm.infllmv2_sparse_cpu`
 (rewritten to the `.out` overload by `to_executorch`) runs it. Export needs the torch op too
 (`infllmv2_compiled.load()`), which `load_runtime_kernels()` also loads.
+
+The library also registers `edgecpm::infllmv2_sparse_cache.out`, the op the ExecuTorch exporter's
+`sparse_kernel="compiled"` programs call: it reads the program's seq-major KV cache and compressed-key
+buffers in place (`[1, rows, Hkv, D]`, visible length `start_pos + T`), so no cache slice is copied per call.
+Importing this module defines that op for torch (schema, shape function, and an eager CPU kernel that runs
+the compiled torch op on views of the buffers), which is what `torch.export` traces; the backend only needs
+`load_executorch_kernels()`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ import threading
 from importlib import metadata
 from pathlib import Path
 
+import torch
+
 from edgecpm.errors import EdgecpmError
 from edgecpm.runtime_kernels import infllmv2_compiled
 
@@ -31,6 +40,49 @@ DEFINES = ("-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED")
 
 _lock = threading.Lock()
 _loaded: dict[str, object] = {"handle": None}
+
+CACHE_OP = "infllmv2_sparse_cache"
+_CACHE_ARGS = (
+    "Tensor q, Tensor k_cache, Tensor v_cache, Tensor ck_cache, SymInt start_pos, int kernel_size, "
+    "int kernel_stride, int init_blocks, int block_size, int window_size, int topk, float scale"
+)
+
+
+def _cache_op_cpu(q, k_cache, v_cache, ck_cache, start_pos, ks, st, init_blocks, bs, window, topk, scale):
+    """Eager kernel: the compiled torch op on views of the buffers (rows with a contiguous last dim: no copy)."""
+    infllmv2_compiled.load()
+    s = start_pos + q.shape[1]
+    n_ck = min(ck_cache.shape[1], 0 if s < ks else (s - ks) // st + 1)
+    qh = q.transpose(1, 2)
+    k, v = k_cache[:, :s].transpose(1, 2), v_cache[:, :s].transpose(1, 2)
+    ck = ck_cache[:, :n_ck].transpose(1, 2)
+    return torch.ops.edgecpm.infllmv2_sparse_cpu(qh, k, v, ck, qh, ks, st, init_blocks, bs, window, topk, scale)
+
+
+def _cache_op_out_cpu(q, k_cache, v_cache, ck_cache, start_pos, ks, st, init_blocks, bs, window, topk, scale, *, out):
+    r = _cache_op_cpu(q, k_cache, v_cache, ck_cache, start_pos, ks, st, init_blocks, bs, window, topk, scale)
+    out.resize_(r.shape).copy_(r)
+    return out
+
+
+def _define_cache_op() -> None:
+    """`edgecpm::infllmv2_sparse_cache` (+ `.out`, what `to_executorch` rewrites it to) for torch."""
+    if hasattr(torch.ops.edgecpm, CACHE_OP):
+        return
+    lib = torch.library.Library("edgecpm", "FRAGMENT")  # noqa: TOR901  (kept alive below)
+    lib.define(f"{CACHE_OP}({_CACHE_ARGS}) -> Tensor")
+    lib.define(f"{CACHE_OP}.out({_CACHE_ARGS}, *, Tensor(a!) out) -> Tensor(a!)")
+    lib.impl(CACHE_OP, _cache_op_cpu, "CPU")
+    lib.impl(f"{CACHE_OP}.out", _cache_op_out_cpu, "CPU")
+
+    @torch.library.register_fake(f"edgecpm::{CACHE_OP}", lib=lib)
+    def _fake(q, k_cache, v_cache, ck_cache, start_pos, ks, st, init_blocks, bs, window, topk, scale):
+        return q.new_empty((q.shape[0], q.shape[2], q.shape[1], q.shape[3]))
+
+    _loaded["library"] = lib
+
+
+_define_cache_op()
 
 
 def executorch_root() -> Path:
@@ -95,13 +147,12 @@ def build() -> Path:
     return lib
 
 
-def load_runtime_kernels() -> Path:
-    """Build if needed and load the kernel library into ExecuTorch's Python runtime (and the torch op for
-    export). Idempotent."""
+def load_executorch_kernels() -> Path:
+    """Build if needed and load the kernel library into ExecuTorch's Python runtime (what a program holding
+    the ops needs before it loads). Idempotent."""
     with _lock:
         if _loaded["handle"] is not None:
             return library_path()
-        infllmv2_compiled.load()
         lib = build()
         from executorch.extension.pybindings import portable_lib  # noqa: F401  (loads libexecutorch.so first)
 
@@ -110,3 +161,9 @@ def load_runtime_kernels() -> Path:
         except OSError as exc:
             raise EdgecpmError(f"the ExecuTorch InfLLM v2 kernel library {lib} does not load ({exc})") from None
         return lib
+
+
+def load_runtime_kernels() -> Path:
+    """The ExecuTorch library and the torch op (for exporting programs that hold it). Idempotent."""
+    infllmv2_compiled.load()
+    return load_executorch_kernels()

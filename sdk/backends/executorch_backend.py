@@ -4,8 +4,8 @@ The KV cache lives in the loaded method's mutable buffers, so the decoding state
 the position `n_past`. `truncate(n)` only moves the position back: the next call writes from position n and
 attention never reads past the current position, so stale entries are never seen (what ExecuTorch's runner
 does on reset). The kernel libraries a `.pte` may call outside XNNPACK (`llama::*` cache/SDPA ops,
-`quantized_decomposed::*` embeddings) are imported before the program loads, or loading fails with
-OperatorMissing.
+`quantized_decomposed::*` embeddings, and for `sparse_kernel: "compiled"` in the manifest edgecpm's InfLLM v2
+kernel library, built on first use) are loaded before the program, or loading fails with OperatorMissing.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ class ExecuTorchBackend:
         max_context_len: int,
         logits: str = "last",
         threads: int | None = None,
+        sparse_kernel: str | None = None,
     ) -> None:
         from edgecpm.backends.executorch_ops import import_runtime_ops
 
-        import_runtime_ops()
+        import_runtime_ops(sparse_kernel)
         if threads:
             from executorch.extension.pybindings import portable_lib
 
@@ -133,6 +134,7 @@ def open_backend(
         int(extra["max_context_len"]),
         extra.get("logits", "last"),
         threads,
+        extra.get("sparse_kernel"),
     )
     backend.recurrent = config.has_lightning_layers  # SALA: lightning states cannot be rolled back
     return Opened(backend)
