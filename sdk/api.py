@@ -54,15 +54,17 @@ class LoadedModel:
         stream: bool = False,
         draft: Any = None,
         draft_tokens: int | None = None,
+        draft_tree: int | None = None,
     ) -> str | Iterator[str]:
         """Generated text, or an iterator of text pieces with `stream=True`.
 
         `draft` turns on speculative decoding (same output): "prompt-lookup", a draft model path, a
         `LoadedModel`, a `Draft`, or "eagle" / "eagle+fr" (the EAGLE head beside a torch target, with FR-Spec);
-        `draft_tokens` is k, the tokens drafted per target forward.
+        `draft_tokens` is k, the tokens drafted per target forward; `draft_tree` > 1 drafts a token tree with up
+        to that many candidates per step, verified in one forward (torch targets; docs/speculative.md).
         """
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
-        generator = self._generator(draft, draft_tokens)
+        generator = self._generator(draft, draft_tokens, draft_tree)
         if stream:
             return generator.stream(ids, max_new_tokens, params, stops)
         return generator.run(ids, max_new_tokens, params, stops).text
@@ -78,17 +80,20 @@ class LoadedModel:
         stop: Sequence[str] | str | None = None,
         draft: Any = None,
         draft_tokens: int | None = None,
+        draft_tree: int | None = None,
     ) -> GenerationResult:
         """Like `generate` but with token ids, finish reason and timings (and `extra["speculative"]` stats)."""
         ids, params, stops = self._prepare(prompt_or_messages, temperature, top_p, top_k, seed, stop)
-        return self._generator(draft, draft_tokens).run(ids, max_new_tokens, params, stops)
+        return self._generator(draft, draft_tokens, draft_tree).run(ids, max_new_tokens, params, stops)
 
-    def _generator(self, draft: Any, draft_tokens: int | None) -> Generator:
+    def _generator(self, draft: Any, draft_tokens: int | None, draft_tree: int | None = None) -> Generator:
         speculator = None
         if draft is not None:
             from edgecpm.speculative import speculator_for
 
             speculator = speculator_for(draft, self, draft_tokens)
+            if speculator is not None and draft_tree is not None:
+                speculator = speculator.with_tree(draft_tree)
         return Generator(self.backend, self.tokenizer, self.config.eos_token_ids, speculator=speculator)
 
     def open_sibling(self, path: str | Path, threads: int | None = None) -> LoadedModel:

@@ -1,12 +1,16 @@
 """Attention blocks of the reference model, one class per `LayerSpec.attention` kind.
 
 Each block owns its projections and calls a `runtime_kernels` op for the attention math. Signature:
-`forward(x [B,T,H], cos, sin, cache | None, layer_index) -> [B,T,H]`.
+`forward(x [B,T,H], cos, sin, cache | None, layer_index) -> [B,T,H]`; softmax blocks also take a token tree's
+attention mask (`tree_mask`, speculative tree verification).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from edgecpm.config import LayerSpec, ModelConfig
@@ -36,8 +40,15 @@ class SoftmaxAttention(nn.Module):
         self.sparse = config.sparse if spec.attention == "infllmv2" else None
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None, layer_index: int
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        layer_index: int,
+        tree_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`tree_mask` `[T, S]` (a token tree, `Model.tree_logits`): which keys each query sees, densely."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
@@ -52,7 +63,10 @@ class SoftmaxAttention(nn.Module):
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer_index, k, v)
-        out = self.attend(q, k, v, cache, layer_index, score_q, score_k)
+        if tree_mask is None:
+            out = self.attend(q, k, v, cache, layer_index, score_q, score_k)
+        else:  # InfLLM v2 trees are verified only while dense; its compressed keys catch up on the next call
+            out = masked_attention(q, k, v, tree_mask)
         out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim)
         if self.o_gate is not None:
             out = out * torch.sigmoid(self.o_gate(x))
@@ -75,6 +89,16 @@ class SoftmaxAttention(nn.Module):
         if cache is not None:
             state = cache.layers[layer_index].extras.setdefault("infllmv2", InfLLMv2State(self.sparse))
         return infllmv2_attention(q, k, v, self.sparse, state=state, score_q=score_q, score_k=score_k)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of T queries `[B, Hq, T, D]` over S keys where `mask[i, j]` lets query i see key j, with GQA
+    folded as `dense_attention` folds it (so a chain's causal mask gives its numbers)."""
+    b, hq, t, d = q.shape
+    g = hq // k.shape[1]
+    qg = q.reshape(b, k.shape[1], g * t, d)
+    out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(g, 1), scale=1.0 / math.sqrt(d))
+    return out.view(b, hq, t, d)
 
 
 class LightningAttention(nn.Module):

@@ -9,6 +9,7 @@ compressed keys, lightning attention's recurrent state) store it in `LayerState.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -86,6 +87,32 @@ class KVCache:
             for extra in state.extras.values():
                 if hasattr(extra, "truncate"):
                     extra.truncate(n)
+        self.length = n
+
+    def keep(self, start: int, offsets: Sequence[int]) -> None:
+        """Keep the first `start` tokens and then the tokens at start + offsets (ascending), in that order: a
+        verified token tree compacted to its accepted path. Per-token key histories (`extras` with a `k`
+        tensor) are compacted alike; other extras are rolled back to `start` (they rebuild from the cache)."""
+        idx = torch.as_tensor([start + int(o) for o in offsets], dtype=torch.long)
+        if len(idx) and (int(idx[0]) < start or int(idx[-1]) >= self.length or bool((idx[1:] <= idx[:-1]).any())):
+            raise EdgecpmError(f"cannot keep offsets {list(offsets)} after {start} of a {self.length}-token cache")
+        n = start + len(idx)
+
+        def compact(x: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+            if in_place:  # a static cache keeps its preallocated tensors
+                x[:, :, start:n] = x[:, :, idx]
+                return x
+            return torch.cat([x[:, :, :start], x[:, :, idx]], dim=2)
+
+        static = self.mode == "static"
+        for state in self.layers:
+            if state.k is not None:
+                state.k, state.v = compact(state.k, static), compact(state.v, static)
+            for extra in state.extras.values():
+                if isinstance(getattr(extra, "k", None), torch.Tensor):
+                    extra.k = compact(extra.k)
+                elif hasattr(extra, "truncate"):
+                    extra.truncate(start)
         self.length = n
 
     def reset(self) -> None:

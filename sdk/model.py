@@ -12,7 +12,7 @@ Every backend and exporter is tested against this model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import nn
 
 from edgecpm import attention_layers
 from edgecpm.config import ModelConfig
-from edgecpm.errors import WeightError
+from edgecpm.errors import EdgecpmError, WeightError
 from edgecpm.kv_cache import KVCache
 from edgecpm.layers import MLP, RMSNorm, RotaryEmbedding
 from edgecpm.weights.base import WeightSource
@@ -126,8 +126,51 @@ class Model(nn.Module):
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, weight).float()
 
+    def tree_logits(self, ids: torch.Tensor, parents: Sequence[int], cache: KVCache) -> torch.Tensor:
+        """Logits `[1, N, V]` of a token tree appended to `cache`: node i (`parents[i]` an earlier node, or -1
+        for a child of the cached prefix) sees the prefix and its ancestors, at position length + depth(i).
+        The cache then holds every node (`KVCache.keep` compacts it to one path). Softmax layers only."""
+        cfg = self.config
+        if any(s.attention not in ("dense", "infllmv2") for s in cfg.layers):
+            raise EdgecpmError("token trees need softmax attention in every layer (lightning layers are recurrent)")
+        ids = ids if ids.dim() == 2 else ids[None]
+        depth, ancestors = tree_structure(parents)
+        if ids.shape != (1, len(depth)):
+            raise EdgecpmError(f"a tree of {len(depth)} nodes needs ids [1, {len(depth)}]; got {list(ids.shape)}")
+        start, t = cache.length, len(depth)
+        mask = torch.cat([torch.ones(t, start, dtype=torch.bool), ancestors], dim=1)
+        cos, sin = self.rotary.cos_sin(start + depth, start + int(depth.max()) + 1)
+        h = self.embed_tokens(ids) * cfg.scale_emb
+        for index, spec in enumerate(cfg.layers):
+            layer = self.layers[str(spec.weight_layer)]
+            residual_scale = cfg.layer_residual_scale(index)
+            attn = layer.self_attn(layer.input_layernorm(h), cos, sin, cache, index, tree_mask=mask)
+            h = h + attn * residual_scale
+            h = h + layer.mlp(layer.post_attention_layernorm(h)) * residual_scale
+        cache.advance(t)
+        h = self.norm(h) / cfg.logit_scale
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(h, weight).float()
+
     def last_logits(self, ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Logits of the last position only (skips the vocab projection of the rest of a prefill)."""
         h = self.hidden_states(ids, cache)[:, -1:] / self.config.logit_scale
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(h, weight).float()[:, -1]
+
+
+def tree_structure(parents: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(depth `[N]` long, ancestors `[N, N]` bool: node i sees node j, itself included) of a parent list."""
+    n = len(parents)
+    if n == 0:
+        raise EdgecpmError("a token tree needs at least one node")
+    depth = torch.zeros(n, dtype=torch.long)
+    ancestors = torch.eye(n, dtype=torch.bool)
+    for i, p in enumerate(parents):
+        p = int(p)
+        if not -1 <= p < i:
+            raise EdgecpmError(f"token tree node {i} has parent {p}; expected an earlier node or -1")
+        if p >= 0:
+            depth[i] = depth[p] + 1
+            ancestors[i] |= ancestors[p]
+    return depth, ancestors

@@ -51,3 +51,24 @@ class HiddenStates(Protocol):
     def last_hidden_states(self) -> np.ndarray:
         """Final-norm hidden states `[T, H]` (float32) of the T tokens of the last `prefill` / `decode` call."""
         ...
+
+
+@runtime_checkable
+class TreeVerify(Protocol):
+    """Optional capability: evaluate a token tree after the current state in one forward (speculative tree
+    drafts), then keep one root-to-node path of it. Node i attends to the cached prefix and its own ancestors
+    only, at position n_past + depth(i)."""
+
+    def tree_refusal(self, n_nodes: int | None = None) -> str | None:
+        """Why a tree of n_nodes cannot be verified from the current state (None: it can); without n_nodes,
+        why this backend never verifies trees (None: it may; a chain is the fallback where it cannot)."""
+        ...
+
+    def decode_tree(self, ids: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        """Append the tree (`parents[i]` is an earlier node, or -1 for a child of the cached prefix); return its
+        logits `[len(ids), V]`. Until `keep_path` or `truncate`, the state holds every node."""
+        ...
+
+    def keep_path(self, nodes: Sequence[int]) -> None:
+        """Keep only `nodes` of the last tree (a root-to-node path, in order) after the prefix."""
+        ...

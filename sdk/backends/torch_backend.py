@@ -30,6 +30,7 @@ class TorchBackend:
         self._hidden: torch.Tensor | None = None
         self._keep = False
         model.norm.register_forward_hook(self._keep_hidden)
+        self._tree: tuple[int, list[int]] | None = None  # (prefix length, parents) of an unresolved decode_tree
 
     def _keep_hidden(self, module: Any, inputs: Any, output: torch.Tensor) -> None:
         if self._keep:
@@ -64,14 +65,58 @@ class TorchBackend:
     def decode(self, ids: Sequence[int]) -> np.ndarray:
         if not len(ids):
             raise EdgecpmError("decode needs at least one token")
+        if self._tree is not None:
+            raise EdgecpmError("decode after decode_tree: keep one path (keep_path) or truncate first")
         x = torch.as_tensor(list(ids), dtype=torch.long)[None]
         return self.model(x, self.cache)[0].numpy()
 
     def truncate(self, n: int) -> None:
         self.cache.truncate(n)
+        self._tree = None
 
     def reset(self) -> None:
         self.cache.reset()
+        self._tree = None
+
+    # ---- `TreeVerify` capability: a token tree in one forward, then its accepted path ----
+    def tree_refusal(self, n_nodes: int | None = None) -> str | None:
+        cfg = self.model.config
+        if any(s.attention == "lightning" for s in cfg.layers):
+            return "token trees are not verified on lightning (SALA) layers: their recurrent state is one sequence"
+        sparse = cfg.sparse if any(s.attention == "infllmv2" for s in cfg.layers) else None
+        if sparse is not None and sparse.dense_len < 0:
+            return "token trees are verified on InfLLM v2 layers only while dense, and this model is never dense"
+        if sparse is not None and n_nodes is not None and self.n_past + n_nodes >= sparse.dense_len:
+            return (
+                f"token trees are verified on InfLLM v2 layers only while dense ({self.n_past} + {n_nodes} tokens "
+                f"reach dense_len {sparse.dense_len})"
+            )
+        return None
+
+    @torch.inference_mode()
+    def decode_tree(self, ids: Sequence[int], parents: Sequence[int]) -> np.ndarray:
+        if len(ids) != len(parents):
+            raise EdgecpmError(f"a token tree of {len(ids)} ids has {len(parents)} parents")
+        reason = self.tree_refusal(len(ids))
+        if reason is not None:
+            raise EdgecpmError(reason)
+        start = self.n_past
+        x = torch.as_tensor(list(ids), dtype=torch.long)[None]
+        rows = self.model.tree_logits(x, parents, self.cache)[0].numpy()
+        self._tree = (start, [int(p) for p in parents])
+        return rows
+
+    def keep_path(self, nodes: Sequence[int]) -> None:
+        if self._tree is None:
+            raise EdgecpmError("keep_path needs a decode_tree call first (and no decode / truncate since)")
+        start, parents = self._tree
+        nodes = [int(i) for i in nodes]
+        for i, node in enumerate(nodes):
+            want = -1 if i == 0 else nodes[i - 1]
+            if not 0 <= node < len(parents) or parents[node] != want:
+                raise EdgecpmError(f"nodes {nodes} are not a root-to-node path of the last token tree")
+        self.cache.keep(start, nodes)
+        self._tree = None
 
 
 def open_backend(

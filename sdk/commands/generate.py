@@ -44,6 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(smaller model with the same tokenizer, or the target at lower precision), or none",
     )
     p.add_argument("--draft-tokens", type=int, default=None, help="tokens drafted per target forward (k)")
+    p.add_argument(
+        "--draft-tree",
+        type=int,
+        default=None,
+        help="draft a token tree with up to this many candidates per step, verified in one forward (torch)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     p.set_defaults(func=run)
 
@@ -73,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         from edgecpm.speculative import speculator_for
 
         sampling["draft"] = speculator_for(args.draft, model, args.draft_tokens, threads=args.threads)
+        if sampling["draft"] is not None and args.draft_tree is not None:
+            sampling["draft"] = sampling["draft"].with_tree(args.draft_tree)
     if args.json:
         r = model.generate_result(prompt, **sampling)
         out = {

@@ -2,7 +2,9 @@
 
 A proposal is a list of `(token, q)` where `q` is the draft's distribution over the full vocabulary at that
 step (what the token was drawn from), or None for a deterministic proposal (prompt lookup; a point mass).
-The verifier needs q exactly to keep sampled output distributed as the target's.
+The verifier needs q exactly to keep sampled output distributed as the target's. A draft may also offer
+`propose_tree(context, k, width, ...)`: a `Tree` (`edgecpm.speculative.tree`) with up to `width` candidates
+where the chain has one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from edgecpm.backends.base import Backend
 from edgecpm.errors import EdgecpmError
 from edgecpm.generation import SamplingParams, draw, probabilities
+from edgecpm.speculative.tree import Tree, add_branches
 
 Proposal = list[tuple[int, "np.ndarray | None"]]
 
@@ -63,6 +66,26 @@ class PromptLookupDraft:
                     follow = seq[s + n : s + n + k]
                     return [(int(t), None) for t in follow]
         return []
+
+    def propose_tree(
+        self, context: Sequence[int], k: int, width: int, params: SamplingParams, rng: np.random.Generator
+    ) -> Tree:
+        """Up to `width` different continuations (k tokens each), from the matches `propose` would try in
+        order (longest n-gram first, latest first), merged where they share a prefix."""
+        tree = Tree()
+        seq = np.asarray(context, dtype=np.int64)
+        n_ctx = seq.size
+        branches = 0
+        for n in range(min(self.max_ngram, n_ctx - 1), self.min_ngram - 1, -1):
+            if k <= 0:
+                break
+            tail = seq[n_ctx - n :]
+            for s in np.flatnonzero(seq[: n_ctx - n] == tail[0])[::-1]:
+                if s + n < n_ctx and np.array_equal(seq[s : s + n], tail):
+                    branches += tree.insert(seq[s + n : s + n + k].tolist()) > 0
+                    if branches >= width:
+                        return tree
+        return tree
 
 
 class ModelDraft:
@@ -118,6 +141,25 @@ class ModelDraft:
                 self._tokens.append(token)
                 self._logits = logits
         return out
+
+    def propose_tree(
+        self, context: Sequence[int], k: int, width: int, params: SamplingParams, rng: np.random.Generator
+    ) -> Tree:
+        """The chain `propose` drafts, with `width` - 1 more candidates at every depth from the same logits
+        (next best, or drawn without replacement): leaves that cost the draft nothing extra."""
+        tree = Tree()
+        if k <= 0:
+            return tree
+        logits = self._sync(context)
+        parent = -1
+        for i in range(k):
+            parent = add_branches(tree, parent, logits, width, params, rng)
+            if i + 1 < k:
+                token = tree.tokens[parent]
+                logits = self.backend.decode([token])[-1]
+                self._tokens.append(token)
+                self._logits = logits
+        return tree
 
 
 class EagleDraft:
@@ -219,3 +261,29 @@ class EagleDraft:
                     state = self.head(tok, self.head.target_norm(state), self._cache)[:, -1:]
             self._cache.truncate(real)  # drafted pairs never stay: their state was the head's guess
         return out
+
+    def propose_tree(
+        self, context: Sequence[int], k: int, width: int, params: SamplingParams, rng: np.random.Generator
+    ) -> Tree:
+        """The chain `propose` drafts, with `width` - 1 more candidates (leaves) at every depth."""
+        import torch
+
+        tree = Tree()
+        if k <= 0:
+            return tree
+        with torch.inference_mode():
+            state = self._sync(context)
+            real = self._cache.length
+            parent = -1
+            for i in range(k):
+                logits = self.head.logits(state, self.row_weight)[0, -1].float().numpy()
+                if self.row_ids is not None:
+                    full = np.full(self.vocab_size, -np.inf, dtype=np.float32)
+                    full[self.row_ids.numpy()] = logits
+                    logits = full
+                parent = add_branches(tree, parent, logits, width, params, rng)
+                if i + 1 < k:
+                    tok = torch.tensor([[tree.tokens[parent]]], dtype=torch.long)
+                    state = self.head(tok, self.head.target_norm(state), self._cache)[:, -1:]
+            self._cache.truncate(real)
+        return tree

@@ -23,20 +23,30 @@ from typing import Any
 
 import numpy as np
 
-from edgecpm.backends.base import Backend, HiddenStates
+from edgecpm.backends.base import Backend, HiddenStates, TreeVerify
 from edgecpm.errors import EdgecpmError
 from edgecpm.generation import GenerationResult, SamplingParams, draw, probabilities, sample
 from edgecpm.speculative.drafts import Draft, Proposal
+from edgecpm.speculative.tree import Tree, verify_tree
 
 
 class Speculator:
-    """Drafts with `draft`, `k` tokens per round, verified on the generator's backend."""
+    """Drafts with `draft`, `k` tokens per round, verified on the generator's backend. `tree` > 1 drafts a
+    token tree with up to that many candidates where a chain has one (`edgecpm.speculative.tree`), verified in
+    one forward on a backend with the `TreeVerify` capability."""
 
-    def __init__(self, draft: Draft, k: int = 4) -> None:
+    def __init__(self, draft: Draft, k: int = 4, tree: int = 1) -> None:
         if not isinstance(k, int) or k < 1:
             raise EdgecpmError(f"draft_tokens is {k!r}; expected a positive number of tokens per round")
+        if not isinstance(tree, int) or tree < 1:
+            raise EdgecpmError(f"draft_tree is {tree!r}; expected a positive tree width (1: a chain)")
         self.draft = draft
         self.k = k
+        self.tree = tree
+
+    def with_tree(self, tree: int) -> Speculator:
+        """The same draft and k with tree width `tree` (what `draft_tree=` / `--draft-tree` set)."""
+        return Speculator(self.draft, self.k, tree)
 
     def tokens(
         self,
@@ -47,10 +57,11 @@ class Speculator:
         rng: np.random.Generator,
         out: GenerationResult,
     ) -> Iterator[int]:
-        stats = SpeculativeStats(self.draft.name, self.k)
+        stats = SpeculativeStats(self.draft.name, self.k, self.tree)
         out.extra["speculative"] = stats
         t0 = time.perf_counter()
         hidden = self._hidden_states(target)
+        self._check_tree(target)
         logits = target.prefill(prompt_ids)
         self.draft.start(prompt_ids)
         if hidden is not None:
@@ -70,21 +81,53 @@ class Speculator:
                 return
             k = min(self.k, max_new_tokens - produced - 1)
             t_draft = time.perf_counter()
-            proposal = self.draft.propose(context, k, params, rng)[:k] if k else []
+            tree = self._propose_tree(context, k, params, rng) if self.tree > 1 and k else None
+            if tree is not None and (tree.is_chain() or target.tree_refusal(len(tree) + 1) is not None):
+                proposal, tree = tree.main_chain(), None  # verified as the chain it is (or must be)
+            elif tree is None:
+                proposal = self.draft.propose(context, k, params, rng)[:k] if k else []
             t_verify = time.perf_counter()
             n_before = target.n_past
-            rows = target.decode([pending] + [t for t, _ in proposal])
-            accepted, pending = verify(rows, proposal, params, rng)
-            if hidden is not None:  # the target's states of the pending token and the accepted drafts
-                self.draft.observe(hidden()[: accepted + 1], n_before)
-            if accepted < len(proposal):
-                target.truncate(n_before + 1 + accepted)
-            stats.record(len(proposal), accepted, t_verify - t_draft, time.perf_counter() - t_verify)
+            if tree is not None:
+                rows = target.decode_tree([pending] + tree.tokens, [-1] + [p + 1 for p in tree.parents])
+                path, pending = verify_tree(rows, tree, params, rng)
+                nodes = [0] + [i + 1 for i in path]
+                if hidden is not None:
+                    self.draft.observe(hidden()[nodes], n_before)
+                target.keep_path(nodes)
+                proposal, accepted, drafted = [(tree.tokens[i], None) for i in path], len(path), len(tree)
+            else:
+                rows = target.decode([pending] + [t for t, _ in proposal])
+                accepted, pending = verify(rows, proposal, params, rng)
+                if hidden is not None:  # the target's states of the pending token and the accepted drafts
+                    self.draft.observe(hidden()[: accepted + 1], n_before)
+                if accepted < len(proposal):
+                    target.truncate(n_before + 1 + accepted)
+                drafted = len(proposal)
+            stats.record(drafted, accepted, t_verify - t_draft, time.perf_counter() - t_verify)
             for token, _ in proposal[:accepted]:
                 yield token
                 produced += 1
                 stats.tokens = produced
                 context.append(token)
+
+    def _check_tree(self, target: Backend) -> None:
+        """Refuse a tree on a target that cannot verify one, before anything runs."""
+        if self.tree == 1:
+            return
+        if not isinstance(target, TreeVerify):
+            raise EdgecpmError(
+                f"the {target.name} backend does not verify token trees (use the torch backend, or draft_tree=1)"
+            )
+        reason = target.tree_refusal()
+        if reason is not None:
+            raise EdgecpmError(reason)
+
+    def _propose_tree(self, context: list[int], k: int, params: SamplingParams, rng: np.random.Generator) -> Tree:
+        """The draft's tree (a draft without `propose_tree` proposes its chain)."""
+        if hasattr(self.draft, "propose_tree"):
+            return self.draft.propose_tree(context, k, self.tree, params, rng)
+        return Tree.chain(self.draft.propose(context, k, params, rng)[:k])
 
     def _hidden_states(self, target: Backend) -> Any:
         """The target's `last_hidden_states` when the draft reads them (an EAGLE head), else None."""
@@ -124,8 +167,8 @@ def verify(rows: np.ndarray, proposal: Proposal, params: SamplingParams, rng: np
 class SpeculativeStats:
     """Acceptance and where the time went; `to_dict()` is what `generate --json` prints."""
 
-    def __init__(self, draft: str, k: int) -> None:
-        self.draft, self.k = draft, k
+    def __init__(self, draft: str, k: int, tree: int = 1) -> None:
+        self.draft, self.k, self.tree = draft, k, tree
         self.rounds = self.drafted = self.accepted = self.tokens = 0
         self.draft_seconds = self.verify_seconds = 0.0
         self.accepted_per_round: list[int] = []
@@ -155,6 +198,7 @@ class SpeculativeStats:
         return {
             "draft": self.draft,
             "draft_tokens": self.k,
+            "draft_tree": self.tree,
             "rounds": self.rounds,
             "drafted": self.drafted,
             "accepted": self.accepted,
