@@ -120,19 +120,31 @@ def lightning_attention(
     return lightning_vectorized(q, k, v, log_decay, scale, state)
 
 
+ROLLBACK_TOKENS = 16  # a lightning state can always be rolled back over at least this many latest tokens
+# (a speculative round drafts at most 8 tokens, one call each, and verifies at most 9 in one call)
+
+
 class LightningState:
     """Recurrent state of one lightning layer in `KVCache.layers[i].extras["lightning"]`.
 
-    The state after n tokens cannot be recovered from the state after more tokens, so for speculative
-    rollback the state before the latest call and that call's keys/values are kept: `truncate(n)` replays
-    the kept tokens up to n. Rolling back further than the latest call raises `EdgecpmError`.
+    The state after n tokens cannot be recovered from the state after more tokens, so for rollback (speculative
+    decoding, whose drafts and verifications span several calls) a base state at an earlier position and the
+    keys/values since then are kept: `truncate(n)` replays the kept tokens up to n. The base trails the current
+    length by `ROLLBACK_TOKENS` to 2 x `ROLLBACK_TOKENS` tokens (or by the latest call, if that was longer and
+    not over 2 x `ROLLBACK_TOKENS`); a long call is split where the new base falls, so keeping it costs no extra
+    recurrence there, and in decode the base moves by one replay of `ROLLBACK_TOKENS` tokens every as many
+    tokens. Kept memory per layer: one state plus at most 2 x `ROLLBACK_TOKENS` tokens of keys and values.
+    Rolling back further raises `EdgecpmError`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rollback_tokens: int = ROLLBACK_TOKENS) -> None:
         self.state: torch.Tensor | None = None
         self.length = 0
-        self._base: tuple[torch.Tensor | None, int] = (None, 0)
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.rollback_tokens = rollback_tokens
+        self._base_state: torch.Tensor | None = None
+        self._base_len = 0
+        self._kept: tuple[torch.Tensor, torch.Tensor] | None = None  # keys/values of [base_len, length)
+        self._log_decay: torch.Tensor | None = None
 
     def run(
         self,
@@ -144,30 +156,60 @@ class LightningState:
         impl: str | None = None,
     ) -> torch.Tensor:
         """Attend T new tokens and advance the state; returns `[B, H, T, Dv]` fp32."""
-        self._base = (self.state, self.length)
-        self._last = (k, v)
         self._log_decay = log_decay
-        out, self.state = lightning_attention(q, k, v, log_decay, scale=scale, state=self.state, impl=impl)
-        self.length += q.shape[2]
-        return out
+        t, w = q.shape[2], self.rollback_tokens
+        if self.length + t - self._base_len <= 2 * w:
+            return self._advance(q, k, v, scale, impl)
+        new_base = self.length + t - w
+        if new_base <= self.length:  # inside what is kept: replay up to it (at most w tokens, once per w)
+            self._rebase(new_base)
+            return self._advance(q, k, v, scale, impl)
+        split = new_base - self.length  # inside this call: run it in two parts, the base between them
+        self._rebase(self.length)
+        head = self._advance(q[:, :, :split], k[:, :, :split], v[:, :, :split], scale, impl)
+        self._rebase(self.length)
+        tail = self._advance(q[:, :, split:], k[:, :, split:], v[:, :, split:], scale, impl)
+        return torch.cat([head, tail], dim=2)
 
     def truncate(self, n: int) -> None:
         if n == self.length:
             return
-        base_state, base_len = self._base
-        if self._last is None or not base_len <= n < self.length:
+        if not self._base_len <= n < self.length:
             raise EdgecpmError(
                 f"cannot roll a lightning-attention state back from {self.length} to {n} tokens "
-                f"(only to {base_len}..{self.length}, the span of the latest call)"
+                f"(only to {self._base_len}..{self.length}: the state keeps the latest {self.length - self._base_len})"
             )
-        k, v = self._last
-        keep = n - base_len
-        if keep == 0:
-            self.state = base_state
-        else:
-            dummy_q = k[:, :, :keep]
-            _, self.state = lightning_vectorized(
-                dummy_q, k[:, :, :keep], v[:, :, :keep], self._log_decay, 1.0, base_state
-            )
+        self.state = self._replay(n - self._base_len)
+        assert self._kept is not None
+        k, v = self._kept
+        keep = n - self._base_len
+        self._kept = (k[:, :, :keep], v[:, :, :keep])
         self.length = n
-        self._last = (k[:, :, :keep], v[:, :, :keep])
+
+    def _advance(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, impl: str | None):
+        assert self._log_decay is not None
+        out, self.state = lightning_attention(q, k, v, self._log_decay, scale=scale, state=self.state, impl=impl)
+        self._kept = (
+            (k.contiguous(), v.contiguous())  # its own copy: a view would keep the whole call's keys alive
+            if self._kept is None
+            else (torch.cat([self._kept[0], k], 2), torch.cat([self._kept[1], v], 2))
+        )
+        self.length += q.shape[2]
+        return out
+
+    def _replay(self, keep: int) -> torch.Tensor | None:
+        """The state after the first `keep` kept tokens, from the base state (queries do not matter)."""
+        if keep == 0:
+            return self._base_state
+        assert self._kept is not None and self._log_decay is not None
+        k, v = self._kept[0][:, :, :keep], self._kept[1][:, :, :keep]
+        _, state = lightning_vectorized(k, k, v, self._log_decay, 1.0, self._base_state)
+        return state
+
+    def _rebase(self, position: int) -> None:
+        """Move the base state forward to `position` (between the base and the current length)."""
+        keep = position - self._base_len
+        self._base_state = self.state if position == self.length else self._replay(keep)
+        if self._kept is not None:
+            self._kept = (self._kept[0][:, :, keep:].contiguous(), self._kept[1][:, :, keep:].contiguous())
+        self._base_len = position

@@ -77,7 +77,7 @@ def test_chunked_prefill_equals_step_by_step_decode(impl: str) -> None:
 def test_state_truncate_replays_latest_call() -> None:
     q, k, v = _inputs(40, seed=8)
     g = sala_log_decay(4)
-    st = LightningState()
+    st = LightningState(rollback_tokens=8)
     st.run(q[:, :, :30], k[:, :, :30], v[:, :, :30], g, 0.2)
     st.run(q[:, :, 30:36], k[:, :, 30:36], v[:, :, 30:36], g, 0.2)  # a speculative draft of 6 tokens
     st.truncate(33)
@@ -87,7 +87,49 @@ def test_state_truncate_replays_latest_call() -> None:
     _, expected = lightning_reference(q[:, :, :30], k[:, :, :30], v[:, :, :30], g, 0.2)
     assert (st.state - expected).abs().max().item() < TOL
     with pytest.raises(EdgecpmError, match="roll"):
-        st.truncate(10)
+        st.truncate(10)  # the 30-token call was split at 22 (its last 8 tokens kept): 10 is gone
+
+
+@pytest.mark.parametrize("first_call", [1, 5, 40])
+def test_state_rolls_back_across_calls(first_call: int) -> None:
+    """Draft-style use: one call per token after a first call; every position of the latest `rollback_tokens`
+    can be restored (then decoding continues exactly), however many calls that spans."""
+    w, n = 6, 60
+    q, k, v = _inputs(n + 10, seed=12)
+    g = sala_log_decay(4)
+    st = LightningState(rollback_tokens=w)
+    outs = [st.run(q[:, :, :first_call], k[:, :, :first_call], v[:, :, :first_call], g, 0.2)]
+    for i in range(first_call, n):
+        outs.append(st.run(q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1], g, 0.2))
+    full, _ = lightning_reference(q, k, v, g, 0.2)
+    assert (torch.cat(outs, 2) - full[:, :, :n]).abs().max().item() < TOL
+    for back in range(1, w + 1):  # n - back, from the latest call back over `w` calls
+        st2 = LightningState(rollback_tokens=w)
+        st2.run(q[:, :, :first_call], k[:, :, :first_call], v[:, :, :first_call], g, 0.2)
+        for i in range(first_call, n):
+            st2.run(q[:, :, i : i + 1], k[:, :, i : i + 1], v[:, :, i : i + 1], g, 0.2)
+        st2.truncate(n - back)
+        _, expected = lightning_reference(q[:, :, : n - back], k[:, :, : n - back], v[:, :, : n - back], g, 0.2)
+        assert (st2.state - expected).abs().max().item() < TOL, back
+        resumed = st2.run(q[:, :, n - back : n + 5], k[:, :, n - back : n + 5], v[:, :, n - back : n + 5], g, 0.2)
+        assert (resumed - full[:, :, n - back : n + 5]).abs().max().item() < TOL, back
+    kept = st.length - st._base_len
+    assert w <= kept <= 2 * w  # the memory bound: one base state and at most 2 w tokens of keys/values
+    with pytest.raises(EdgecpmError, match="roll"):
+        st.truncate(st._base_len - 1)
+
+
+def test_long_call_is_split_where_the_base_falls() -> None:
+    q, k, v = _inputs(100, seed=13)
+    g = sala_log_decay(4)
+    st = LightningState(rollback_tokens=16)
+    out = st.run(q, k, v, g, 0.2)
+    full, _ = lightning_reference(q, k, v, g, 0.2)
+    assert (out - full).abs().max().item() < TOL
+    assert st._base_len == 84 and st._kept[0].shape[2] == 16 and st._kept[0].is_contiguous()
+    st.truncate(90)
+    _, expected = lightning_reference(q[:, :, :90], k[:, :, :90], v[:, :, :90], g, 0.2)
+    assert (st.state - expected).abs().max().item() < TOL
 
 
 def test_bad_decay_shape() -> None:

@@ -147,6 +147,33 @@ def test_sala_speculative_rollback(sala_ckpt) -> None:
     assert np.abs(resumed - straight).max() < 1e-4 * np.abs(straight).max()
 
 
+def test_sala_model_as_speculative_draft_rolls_back_across_its_draft_calls(sala_ckpt, tmp_path) -> None:
+    """A SALA draft proposes k tokens in k decode calls; on a rejection its lightning states roll back over
+    several calls. The draft is the target with noise added to its output head (same tokenizer), so some drafts
+    are rejected: speculative greedy must still equal plain greedy token for token."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    draft_dir = tmp_path / "draft"
+    shutil.copytree(sala_ckpt, draft_dir)
+    for f in draft_dir.glob("*.safetensors"):
+        tensors = load_file(str(f))
+        if "lm_head.weight" in tensors:
+            w = tensors["lm_head.weight"].float()
+            noise = torch.randn(w.shape, generator=torch.Generator().manual_seed(0)) * 0.6 * w.std()
+            tensors["lm_head.weight"] = (w + noise).to(tensors["lm_head.weight"].dtype)
+            save_file(tensors, str(f), metadata={"format": "pt"})
+    target = edgecpm.load(str(sala_ckpt), backend="torch")
+    draft = edgecpm.load(str(draft_dir), backend="torch")
+    plain = target.generate_result("The", max_new_tokens=40, temperature=0.0)
+    for k in (3, 6):
+        spec = target.generate_result("The", max_new_tokens=40, temperature=0.0, draft=draft, draft_tokens=k)
+        assert spec.token_ids == plain.token_ids, k
+        stats = spec.extra["speculative"].to_dict()
+        assert 0 < stats["accepted"] < stats["drafted"], stats  # some drafts kept, some rolled back
+
+
 def test_static_cache_and_bf16(sparse_ckpt) -> None:
     """Static (preallocated, export-style) cache: keys arrive as strided slices; bf16 runs and stays close."""
     from edgecpm.model import Model
