@@ -2,6 +2,7 @@
 MiniCPM4-0.5B-shaped random checkpoint with the published sparse_config, for
 
     et-sparse   edgecpm ExecuTorch 8da4w, InfLLM v2 (compressed keys in state, torch.cond dense/sparse switch)
+    et-sparse-compiled  the same, the sparse branch through edgecpm's compiled kernel library (sparse_kernel=compiled)
     et-dense    edgecpm ExecuTorch 8da4w, the same weights without sparse_config (llama::custom_sdpa)
     onnx-sparse edgecpm ONNX int4, InfLLM v2 node with compressed keys as graph state
     onnx-dense  edgecpm ONNX int4, sparse=False (GroupQueryAttention)
@@ -33,7 +34,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-ENGINES = ("et-sparse", "et-dense", "onnx-sparse", "onnx-dense", "torch-sparse", "llama-fa", "llama-nofa")
+ENGINES = (
+    "et-sparse",
+    "et-sparse-compiled",
+    "et-dense",
+    "onnx-sparse",
+    "onnx-dense",
+    "torch-sparse",
+    "llama-fa",
+    "llama-nofa",
+)
 DEFAULT_CONTEXTS = (8192, 16384, 32768)
 SLOW_CONTEXTS = DEFAULT_CONTEXTS + (65536,)
 
@@ -76,9 +86,18 @@ def artifact(engine: str, work: Path, sparse: Path, dense: Path, ctx: int, threa
     if engine.startswith("et"):
         out = work / f"{engine}-{ctx}"
         if not out.exists():
-            src = sparse if engine == "et-sparse" else dense
+            src = dense if engine == "et-dense" else sparse
+            kernel = {"sparse_kernel": "compiled"} if engine == "et-sparse-compiled" else {}
             run_export(
-                src, "executorch", out, "8da4w", progress=False, max_seq_len=128, max_context_len=ctx, threads=threads
+                src,
+                "executorch",
+                out,
+                "8da4w",
+                progress=False,
+                max_seq_len=128,
+                max_context_len=ctx,
+                threads=threads,
+                **kernel,
             )
         return out
     out = work / engine

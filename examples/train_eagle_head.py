@@ -23,7 +23,8 @@ import torch
 
 import edgecpm
 from edgecpm.speculative.eagle import EagleHead, head_path
-from edgecpm.speculative.eagle_train import extract, train
+from edgecpm.speculative.eagle_train import agreement_by_rows, extract, train
+from edgecpm.speculative.frspec import build_table, count_tokens
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "wikitext2_test_excerpt.txt"
 
@@ -40,6 +41,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="head .json path (default: beside the model)")
+    ap.add_argument(
+        "--fr-sizes",
+        default="2048,4096,8192,16384",
+        help="FR-Spec sizes to measure the held-out agreement at (the planner weighs each; '' for none)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -61,6 +67,12 @@ def main() -> int:
         "feature_seconds": round(feats.seconds, 1),
         **result,
     }
+    sizes = [int(x) for x in a.fr_sizes.split(",") if x.strip()]
+    if sizes:  # FR-Spec: the training text's most frequent tokens, as `edgecpm freq-table` would order them
+        order = build_table(count_tokens(ids, model.config.vocab_size), max(sizes))["ids"]
+        chunks = range(len(feats.tokens) - held_out, len(feats.tokens))
+        info["held_out_top1_fr"] = agreement_by_rows(head, feats, chunks, order, sizes)
+        print(f"held-out agreement with FR-Spec rows: {info['held_out_top1_fr']}")
     head.save(out, info)
     print(
         f"held-out first-step agreement with the target: {result['held_out_top1']}; "

@@ -205,10 +205,16 @@ def test_train_eagle_head_example(target, tmp_path, capsys) -> None:
     out = tmp_path / "head.eagle.json"
     ckpt = str(cached_checkpoint(TARGET))
     args = ["--text", str(text), "--tokens", "400", "--seq", "32", "--steps", "40", "--threads", "1"]
+    vocab = target.config.vocab_size
+    args += ["--fr-sizes", f"8,{vocab}"]
     log = run_example("train_eagle_head.py", ckpt, *args, "--out", str(out), capsys=capsys)
     assert "held-out first-step agreement" in log and out.is_file()
     meta = json.loads(out.read_text())
     assert meta["steps"] == 40 and meta["trained_on"] == "text.txt"
+    # FR-Spec agreement per size (what the planner weighs): over every row it is the full head's agreement
+    assert set(meta["held_out_top1_fr"]) == {"8", str(vocab)}
+    assert meta["held_out_top1_fr"][str(vocab)] == meta["held_out_top1"]
+    assert 0 <= meta["held_out_top1_fr"]["8"] <= 1
     r = target.generate_result(PROMPT, max_new_tokens=16, draft=str(out), draft_tokens=2)
     assert r.token_ids == run(target, n=16).token_ids
 

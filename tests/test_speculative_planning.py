@@ -67,3 +67,69 @@ def test_report_section_renders_table_and_plot(tmp_path) -> None:
     assert md.count("| prompt-lookup |") == 3 and "1.90×" in md
     png = (tmp_path / PLOT_NAME).read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_eagle_step_ratio_counts_the_weights_each_step_reads() -> None:
+    """Against parameter counts of the real modules: an EagleHead (fc + its decoder layer) plus the output rows
+    it multiplies, over the target's decoder layers plus its head (norms are negligible and left out)."""
+    import torch
+
+    from edgecpm.model import Model
+    from edgecpm.speculative.eagle import EagleHead
+    from edgecpm.speculative.planning import eagle_step_ratio
+    from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
+    from edgecpm.weights import open_checkpoint
+
+    config, source = open_checkpoint(cached_checkpoint(SyntheticSpec(num_layers=6, seed=2)))
+    with torch.device("meta"):
+        target = Model(config)
+        head = EagleHead(config)
+
+    def matrices(module) -> int:
+        return sum(p.numel() for p in module.parameters() if p.dim() == 2)
+
+    layers = sum(matrices(layer) for layer in target.layers.values())
+    out_rows = config.vocab_size * config.hidden_size
+    for rows in (None, 100):
+        drafted = matrices(head) + (out_rows if rows is None else rows * config.hidden_size)
+        assert eagle_step_ratio(config, rows) == pytest.approx(drafted / (layers + out_rows), rel=1e-9)
+
+
+def _write_head_description(model_dir, config, top1: float, by_rows: dict[str, float]) -> None:
+    import json
+
+    from edgecpm.speculative.eagle_files import FORMAT, SHAPE_FIELDS, VERSION, head_path
+
+    meta = {"format": FORMAT, "version": VERSION, **{f: getattr(config, f) for f in SHAPE_FIELDS}}
+    meta.update(held_out_top1=top1, held_out_top1_fr=by_rows)
+    head_path(model_dir).write_text(json.dumps(meta))
+
+
+def test_planner_weighs_an_eagle_head_beside_a_torch_target(tmp_path) -> None:
+    import shutil
+
+    from edgecpm.speculative.planning import eagle_step_ratio
+    from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
+    from edgecpm.weights import open_checkpoint
+
+    model = tmp_path / "model"
+    shutil.copytree(cached_checkpoint(SyntheticSpec(num_layers=6, seed=2)), model)
+    config, _ = open_checkpoint(model)
+    assert edgecpm.plan(model, "x86-64-laptop", backend="torch").draft is None  # no head yet
+    _write_head_description(model, config, 0.8, {"64": 0.5})
+    plan = edgecpm.plan(model, "x86-64-laptop", backend="torch")
+    p = plan.choice.prediction
+    best = max(
+        (
+            predicted_speedup(rate, k, eagle_step_ratio(config, rows), p.decode_tokens_per_s / p.prefill_tokens_per_s),
+            src,
+        )
+        for src, rate, rows in (("eagle", 0.8, None), ("eagle+fr:64", 0.5, 64))
+        for k in range(1, 9)
+    )
+    assert plan.draft is not None and plan.draft["source"] == best[1]
+    assert plan.draft["predicted_speedup"] == pytest.approx(best[0], abs=1e-3)
+    assert "held-out first-step agreement" in plan.draft_reason
+    _write_head_description(model, config, 0.02, {"64": 0.01})  # an untrained head: no gain, and it says so
+    plan = edgecpm.plan(model, "x86-64-laptop", backend="torch")
+    assert plan.draft is None and "eagle" in plan.draft_reason

@@ -463,6 +463,21 @@ def _export_refusal(info: ModelInfo, fmt: str, quant: str, sparse: bool) -> str 
     return None if reason is None else f"the {fmt} exporter refuses: {reason}"
 
 
+def _eagle_head(info: ModelInfo) -> dict[str, Any] | None:
+    """The EAGLE head description beside MODEL (`examples/train_eagle_head.py` writes it), if one fits it."""
+    from edgecpm.speculative.eagle_files import head_path, read_description
+
+    if info.path is None:
+        return None
+    path = head_path(Path(info.path))
+    if not path.is_file():
+        return None
+    try:
+        return read_description(path, info.config)
+    except EdgecpmError:
+        return None  # not a head for this model: there is nothing to weigh (loading it would say why)
+
+
 def _runtime_refusal(config: ModelConfig, backend: str, fmt: str) -> str | None:
     """A format's own runtime that cannot run the model (llama.cpp and a SALA GGUF, which only torch runs)."""
     if backend != FORMAT_BACKENDS.get(fmt):
@@ -602,7 +617,7 @@ def plan(
         choice,
         attention,
         threads or profile.threads,
-        *choose_draft(choice, candidates),
+        *choose_draft(choice, candidates, eagle=_eagle_head(info), config=config),
         candidates,
         reason,
         suggestions,

@@ -27,10 +27,9 @@ from edgecpm.errors import EdgecpmError
 from edgecpm.kv_cache import KVCache
 from edgecpm.layers import RotaryEmbedding
 from edgecpm.model import DecoderLayer
+from edgecpm.speculative.eagle_files import FORMAT, SHAPE_FIELDS, VERSION, head_path, read_description
 
-FORMAT = "edgecpm-eagle-head"
-VERSION = 1
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+__all__ = ["EagleHead", "head_path", "head_config", "FORMAT", "VERSION", "SHAPE_FIELDS"]
 
 
 def head_config(config: ModelConfig) -> ModelConfig:
@@ -141,19 +140,7 @@ class EagleHead(nn.Module):
         from safetensors.torch import load_file
 
         json_path = Path(json_path)
-        try:
-            meta = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise EdgecpmError(f"cannot read the EAGLE head {json_path}: {exc}") from None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise EdgecpmError(f"{json_path} is not an EAGLE head description (format {FORMAT!r})")
-        wrong = [f for f in SHAPE_FIELDS if meta.get(f) != getattr(config, f)]
-        if wrong:
-            f = wrong[0]
-            raise EdgecpmError(
-                f"the EAGLE head {json_path.name} was trained for {f}={meta.get(f)}, "
-                f"the target has {getattr(config, f)}"
-            )
+        meta = read_description(json_path, config)
         weights = json_path.with_name(str(meta.get("weights", "")))
         try:
             state = load_file(str(weights))
@@ -167,11 +154,3 @@ class EagleHead(nn.Module):
             )
         head.eval()
         return head, meta
-
-
-def head_path(target: Path) -> Path:
-    """Where the head of the model at `target` lives (a file's sibling, or inside an artifact folder)."""
-    target = Path(target)
-    if target.is_dir():
-        return target / "eagle_head.json"
-    return target.with_name(target.stem + ".eagle.json")

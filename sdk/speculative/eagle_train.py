@@ -118,12 +118,31 @@ def train(
 
 
 @torch.inference_mode()
-def held_out_agreement(head: EagleHead, feats: Features, chunks: Sequence[int]) -> float | None:
-    """Teacher-forced first-step agreement: how often the head's argmax equals the target's on held-out text."""
+def held_out_agreement(
+    head: EagleHead, feats: Features, chunks: Sequence[int], rows: torch.Tensor | None = None
+) -> float | None:
+    """Teacher-forced first-step agreement: how often the head's argmax equals the target's on held-out text.
+
+    `rows`: FR-Spec, the head's argmax over those token ids only (a target token outside them never agrees).
+    """
     hits = total = 0
     for i in chunks:
         tok, feat_in, _, lab = _pairs(feats, i)
-        pred = head.logits(head(tok[None], feat_in[None])[0]).argmax(-1)
+        states = head(tok[None], feat_in[None])[0]
+        logits = head.logits(states, None if rows is None else head.head_weight[rows])
+        pred = logits.argmax(-1) if rows is None else rows[logits.argmax(-1)]
         hits += int((pred == lab).sum())
         total += int(lab.numel())
     return round(hits / total, 4) if total else None
+
+
+def agreement_by_rows(
+    head: EagleHead, feats: Features, chunks: Sequence[int], order: Sequence[int], sizes: Sequence[int]
+) -> dict[str, float | None]:
+    """Held-out agreement with the head restricted to the first N ids of a frequency `order`, per N: what the
+    planner weighs against each FR-Spec size's cheaper draft step."""
+    out = {}
+    for n in sizes:
+        rows = torch.as_tensor(list(order[:n]), dtype=torch.long)
+        out[str(len(rows))] = held_out_agreement(head, feats, chunks, rows)
+    return out

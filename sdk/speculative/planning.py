@@ -7,7 +7,10 @@ one decode step (a pass over the weights) plus the compute of k more tokens at t
     speed-up(k) = tokens_per_round / (k * t_draft / t_decode + 1 + k * t_prefill_token / t_decode)
 
 Draft costs: prompt lookup is free (a search in the context); a lower-precision self-draft costs the predicted
-decode step of the same model at q4_0 on llama.cpp. Acceptance rates are measured on SmolLM2-135M over
+decode step of the same model at q4_0 on llama.cpp; an EAGLE head beside a torch target costs the weights it
+reads per drafted token over the target's (one decoder layer, its input projection and the output head, or
+only N rows of it with FR-Spec), with the held-out agreement its training measured (per FR-Spec size) as the
+acceptance rate. Acceptance rates are measured on SmolLM2-135M over
 WikiText-2 (docs/benchmarks.md, "Speculative decoding"); they are properties of the draft/target pair and the
 text, so other models are planned with them as estimates and the plan says so. The planner takes no draft when
 the best predicted speed-up is under 1.05 (not worth a second model's memory and the variance).
@@ -47,11 +50,50 @@ def predicted_speedup(rate: float, k: int, draft_over_decode: float, prefill_tok
     return expected_tokens_per_round(rate, k) / (k * draft_over_decode + verify)
 
 
-def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) -> tuple[dict[str, Any] | None, str]:
+def eagle_step_ratio(config: Any, rows: int | None = None) -> float:
+    """Weights an EAGLE head reads per drafted token over those of one target decode step (both at the
+    target's precision): a decoder layer, the 2H x H input projection and the output head (`rows` of it with
+    FR-Spec) against every layer plus the full head. Measured on SmolLM2-135M (torch, fp32): 0.17 with the
+    full head, 0.05 with 4096 rows; this gives 0.24 and 0.049 (docs/speculative.md)."""
+    h, hd = config.hidden_size, config.head_dim
+    layer = h * hd * (2 * config.num_heads + 2 * config.num_kv_heads) + 3 * h * config.intermediate_size
+    head = config.vocab_size * h
+    draft = layer + 2 * h * h + (head if rows is None else min(rows, config.vocab_size) * h)
+    return draft / (config.num_layers * layer + head)
+
+
+def eagle_options(config: Any, meta: dict[str, Any] | None) -> list[tuple[str, float, Acceptance, str]]:
+    """(source, draft cost in target steps, acceptance, why) per FR-Spec size the head's training measured."""
+    if not meta:
+        return []
+    measured: list[tuple[int | None, Any]] = [(None, meta.get("held_out_top1"))]
+    by_rows = meta.get("held_out_top1_fr")
+    if isinstance(by_rows, dict):
+        measured += [(int(n), a) for n, a in by_rows.items() if str(n).isdigit()]
+    out = []
+    for rows, rate in measured:
+        if not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            continue
+        cost = eagle_step_ratio(config, rows)
+        source = "eagle" if rows is None else f"eagle+fr:{rows}"
+        where = "the full output head" if rows is None else f"the {rows} most frequent tokens' rows (FR-Spec)"
+        basis = f"the head's held-out first-step agreement over {where}"
+        out.append((source, cost, Acceptance(float(rate), basis), f"a head step costs {cost:.3f} target steps"))
+    return out
+
+
+def choose_draft(
+    choice: Any,
+    candidates: list[Any],
+    task: str | None = None,
+    eagle: dict[str, Any] | None = None,
+    config: Any = None,
+) -> tuple[dict[str, Any] | None, str]:
     """(the plan's `draft` object or None, the reason) for the chosen candidate among all candidates.
 
     Prompt lookup is weighed only for `task="repeat"` (input-grounded output): its gain is the output copying
-    the input, which a plan for a model and a device does not know.
+    the input, which a plan for a model and a device does not know. `eagle`: the EAGLE head description found
+    beside the model (its `.eagle.json`), weighed for torch targets, the backend that hands it hidden states.
     """
     if choice is None:
         return None, "no plan fits this device, so there is nothing to draft for"
@@ -81,6 +123,8 @@ def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) ->
                 f"the same model as q4_0 on llama.cpp, a draft step costs {ratio:.2f} target steps",
             )
         )
+    if eagle and config is not None and choice.backend == "torch":
+        options += eagle_options(config, eagle)
     if not options:
         if q4 is None:
             why = "the plan has no q4_0 llama.cpp candidate to self-draft with (the file fixes its quant, or none fits)"
@@ -108,6 +152,7 @@ def choose_draft(choice: Any, candidates: list[Any], task: str | None = None) ->
     draft = {
         "source": source,
         "draft_tokens": k,
+        "draft_cost": round(cost, 4),
         "acceptance_rate": acc.rate,
         "acceptance_basis": acc.basis,
         "expected_tokens_per_forward": round(expected_tokens_per_round(acc.rate, k), 3),
