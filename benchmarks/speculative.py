@@ -3,7 +3,7 @@ draft source and k, against plain greedy decoding on the same target backend, in
 
 Usage: python benchmarks/speculative.py [--text PATH] [--threads 1] [--tokens 48] [--runs 3] [--out FILE.json]
        [--eagle HEAD.json] [--freq TABLE.json] [--fr-sizes 4096,16384] [--eagle-k 2,3,4] [--tasks continue]
-       [--drafts plain,q4_0,eagle]
+       [--drafts plain,q4_0,eagle] [--trees 2,3]
 
 Targets: llama.cpp q8_0 (the default Q4_1 model re-exported, opened with flash attention, with which llama.cpp
 gives a batch the same logits as one token at a time) and the torch reference (the Q4_1 weights in fp32).
@@ -15,6 +15,9 @@ asked to repeat the passage). Runs are interleaved (plain, then each draft, repe
 every speculative run is checked token for token against the plain run on the same target. "decode speed-up"
 is plain decode time over speculative decode time (after the prefill); "end-to-end" includes the prefills (a
 model draft prefills the prompt too).
+Tree drafts (--trees W,...; torch target only, the one backend that verifies a token tree in one forward):
+prompt lookup with up to W continuations (k = 8) and the q4_0 self-draft with W candidates per depth (k = 3),
+each against its chain (W = 1) in the same run.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ def passages(text: str, n: int, chars: int = 900) -> list[str]:
     return [p[:chars].rsplit(" ", 1)[0] for p in paras[:n]]
 
 
-def run_once(model, backend, ids, tokens, draft, k):
-    spec = None if draft is None else Speculator(draft, k)
+def run_once(model, backend, ids, tokens, draft, k, tree=1):
+    spec = None if draft is None else Speculator(draft, k, tree)
     gen = Generator(backend, model.tokenizer, model.config.eos_token_ids, speculator=spec)
     t = time.perf_counter()
     r = gen.run(ids, tokens, SamplingParams())
@@ -74,12 +77,12 @@ def eagle_configs(a, target) -> list:
     out_head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
     head.attach(model.embed_tokens.weight, model.norm.weight, out_head)
     ks = [int(k) for k in a.eagle_k.split(",")]
-    out = [("eagle", EagleDraft(head, None, "eagle"), k) for k in ks]
+    out = [("eagle", EagleDraft(head, None, "eagle"), k, 1) for k in ks]
     table = Path(a.freq) if a.freq else table_path(default_model_path())
     if table.is_file():
         for n in (int(x) for x in a.fr_sizes.split(",") if x):
             rows = read_ids(table, int(target.config.vocab_size), n)
-            out += [(f"eagle + FR-Spec {n}", EagleDraft(head, rows, f"eagle+fr{n}"), k) for k in ks]
+            out += [(f"eagle + FR-Spec {n}", EagleDraft(head, rows, f"eagle+fr{n}"), k, 1) for k in ks]
     else:
         print(f"no frequency table at {table}: skipping the FR-Spec rows (edgecpm freq-table)")
     print(f"EAGLE head {head_json.name}: {meta.get('train_tokens')} training tokens of {meta.get('trained_on')}")
@@ -101,6 +104,7 @@ def main() -> None:
     ap.add_argument("--eagle-k", default="2,3,4")
     ap.add_argument("--tasks", default="continue,repeat")
     ap.add_argument("--drafts", default=None, help="only drafts whose name starts with one of these (and plain)")
+    ap.add_argument("--trees", default="", help="tree widths to measure on the torch target, e.g. 2,3")
     a = ap.parse_args()
     text = Path(a.text).read_text(encoding="utf-8")
     q4 = exported("q4_0")
@@ -111,10 +115,12 @@ def main() -> None:
         targets["llama.cpp q8_0"] = edgecpm.load(exported("q8_0"), threads=a.threads, flash_attn=True)
     if "torch" in a.targets:
         targets["torch fp32"] = edgecpm.load(default_model_path(), backend="torch", threads=a.threads)
-    configs = [("plain", None, 0)]
-    configs += [("prompt-lookup", PromptLookupDraft(), k) for k in (2, 4, 8)]
-    configs += [("q4_0 self-draft (llama.cpp)", ModelDraft(draft_q4.backend, "q4_0"), k) for k in (1, 2, 3, 4)]
+    configs = [("plain", None, 0, 1)]
+    configs += [("prompt-lookup", PromptLookupDraft(), k, 1) for k in (2, 4, 8)]
+    configs += [("q4_0 self-draft (llama.cpp)", ModelDraft(draft_q4.backend, "q4_0"), k, 1) for k in (1, 2, 3, 4)]
     torch_only = eagle_configs(a, targets.get("torch fp32"))
+    for w in (int(x) for x in a.trees.split(",") if x):
+        torch_only += [("prompt-lookup", configs[3][1], 8, w), ("q4_0 self-draft (llama.cpp)", configs[6][1], 3, w)]
     rows = []
     for tname, model in targets.items():
         cfgs = configs if tname.startswith("llama") else [c for c in configs if c[2] in (0, 3, 8)] + torch_only
@@ -129,25 +135,26 @@ def main() -> None:
                 else:
                     msgs = [{"role": "user", "content": "Repeat the following text exactly:\n\n" + p}]
                     prompts.append(model.encode_prompt(msgs))
-            results: dict[tuple[str, int], list] = {(c[0], c[2]): [] for c in cfgs}
+            results: dict[tuple[str, int, int], list] = {(c[0], c[2], c[3]): [] for c in cfgs}
             for _ in range(a.runs):
                 for pi, ids in enumerate(prompts):
                     plain = None
-                    for name, draft, k in cfgs:
-                        r = run_once(model, model.backend, ids, a.tokens, draft, k)
+                    for name, draft, k, tree in cfgs:
+                        r = run_once(model, model.backend, ids, a.tokens, draft, k, tree)
                         if draft is None:
                             plain = r
-                        results[(name, k)].append((pi, r, r.token_ids == plain.token_ids))
-            base = med(r.extra["wall"] for _, r, _ in results[("plain", 0)])
-            base_dec = med(r.decode_seconds for _, r, _ in results[("plain", 0)])
-            base_tps = med(r.decode_tokens_per_s for _, r, _ in results[("plain", 0)])
-            for (name, k), rs in results.items():
+                        results[(name, k, tree)].append((pi, r, r.token_ids == plain.token_ids))
+            base = med(r.extra["wall"] for _, r, _ in results[("plain", 0, 1)])
+            base_dec = med(r.decode_seconds for _, r, _ in results[("plain", 0, 1)])
+            base_tps = med(r.decode_tokens_per_s for _, r, _ in results[("plain", 0, 1)])
+            for (name, k, tree), rs in results.items():
                 wall = med(r.extra["wall"] for _, r, _ in rs)
                 row = {
                     "target": tname,
                     "task": task,
                     "draft": name,
                     "k": k,
+                    "tree": tree,
                     "runs": len(rs),
                     "decode_tokens_per_s": round(med(r.decode_tokens_per_s for _, r, _ in rs), 2),
                     "decode_speedup": round(base_dec / med(r.decode_seconds for _, r, _ in rs), 3),
@@ -160,6 +167,7 @@ def main() -> None:
                     st = [r.extra["speculative"] for _, r, _ in rs]
                     row.update(
                         draft_ms_per_token=round(1e3 * med(s.draft_seconds / max(s.drafted, 1) for s in st), 2),
+                        draft_ms_per_round=round(1e3 * med(s.draft_seconds / max(s.rounds, 1) for s in st), 2),
                         verify_ms_per_round=round(1e3 * med(s.verify_seconds / max(s.rounds, 1) for s in st), 2),
                         plain_ms_per_token=round(1e3 / base_tps, 2),
                         acceptance_length=round(statistics.median(s.acceptance_length for s in st), 3),
@@ -172,12 +180,15 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     print()
     print(
-        "| target | task | draft | k | decode tok/s | decode speed-up | end-to-end | accept len | accept rate "
+        "| target | task | draft | k | tree | decode tok/s | decode speed-up | end-to-end | accept len | accept rate "
         "| tok/fwd | draft / verify / prefill time | lossless |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        head = f"| {r['target']} | {r['task']} | {r['draft']} | {r['k'] or '–'} | {r['decode_tokens_per_s']} | "
+        tree = r["tree"] if r["k"] else "–"
+        head = (
+            f"| {r['target']} | {r['task']} | {r['draft']} | {r['k'] or '–'} | {tree} | {r['decode_tokens_per_s']} | "
+        )
         if r["k"] == 0:
             print(head + f"1.00× | 1.00× | – | – | 1.00 | – / – / {r['prefill_share']:.0%} | – |")
             continue

@@ -20,12 +20,13 @@ import pytest
 
 import edgecpm
 from edgecpm.generation import Generator, SamplingParams, probabilities
-from edgecpm.speculative import ModelDraft, PromptLookupDraft, Speculator
+from edgecpm.speculative import EagleDraft, ModelDraft, PromptLookupDraft, Speculator
 from edgecpm.speculative.generator import verify
 from edgecpm.speculative.tree import Tree, add_branches, verify_tree
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from tests.test_speculative import PROMPT, SMALLER, TARGET, chi2_sf, exact_continuations
 from tests.test_speculative_backends import LOOKUP_TASK
+from tests.test_speculative_eagle import head, rows  # noqa: F401 (fixtures: a head trained on the target's text)
 
 GREEDY = SamplingParams()
 SPARSE = {  # tests/test_sparse_model.py's scaled-down InfLLM v2 settings: dense below 64 tokens
@@ -92,11 +93,11 @@ def test_tree_logits_equal_fresh_runs_of_each_path(kind) -> None:
     prefix = rng.integers(3, model.config.vocab_size - 8, 30).tolist()
     tokens = rng.integers(3, model.config.vocab_size - 8, len(PARENTS)).tolist()
     b.prefill(prefix)
-    rows = b.decode_tree(tokens, PARENTS)
-    assert rows.shape == (len(PARENTS), model.config.vocab_size) and b.n_past == len(prefix) + len(PARENTS)
+    logits = b.decode_tree(tokens, PARENTS)
+    assert logits.shape == (len(PARENTS), model.config.vocab_size) and b.n_past == len(prefix) + len(PARENTS)
     for node in range(len(PARENTS)):
         want = fresh.prefill(prefix + [tokens[i] for i in root_path(PARENTS, node)])
-        np.testing.assert_allclose(rows[node], want, atol=1e-4, rtol=0, err_msg=f"node {node}")
+        np.testing.assert_allclose(logits[node], want, atol=1e-4, rtol=0, err_msg=f"node {node}")
     path = root_path(PARENTS, 8)  # 0 -> 2 -> 6 -> 8: not the first branch
     b.keep_path(path)
     accepted = prefix + [tokens[i] for i in path]
@@ -157,17 +158,17 @@ def test_trees_are_refused_where_they_cannot_be_verified(target) -> None:
 
 def test_one_child_per_node_verifies_as_the_chain_draw_for_draw() -> None:
     rng = np.random.default_rng(3)
-    rows = rng.normal(size=(5, 12)).astype(np.float32) * 2
+    logits = rng.normal(size=(5, 12)).astype(np.float32) * 2
     params = SamplingParams(temperature=1.0, top_k=6)
     for trial in range(200):
         q = [probabilities(rng.normal(size=12).astype(np.float32), params) for _ in range(4)]
         proposal = [(int(rng.choice(12, p=qi)), qi if trial % 2 else None) for qi in q]
         a, b = np.random.default_rng(trial), np.random.default_rng(trial)
-        accepted, token = verify(rows, proposal, params, a)
-        path, token2 = verify_tree(rows, Tree.chain(proposal), params, b)
+        accepted, token = verify(logits, proposal, params, a)
+        path, token2 = verify_tree(logits, Tree.chain(proposal), params, b)
         assert (len(path), token2) == (accepted, token) and path == list(range(accepted))
-        g_accepted, g_token = verify(rows, proposal, GREEDY, a)
-        g_path, g_token2 = verify_tree(rows, Tree.chain(proposal), GREEDY, b)
+        g_accepted, g_token = verify(logits, proposal, GREEDY, a)
+        g_path, g_token2 = verify_tree(logits, Tree.chain(proposal), GREEDY, b)
         assert (len(g_path), g_token2) == (g_accepted, g_token)
 
 
@@ -178,7 +179,7 @@ def test_recursive_rejection_reproduces_the_target_distribution(siblings) -> Non
     params = SamplingParams(temperature=1.0)
     p_logits = np.log(np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04]))
     q_logits = np.log(np.array([0.05, 0.1, 0.2, 0.4, 0.2, 0.05]))  # a poor draft
-    rows = np.stack([p_logits] * 4)
+    logits = np.stack([p_logits] * 4)
     p = probabilities(p_logits, params)
     counts = np.zeros(6)
     n = 20000
@@ -190,7 +191,7 @@ def test_recursive_rejection_reproduces_the_target_distribution(siblings) -> Non
         else:
             add_branches(tree, -1, q_logits, 3, params, rng)
             assert len(set(tree.tokens)) == 3
-        path, nxt = verify_tree(rows, tree, params, rng)
+        path, nxt = verify_tree(logits, tree, params, rng)
         counts[tree.tokens[path[0]] if path else nxt] += 1
     stat = float(((counts - n * p) ** 2 / (n * p)).sum())
     assert chi2_sf(stat, 5) > 1e-3, (counts / n, p)
@@ -247,6 +248,23 @@ def test_greedy_tree_equals_plain_greedy(target, drafts, source, k, width) -> No
     assert spec.extra["speculative"].tokens == len(spec.token_ids)
 
 
+@pytest.mark.parametrize("fr", [False, True])
+def test_greedy_eagle_tree_equals_plain_greedy(target, head, rows, fr) -> None:  # noqa: F811
+    """The EAGLE head reads the target's hidden states of the accepted path's nodes (not the first branch's)."""
+    plain = run(target)
+    draft = EagleDraft(head, rows if fr else None)
+    spec = run(target, draft, 3, 3)
+    assert spec.token_ids == plain.token_ids
+    assert spec.extra["speculative"].accepted > 0
+    # the states it was handed are a fresh target run's over the same text
+    fresh = edgecpm.load(cached_checkpoint(TARGET)).backend
+    fresh.keep_hidden_states(True)
+    fresh.prefill(target.encode_prompt(PROMPT) + spec.token_ids)
+    n = draft._features.shape[0]
+    assert n >= len(spec.token_ids)
+    np.testing.assert_allclose(draft._features.numpy(), fresh.last_hidden_states()[:n], atol=1e-4, rtol=0)
+
+
 def test_tree_widths_accept_more_than_the_chain(target, drafts) -> None:
     """The smaller model's second choices catch some of its misses: more tokens per forward than its chain."""
     chain = run(target, drafts["smaller model"], 3, 1).extra["speculative"]
@@ -299,15 +317,16 @@ def four_token_continuations(b, ids: list[int], params: SamplingParams) -> dict[
     return exact
 
 
-@pytest.mark.parametrize("source", ["smaller model", "full deterministic tree"])
-def test_sampled_tree_continuations_follow_the_target_distribution(target, drafts, source) -> None:
+@pytest.mark.parametrize("source", ["smaller model", "full deterministic tree", "eagle + FR-Spec"])
+def test_sampled_tree_continuations_follow_the_target_distribution(target, drafts, head, rows, source) -> None:  # noqa: F811
     """4-token continuations at top_k=2 (16 outcomes, exact probabilities from the target's logits): the
     first round verifies a depth-2 tree with two candidates per node."""
     params = SamplingParams(temperature=1.5, top_k=2)
     ids = target.encode_prompt(PROMPT)
     exact = four_token_continuations(target.backend, ids, params)
     assert len(exact) == 16
-    draft = drafts["smaller model"] if source == "smaller model" else FullTree(exact)
+    draft = {"smaller model": drafts["smaller model"], "eagle + FR-Spec": EagleDraft(head, rows)}.get(source)
+    draft = draft or FullTree(exact)
     runs = 400
     counts = dict.fromkeys(exact, 0)
     for seed in range(runs):
@@ -334,7 +353,7 @@ def test_api_and_cli_draft_tree(target) -> None:
 
 
 def test_smollm2_tree_is_lossless_and_exact(smollm2_path) -> None:
-    """Real weights (SmolLM2-135M, torch fp32): tree rows equal fresh runs of their paths, and a prompt-lookup
+    """Real weights (SmolLM2-135M, torch fp32): tree logits equal fresh runs of their paths, and a prompt-lookup
     tree on an input-grounded prompt gives plain greedy's tokens."""
     m = edgecpm.load(smollm2_path, backend="torch", threads=1)
     fresh = edgecpm.load(smollm2_path, backend="torch", threads=1).backend
@@ -343,10 +362,10 @@ def test_smollm2_tree_is_lossless_and_exact(smollm2_path) -> None:
     m.backend.prefill(ids)
     tokens = m.tokenizer.encode(" Robert Boulter is an English film")[: len(PARENTS)]
     parents = PARENTS[: len(tokens)]
-    rows = m.backend.decode_tree(tokens, parents)
+    logits = m.backend.decode_tree(tokens, parents)
     for node in (0, len(tokens) - 1):
         want = fresh.prefill(ids + [tokens[i] for i in root_path(parents, node)])
-        np.testing.assert_allclose(rows[node], want, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(logits[node], want, atol=1e-4, rtol=0)
     plain = m.generate_result(msgs, max_new_tokens=24)
     spec = m.generate_result(msgs, max_new_tokens=24, draft="prompt-lookup", draft_tokens=6, draft_tree=3)
     assert spec.token_ids == plain.token_ids and len(plain.token_ids) >= 12
