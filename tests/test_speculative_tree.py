@@ -148,6 +148,11 @@ def test_trees_are_refused_where_they_cannot_be_verified(target) -> None:
     gen = Generator(NoTrees(), target.tokenizer, speculator=Speculator(PromptLookupDraft(), 4, 2))
     with pytest.raises(edgecpm.EdgecpmError, match="does not verify token trees"):
         gen.run(target.encode_prompt(PROMPT), 4, GREEDY)
+    from edgecpm.backends.torch_backend import TorchBackend
+
+    static = TorchBackend(target.backend.model, cache_mode="static", max_len=40)
+    static.prefill(list(range(3, 38)))
+    assert static.tree_refusal(5) is None and "static cache size 40" in static.tree_refusal(6)
     sparse = edgecpm.load(cached_checkpoint(spec_for("sparse"))).backend
     sparse.prefill(list(range(3, 60)))
     assert sparse.tree_refusal() is None and sparse.tree_refusal(6) is None

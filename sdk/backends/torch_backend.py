@@ -86,6 +86,9 @@ class TorchBackend:
         sparse = cfg.sparse if any(s.attention == "infllmv2" for s in cfg.layers) else None
         if sparse is not None and sparse.dense_len < 0:
             return "token trees are verified on InfLLM v2 layers only while dense, and this model is never dense"
+        cache = self.cache
+        if n_nodes is not None and cache.mode == "static" and self.n_past + n_nodes > cache.max_len:
+            return f"a tree of {n_nodes} tokens after {self.n_past} exceeds the static cache size {cache.max_len}"
         if sparse is not None and n_nodes is not None and self.n_past + n_nodes >= sparse.dense_len:
             return (
                 f"token trees are verified on InfLLM v2 layers only while dense ({self.n_past} + {n_nodes} tokens "
