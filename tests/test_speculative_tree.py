@@ -286,6 +286,8 @@ def test_prompt_lookup_tree_holds_each_distinct_continuation() -> None:
     assert {(3, 7, 9), (5, 6, 9), (3, 4, 9)} <= paths and len(tree) == 8  # (3, ...) shared: 8 nodes, not 9
     assert tree.main_chain() == d.propose(ctx, 3, GREEDY, rng)
     assert len(d.propose_tree(ctx, 3, 1, GREEDY, rng)) == 3
+    short = tree.pruned(2)  # what a round with 2 tokens left may verify
+    assert sorted(zip(short.tokens, short.parents)) == [(3, -1), (4, 0), (5, -1), (6, 2), (7, 0)]
 
 
 class FullTree:

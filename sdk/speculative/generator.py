@@ -13,6 +13,10 @@ Either way a round emits accepted + 1 tokens for one target forward. Both decodi
 accepted prefix with `truncate` (the draft's on its next proposal). The target's state never holds the
 pending (last emitted) token: it is the first token of the next verify batch. A draft with
 `needs_hidden_states` (an EAGLE head) is handed the target's hidden states of every kept position (`observe`).
+
+With `tree` > 1 the draft proposes a token tree (`edgecpm.speculative.tree`: several candidates per step),
+which the target evaluates in one `decode_tree` call; `verify_tree` walks it and `keep_path` keeps the accepted
+path. A round whose tree is a chain, or that the target cannot verify as a tree, is verified as a chain.
 """
 
 from __future__ import annotations
@@ -126,7 +130,7 @@ class Speculator:
     def _propose_tree(self, context: list[int], k: int, params: SamplingParams, rng: np.random.Generator) -> Tree:
         """The draft's tree (a draft without `propose_tree` proposes its chain)."""
         if hasattr(self.draft, "propose_tree"):
-            return self.draft.propose_tree(context, k, self.tree, params, rng)
+            return self.draft.propose_tree(context, k, self.tree, params, rng).pruned(k)
         return Tree.chain(self.draft.propose(context, k, params, rng)[:k])
 
     def _hidden_states(self, target: Backend) -> Any:

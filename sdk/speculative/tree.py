@@ -69,6 +69,19 @@ class Tree:
             out.append((self.tokens[node], self.qs[node]))
         return out
 
+    def pruned(self, max_depth: int) -> Tree:
+        """The nodes at most `max_depth` tokens deep (what a round may still emit), renumbered."""
+        depth: list[int] = []
+        for p in self.parents:
+            depth.append(1 if p < 0 else depth[p] + 1)
+        if all(d <= max_depth for d in depth):
+            return self
+        out, new = Tree(), {}
+        for i, d in enumerate(depth):
+            if d <= max_depth:
+                new[i] = out.add(self.tokens[i], -1 if self.parents[i] < 0 else new[self.parents[i]], self.qs[i])
+        return out
+
     @classmethod
     def chain(cls, proposal: Sequence[tuple[int, np.ndarray | None]]) -> Tree:
         tree = cls()
