@@ -58,6 +58,11 @@ def package_android(artifact: str | Path, out: str | Path, verify: bool = True) 
             f"{src} is a {manifest.format} artifact; the Android app runs ExecuTorch artifacts "
             "(export with --format executorch)"
         )
+    if manifest.extra.get("sparse_kernel") == "compiled":
+        raise EdgecpmError(
+            f"{src} was exported with sparse_kernel=compiled: its program calls edgecpm's InfLLM v2 kernel "
+            "library, which the app's ExecuTorch runtime does not have; export it again without that option"
+        )
     pte = src / manifest.model_files[0]
     if not pte.is_file():
         raise EdgecpmError(f"ExecuTorch program {pte} is missing")

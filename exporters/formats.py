@@ -208,8 +208,8 @@ TABLE: dict[str, FormatFacts] = {
             "sparse_layers": Feature(
                 KEPT,
                 "an ai.edgecpm InfLLMv2Attention node whose function body is the "
-                "sparse algorithm in standard ops, with the compressed keys as graph state "
-                "(option sparse=False: dense attention)",
+                "sparse algorithm in standard ops, with the compressed keys as graph state; below dense_len "
+                "the fused GroupQueryAttention (an If on the length) (option sparse=False: dense attention)",
             ),
             "shared_layers": Feature(KEPT, "each shared weight is one initializer used by every layer"),
             "layer_residual_scales": Feature(KEPT, "each layer multiplies by its own residual-scale constant"),
@@ -251,9 +251,11 @@ TABLE: dict[str, FormatFacts] = {
             ),
             "sparse_layers": Feature(
                 DECOMPOSED,
-                "the edgecpm::infllmv2_attention op runs as its decomposition past dense_len "
-                "(a torch.cond on the length computes dense or sparse, never both; compressed "
-                "keys in a mutable buffer; default max_context_len 2 x dense_len)",
+                "sparse past dense_len (a torch.cond on the length computes dense or sparse, never both; "
+                "compressed keys in a mutable buffer; default max_context_len 2 x dense_len), by default "
+                "through the op's decomposition, which runs on any ExecuTorch runtime; with "
+                "sparse_kernel=compiled through edgecpm's compiled C++ kernel library, which edgecpm.load "
+                "builds and loads (the stock runtime, C++ runner and Android AAR cannot load such a program)",
             ),
             "shared_layers": Feature(KEPT, "shared linears are stored once in the .pte"),
             "layer_residual_scales": Feature(KEPT, "each layer's residual scale folded into o_proj / down_proj"),

@@ -24,13 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from edgecpm.config import ModelConfig
 from edgecpm.exporters.onnx_graph import GraphBuilder
 from edgecpm.exporters.onnx_infllmv2_state import declare_state as declare_compressed_keys
-from edgecpm.exporters.onnx_infllmv2_state import update_state
+from edgecpm.exporters.onnx_infllmv2_state import state_names, update_state
 from edgecpm.exporters.onnx_lightning import declare_state, lightning_attention
 from edgecpm.exporters.onnx_quant import quantize, quantize_ternary
 
@@ -305,7 +306,11 @@ class DecoderGraph:
         qkv = self.linear(xn, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv")
         past_k, past_v = f"past_key_values.{index}.key", f"past_key_values.{index}.value"
         pres_k, pres_v = f"present.{index}.key", f"present.{index}.value"
-        if (spec.attention == "infllmv2" and self.sparse_layers) or d % 16:
+        sparse_here = spec.attention == "infllmv2" and self.sparse_layers
+        if sparse_here and d % 16 == 0 and cfg.sparse.dense_len > 0:
+            self.all_gqa = False
+            out = self.switched_attention(index, spec, qkv, past_k, past_v, pres_k, pres_v)
+        elif sparse_here or d % 16:
             # GQA needs head_dim % 16 == 0; other layers run in standard ops (+ the custom sparse node)
             self.all_gqa = False
             out = self.explicit_attention(index, spec, qkv, past_k, past_v, pres_k, pres_v)
@@ -332,12 +337,67 @@ class DecoderGraph:
             )
         return self.linear(out, [f"{a}.o_proj.weight"], f"{a}.o_proj")
 
-    def explicit_attention(self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str, pres_v: str) -> str:
+    def switched_attention(self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str, pres_v: str) -> str:
+        """An InfLLM v2 layer is dense below dense_len: an `If` on the total length runs the fused
+        GroupQueryAttention there and the explicit path with the sparse node only past it (never both). Both
+        branches grow the compressed-key state the same way, so a call past dense_len finds it complete."""
+        cfg, g = self.cfg, self.g
+        hq, hkv, d, sp = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.sparse
+        n = f"/layers.{index}/attn"
+        if spec.use_rope:
+            self.rope_rows()  # emitted in the main graph: values made inside a branch are not visible outside it
+        rope = ["cos_cache", "sin_cache"] if spec.use_rope else ["", ""]
+        with g.branch() as dense_nodes:
+            dense = g.op(
+                "GroupQueryAttention",
+                [qkv, "", "", past_k, past_v, self.seqlens_k, self.total_len, *rope],
+                domain=MS,
+                outputs=[f"{n}/dense/out", f"{n}/dense/present_k", f"{n}/dense/present_v"],
+                name=f"{n}/dense/GQA",
+                num_heads=hq,
+                kv_num_heads=hkv,
+                do_rotary=int(spec.use_rope),
+                rotary_interleaved=0,
+                scale=1.0 / float(np.sqrt(d)),
+            )
+            dense.append(update_state(g, index, dense[1], sp, d, f"{n}/dense", output=f"{n}/dense/ck"))
+        with g.branch() as sparse_nodes:
+            k_s, v_s, ck_s = f"{n}/sparse/present_k", f"{n}/sparse/present_v", f"{n}/sparse/ck"
+            out_s = self.explicit_attention(index, spec, qkv, past_k, past_v, k_s, v_s, f"{n}/sparse", ck_s)
+
+        def body(nodes: list, outs: list[str], name: str) -> onnx.GraphProto:
+            return helper.make_graph(
+                nodes, name, [], [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs]
+            )
+
+        use_dense = g.op("Less", [self.total_len, g.const(sp.dense_len, np.int32)], name=f"{n}/use_dense")
+        return g.op(
+            "If",
+            [use_dense],
+            outputs=[f"{n}/out", pres_k, pres_v, state_names(index)[1]],
+            name=f"{n}/dense_or_sparse",
+            then_branch=body(dense_nodes, dense, f"layer{index}_dense"),
+            else_branch=body(sparse_nodes, [out_s, k_s, v_s, ck_s], f"layer{index}_sparse"),
+        )[0]
+
+    def explicit_attention(
+        self,
+        index: int,
+        spec,
+        qkv: str,
+        past_k: str,
+        past_v: str,
+        pres_k: str,
+        pres_v: str,
+        prefix: str | None = None,
+        ck_output: str | None = None,
+    ) -> str:
         """Rotary and cache growth in standard ops, then the custom InfLLM v2 node (sparse layers) or causal
-        softmax attention in standard ops, on `[B,H,T,D]` tensors."""
+        softmax attention in standard ops, on `[B,H,T,D]` tensors. `prefix`/`ck_output`: names inside an `If`
+        branch (values there must not collide with the main graph's)."""
         cfg, g = self.cfg, self.g
         hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        n = f"/layers.{index}/attn"
+        n = prefix or f"/layers.{index}/attn"
         q, k, v = g.op("Split", [qkv, g.const([hq * d, hkv * d, hkv * d])], n_out=3, axis=-1, name=f"{n}/Split")
 
         def heads(x: str, h: int, tag: str) -> str:
@@ -355,7 +415,7 @@ class DecoderGraph:
             t = g.op("Transpose", [out], perm=[0, 2, 1, 3], name=f"{n}/out/Transpose")
             return g.op("Reshape", [t, g.const([0, 0, hq * d])], name=f"{n}/out/Reshape")
         sp = cfg.sparse
-        ck = update_state(g, index, pres_k, sp, d, n)  # compressed keys kept as graph state
+        ck = update_state(g, index, pres_k, sp, d, n, output=ck_output)  # compressed keys kept as graph state
         out = g.op(
             SPARSE_OP,
             [q, pres_k, pres_v, ck],

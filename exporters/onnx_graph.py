@@ -7,7 +7,8 @@ prefers for mmap), and the ModelProto only holds the offsets, so peak memory is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -110,6 +111,16 @@ class GraphBuilder:
         outs = list(outputs) if outputs is not None else [f"{base}/out{i}" for i in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=base, domain=domain or None, **attrs))
         return outs[0] if len(outs) == 1 else outs
+
+    @contextlib.contextmanager
+    def branch(self) -> Iterator[list[onnx.NodeProto]]:
+        """Collect the nodes emitted inside into a list of their own (an `If` branch body); constants still go
+        to the main graph, which a branch reads from its enclosing scope."""
+        outer, self.nodes = self.nodes, []
+        try:
+            yield self.nodes
+        finally:
+            self.nodes = outer
 
     def add_input(self, name: str, elem_type: int, shape: Sequence[Any]) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, elem_type, list(shape)))

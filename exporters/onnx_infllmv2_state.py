@@ -44,11 +44,14 @@ def declare_state(g: GraphBuilder, index: int, num_kv_heads: int, head_dim: int)
     g.add_output(present, TensorProto.FLOAT, ["batch_size", num_kv_heads, f"total_kernels_{index}", head_dim])
 
 
-def update_state(g: GraphBuilder, index: int, keys: str, sp: SparseConfig, head_dim: int, n: str) -> str:
+def update_state(
+    g: GraphBuilder, index: int, keys: str, sp: SparseConfig, head_dim: int, n: str, output: str | None = None
+) -> str:
     """Emit `present = Concat(past, kernels completed by keys[NC*st:])`; `keys` is the whole present key
-    cache `[B, Hkv, S, D]`. Returns the present state's name."""
+    cache `[B, Hkv, S, D]`. Returns the present state's name (`output`: another name, for an `If` branch)."""
     check_state_config(sp)
     past, present = state_names(index)
+    present = output or present
     ks, st = sp.kernel_size, sp.kernel_stride
     r = ks // st
     two = g.const([2])

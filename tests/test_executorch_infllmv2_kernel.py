@@ -135,3 +135,14 @@ def test_unbuildable_library_is_one_line_error(compiled: Path, monkeypatch, tmp_
     with pytest.raises(EdgecpmError) as err:
         edgecpm.load(compiled)
     assert "could not be built" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_android_bundle_refuses_a_compiled_kernel_program(compiled: Path, tmp_path: Path) -> None:
+    """The app's runtime has no edgecpm kernel library: refused from the manifest, whatever this process loaded
+    (edgecpm.load above has loaded the library here, so a load check alone would pass)."""
+    from edgecpm.exporters.executorch_android import package_android
+
+    edgecpm.load(compiled)  # the library is now in this process
+    with pytest.raises(EdgecpmError, match="sparse_kernel=compiled"):
+        package_android(compiled, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()

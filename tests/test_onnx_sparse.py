@@ -20,6 +20,7 @@ from edgecpm.model import Model
 from edgecpm.runtime_kernels import dense_attention, infllmv2_attention
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
+from tests.onnx_common import all_nodes
 
 SPARSE = {
     "kernel_size": 8,
@@ -48,7 +49,7 @@ def sparse_artifact(sparse_ckpt: Path, tmp_path_factory: pytest.TempPathFactory)
 def _function_model(artifact: Path) -> onnx.ModelProto:
     """The artifact's custom node alone, with its local function, as a runnable model."""
     model = onnx.load(str(artifact / "model.onnx"), load_external_data=False)
-    node = next(n for n in model.graph.node if n.domain == "ai.edgecpm")
+    node = next(n for n in all_nodes(model.graph) if n.domain == "ai.edgecpm")
     names = ("q", "k", "v", "ck")  # ck: the compressed keys of the complete windows (graph state)
     io = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["b", "h", "t" + n, "d"]) for n in names]
     out = helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["b", "h", "t", "d"])
@@ -65,8 +66,15 @@ def _function_model(artifact: Path) -> onnx.ModelProto:
 
 def test_graph_has_custom_node_with_local_function(sparse_artifact: Path) -> None:
     model = onnx.load(str(sparse_artifact / "model.onnx"), load_external_data=False)
-    custom = [n for n in model.graph.node if n.domain == "ai.edgecpm"]
+    custom = [n for n in all_nodes(model.graph) if n.domain == "ai.edgecpm"]
     assert len(custom) == 2 and {n.op_type for n in custom} == {"InfLLMv2Attention"}
+    # below dense_len the layer runs the fused GroupQueryAttention instead: one If per sparse layer, never both
+    switches = [n for n in model.graph.node if n.op_type == "If"]
+    assert len(switches) == 2
+    for node in switches:
+        then, other = (a.g for a in sorted(node.attribute, key=lambda a: a.name, reverse=True))
+        assert "GroupQueryAttention" in {n.op_type for n in then.node}
+        assert "InfLLMv2Attention" in {n.op_type for n in other.node}
     attrs = {a.name: a.i for a in custom[0].attribute}
     assert attrs == sparse_attributes(SparseConfig(**SPARSE))
     (fn,) = model.functions
