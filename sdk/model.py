@@ -85,6 +85,20 @@ class Model(nn.Module):
         model.eval()
         return model
 
+    def restepped(self, steps: int) -> Model:
+        """The same weights (the same modules, no copy) integrated in `steps` ODE steps: a shared-layer model's
+        cheaper self-draft. Its final norm is a module of its own over the shared weight, so hooks a backend
+        puts on one model's norm do not fire for the other."""
+        config = self.config.with_ode_steps(steps)
+        new = Model.__new__(Model)
+        nn.Module.__init__(new)
+        new.config = config
+        new.embed_tokens, new.layers, new.lm_head = self.embed_tokens, self.layers, self.lm_head
+        new.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        new.norm.weight = self.norm.weight
+        new.rotary = self.rotary
+        return new.eval()
+
     @staticmethod
     def hf_name(param_name: str) -> str:
         """Module parameter name -> canonical checkpoint tensor name."""

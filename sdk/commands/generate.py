@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--draft",
         default=None,
-        help="speculative draft (same output, fewer target forwards): prompt-lookup, eagle, eagle+fr, a model path "
-        "(smaller model with the same tokenizer, or the target at lower precision), or none",
+        help="speculative draft (same output, fewer target forwards): prompt-lookup, eagle, eagle+fr, ode:N "
+        "(a shared-layer target's own weights in N ODE steps), a model path (smaller model with the same "
+        "tokenizer, or the target at lower precision), or none",
     )
     p.add_argument("--draft-tokens", type=int, default=None, help="tokens drafted per target forward (k)")
     p.add_argument(

@@ -7,6 +7,8 @@
   hidden states);
 * a path that `edgecpm.load` opens (a smaller model with the same tokenizer, or the target exported at lower
   precision) drafts as a model, on its own backend;
+* "ode:N" (shared-layer models on torch): the target's own weights integrated in N ODE steps instead of its
+  trained depth L (N < L: a cheaper, rougher draft, no second copy of the weights);
 * a `Draft`, a `LoadedModel` or a `Backend` object is used as is.
 """
 
@@ -37,6 +39,8 @@ def resolve_draft(spec: Any, target: Any, threads: int | None = None) -> Draft |
     text = str(spec)
     if text.lower() in LOOKUP_NAMES:
         return PromptLookupDraft()
+    if text.lower().startswith("ode:"):
+        return ode_draft(target, text[4:], threads)
     base, fr, size = text.partition("+fr")
     if base.lower() == "eagle" or base.endswith(".json"):
         return eagle_draft(target, None if base.lower() == "eagle" else Path(base), bool(fr), size)
@@ -56,6 +60,28 @@ def _model_draft(backend: Any, target: Any, name: str) -> ModelDraft:
             f"{target.config.vocab_size}: a draft model must share the target's tokenizer"
         )
     return ModelDraft(backend, name)
+
+
+def ode_draft(target: Any, steps: str, threads: int | None = None) -> ModelDraft:
+    """A shared-layer target's own weights run with fewer ODE steps, on a torch backend of its own."""
+    from edgecpm.backends.torch_backend import TorchBackend
+
+    model = getattr(target.backend, "model", None)
+    if model is None or not hasattr(model, "restepped"):
+        raise EdgecpmError(
+            f"an ode:N draft re-steps the target's own weights; the {target.backend.name} backend does not "
+            "expose them (load the target with backend='torch')"
+        )
+    if not steps.isdigit() or int(steps) < 1:
+        raise EdgecpmError(f"draft 'ode:{steps}': expected ode:N with N a positive number of ODE steps")
+    n, trained = int(steps), model.config.num_layers
+    if n >= trained:
+        raise EdgecpmError(f"draft 'ode:{n}': a draft must take fewer steps than the target's {trained}")
+    try:
+        draft = model.restepped(n)
+    except EdgecpmError as exc:
+        raise EdgecpmError(f"draft 'ode:{n}': {exc}") from None
+    return ModelDraft(TorchBackend(draft, threads=threads), f"ode:{n} of {trained} steps (torch, shared weights)")
 
 
 def eagle_draft(target: Any, head_json: Path | None = None, frspec: bool = False, size: str = "") -> EagleDraft:
