@@ -28,22 +28,13 @@ from edgecpm.exporters.registry import run_export  # noqa: E402
 from edgecpm.model import Model  # noqa: E402
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint  # noqa: E402
 from edgecpm.weights import open_checkpoint  # noqa: E402
+from tests.tiny_sparse import SPARSE  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="no C++ compiler"),
     pytest.mark.usefixtures("one_thread"),
 ]
 
-SPARSE = {
-    "kernel_size": 8,
-    "kernel_stride": 4,
-    "init_blocks": 1,
-    "block_size": 8,
-    "window_size": 16,
-    "topk": 2,
-    "use_nope": False,
-    "dense_len": 24,
-}
 N = 72  # 3 x dense_len, 9 key blocks: block selection drops blocks
 PREFILL = 40  # decode steps start past dense_len
 

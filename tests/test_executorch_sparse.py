@@ -19,17 +19,8 @@ from edgecpm.exporters.registry import run_export  # noqa: E402
 from edgecpm.model import Model  # noqa: E402
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint  # noqa: E402
 from edgecpm.weights import open_checkpoint  # noqa: E402
+from tests.tiny_sparse import SPARSE  # noqa: E402
 
-SPARSE = {
-    "kernel_size": 8,
-    "kernel_stride": 4,
-    "init_blocks": 1,
-    "block_size": 8,
-    "window_size": 16,
-    "topk": 2,
-    "use_nope": False,
-    "dense_len": 24,
-}
 N = 72  # tokens checked: 3x dense_len, 9 key blocks, so block selection really drops blocks
 
 

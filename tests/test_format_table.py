@@ -316,18 +316,10 @@ def test_executorch_keeps_gates_nope_ternary_and_shared_layers(tmp_path: Path) -
 def test_llamacpp_runs_the_sparse_layers_dense(tmp_path: Path) -> None:
     """GGUF keeps InfLLM v2 only as metadata: llama.cpp's logits are the dense model's, not the sparse one's."""
     pytest.importorskip("llama_cpp")
+    from tests.tiny_sparse import SPARSE as sparse
+
     from .gguf_common import llamacpp_logits
 
-    sparse = {
-        "kernel_size": 8,
-        "kernel_stride": 4,
-        "init_blocks": 1,
-        "block_size": 8,
-        "window_size": 16,
-        "topk": 2,
-        "use_nope": False,
-        "dense_len": 24,
-    }
     ckpt = cached_checkpoint(SyntheticSpec(sparse_config=sparse, init_std=0.5, seed=11))
     art = edgecpm.export(ckpt, format="gguf", out=tmp_path / "art", quant="f32", progress=False)
     config, source = open_checkpoint(ckpt)

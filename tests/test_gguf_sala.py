@@ -25,18 +25,9 @@ from edgecpm.exporters.gguf_exporter import export
 from edgecpm.model import Model
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
+from tests.tiny_sparse import SPARSE
 
 SALA = SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=4, seed=7)
-SPARSE = {
-    "kernel_size": 8,
-    "kernel_stride": 4,
-    "init_blocks": 1,
-    "block_size": 8,
-    "window_size": 16,
-    "topk": 2,
-    "use_nope": False,
-    "dense_len": 24,
-}
 # InfLLM v2 (sparse past 24 tokens) softmax layers and lightning layers with shared kv heads
 SALA_SPARSE = SyntheticSpec(
     sala_mixers=("minicpm4", "lightning-attn", "lightning-attn"),

@@ -20,21 +20,12 @@ from edgecpm.model import Model
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
 from tests.onnx_common import all_nodes
+from tests.tiny_sparse import SPARSE
 
 pytest.importorskip("onnxruntime")
 
 SALA = SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=4, seed=7)
 # lightning layers with GQA-style shared kv heads and sparse (InfLLM v2, NoPE) softmax layers past dense_len 24
-SPARSE = {
-    "kernel_size": 8,
-    "kernel_stride": 4,
-    "init_blocks": 1,
-    "block_size": 8,
-    "window_size": 16,
-    "topk": 2,
-    "use_nope": False,
-    "dense_len": 24,
-}
 SALA_SPARSE = SyntheticSpec(
     sala_mixers=("minicpm4", "lightning-attn", "lightning-attn"),
     num_layers=3,

@@ -21,17 +21,7 @@ from edgecpm.runtime_kernels import dense_attention, infllmv2_attention
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
 from tests.onnx_common import all_nodes
-
-SPARSE = {
-    "kernel_size": 8,
-    "kernel_stride": 4,
-    "init_blocks": 1,
-    "block_size": 8,
-    "window_size": 16,
-    "topk": 2,
-    "use_nope": False,
-    "dense_len": 24,
-}
+from tests.tiny_sparse import SPARSE
 
 
 @pytest.fixture(scope="module")
