@@ -301,7 +301,7 @@ class DecoderGraph:
 
     def attention(self, index: int, spec, p: str, xn: str) -> str:
         cfg, g = self.cfg, self.g
-        hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        d = cfg.head_dim
         a = f"{p}.self_attn"
         qkv = self.linear(xn, [f"{a}.q_proj.weight", f"{a}.k_proj.weight", f"{a}.v_proj.weight"], f"{a}.qkv")
         past_k, past_v = f"past_key_values.{index}.key", f"past_key_values.{index}.value"
@@ -315,19 +315,7 @@ class DecoderGraph:
             self.all_gqa = False
             out = self.explicit_attention(index, spec, qkv, past_k, past_v, pres_k, pres_v)
         else:
-            rope = ["cos_cache", "sin_cache"] if spec.use_rope else ["", ""]
-            out = g.op(
-                "GroupQueryAttention",
-                [qkv, "", "", past_k, past_v, self.seqlens_k, self.total_len, *rope],
-                domain=MS,
-                outputs=[f"/layers.{index}/attn/out", pres_k, pres_v],
-                name=f"/layers.{index}/attn/GQA",
-                num_heads=hq,
-                kv_num_heads=hkv,
-                do_rotary=int(spec.use_rope),
-                rotary_interleaved=0,
-                scale=1.0 / float(np.sqrt(d)),
-            )[0]
+            out = self.fused_attention(spec, qkv, past_k, past_v, [f"/layers.{index}/attn/out", pres_k, pres_v])[0]
         if spec.output_gate:
             gate = self.linear(xn, [f"{a}.o_gate.weight"], f"{a}.o_gate")
             out = g.op(
@@ -337,28 +325,35 @@ class DecoderGraph:
             )
         return self.linear(out, [f"{a}.o_proj.weight"], f"{a}.o_proj")
 
+    def fused_attention(self, spec, qkv: str, past_k: str, past_v: str, outputs: list[str]) -> list[str]:
+        """`com.microsoft::GroupQueryAttention` on the packed qkv with rotary fused in: [out, present k, v]."""
+        cfg = self.cfg
+        rope = ["cos_cache", "sin_cache"] if spec.use_rope else ["", ""]
+        return self.g.op(
+            "GroupQueryAttention",
+            [qkv, "", "", past_k, past_v, self.seqlens_k, self.total_len, *rope],
+            domain=MS,
+            outputs=outputs,
+            name=outputs[0].rsplit("/", 1)[0] + "/GQA",
+            num_heads=cfg.num_heads,
+            kv_num_heads=cfg.num_kv_heads,
+            do_rotary=int(spec.use_rope),
+            rotary_interleaved=0,
+            scale=1.0 / float(np.sqrt(cfg.head_dim)),
+        )
+
     def switched_attention(self, index: int, spec, qkv: str, past_k: str, past_v: str, pres_k: str, pres_v: str) -> str:
         """An InfLLM v2 layer is dense below dense_len: an `If` on the total length runs the fused
         GroupQueryAttention there and the explicit path with the sparse node only past it (never both). Both
         branches grow the compressed-key state the same way, so a call past dense_len finds it complete."""
         cfg, g = self.cfg, self.g
-        hq, hkv, d, sp = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.sparse
+        d, sp = cfg.head_dim, cfg.sparse
         n = f"/layers.{index}/attn"
         if spec.use_rope:
             self.rope_rows()  # emitted in the main graph: values made inside a branch are not visible outside it
-        rope = ["cos_cache", "sin_cache"] if spec.use_rope else ["", ""]
         with g.branch() as dense_nodes:
-            dense = g.op(
-                "GroupQueryAttention",
-                [qkv, "", "", past_k, past_v, self.seqlens_k, self.total_len, *rope],
-                domain=MS,
-                outputs=[f"{n}/dense/out", f"{n}/dense/present_k", f"{n}/dense/present_v"],
-                name=f"{n}/dense/GQA",
-                num_heads=hq,
-                kv_num_heads=hkv,
-                do_rotary=int(spec.use_rope),
-                rotary_interleaved=0,
-                scale=1.0 / float(np.sqrt(d)),
+            dense = self.fused_attention(
+                spec, qkv, past_k, past_v, [f"{n}/dense/out", f"{n}/dense/present_k", f"{n}/dense/present_v"]
             )
             dense.append(update_state(g, index, dense[1], sp, d, f"{n}/dense", output=f"{n}/dense/ck"))
         with g.branch() as sparse_nodes:
