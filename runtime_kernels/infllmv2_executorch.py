@@ -35,8 +35,9 @@ from edgecpm.runtime_kernels import infllmv2_compiled
 
 SOURCE = "infllmv2_executorch.cpp"
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC")
-# what the wheel's CMake config (share/cmake/executorch-config.cmake) says a consumer must compile with
-DEFINES = ("-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED")
+# what the wheel's CMake config (share/cmake/executorch-config.cmake) says a consumer must compile with, and
+# ET_USE_THREADPOOL: without it `parallel_for` is the header's serial loop; with it, libexecutorch_threadpool's
+DEFINES = ("-DC10_USING_CUSTOM_GENERATED_MACROS", "-DET_EVENT_TRACER_ENABLED", "-DET_USE_THREADPOOL")
 
 _lock = threading.Lock()
 _loaded: dict[str, object] = {"handle": None}
