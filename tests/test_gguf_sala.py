@@ -25,18 +25,7 @@ from edgecpm.exporters.gguf_exporter import export
 from edgecpm.model import Model
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
-from tests.tiny_sparse import SPARSE
-
-SALA = SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=4, seed=7)
-# InfLLM v2 (sparse past 24 tokens) softmax layers and lightning layers with shared kv heads
-SALA_SPARSE = SyntheticSpec(
-    sala_mixers=("minicpm4", "lightning-attn", "lightning-attn"),
-    num_layers=3,
-    sparse_config=SPARSE,
-    init_std=0.5,
-    seed=11,
-    extra_config={"lightning_nkv": 2},
-)
+from tests.tiny_sparse import SALA, SALA_SPARSE
 
 
 def _reference(ckpt: Path, ids: np.ndarray) -> np.ndarray:

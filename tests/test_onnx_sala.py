@@ -20,20 +20,9 @@ from edgecpm.model import Model
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 from edgecpm.weights import open_checkpoint
 from tests.onnx_common import all_nodes
-from tests.tiny_sparse import SPARSE
+from tests.tiny_sparse import SALA, SALA_SPARSE, SPARSE
 
 pytest.importorskip("onnxruntime")
-
-SALA = SyntheticSpec(sala_mixers=("minicpm4", "lightning-attn"), num_layers=4, seed=7)
-# lightning layers with GQA-style shared kv heads and sparse (InfLLM v2, NoPE) softmax layers past dense_len 24
-SALA_SPARSE = SyntheticSpec(
-    sala_mixers=("minicpm4", "lightning-attn", "lightning-attn"),
-    num_layers=3,
-    sparse_config=SPARSE,
-    init_std=0.5,
-    seed=11,
-    extra_config={"lightning_nkv": 2},
-)
 
 
 # init_std 0.8: large enough random weights that greedy decoding does not repeat one token
