@@ -189,16 +189,16 @@ struct Scratch {
   std::vector<uint8_t> mark;
 };
 
-// Stage 1 for one query position `pos` of KV head (b, h): marks the chosen blocks in mark[0 .. qblk].
-// sq: the G score-query rows of the group. ck: compressed keys, nc of them.
-inline void select_blocks(const float* const* sq, int64_t G, int64_t D, const View& ck, int64_t b, int64_t h,
-                          int64_t nc, int64_t pos, const Params& p, Scratch& s, uint8_t* mark) {
-  const int64_t ks = p.kernel_size, st = p.kernel_stride, bs = p.block_size;
+// Stage 1, part 1, for one query position `pos`: marks the forced blocks (init blocks and the local window:
+// the query's own block and `win` before it) in mark[0 .. qblk]; returns how many more blocks the score
+// chooses from the free ones [free_lo, free_hi), or 0 when none (all free blocks fit, or none is left),
+// having marked them already.
+inline int64_t mark_forced(int64_t pos, const Params& p, uint8_t* mark, int64_t& free_lo, int64_t& free_hi) {
+  const int64_t bs = p.block_size;
   const int64_t qblk = pos / bs;
   const int64_t win = p.window_size / bs;
   const int64_t budget = p.topk + win;
   std::fill(mark, mark + qblk + 1, uint8_t(0));
-  // forced: init blocks and the local window (the query's own block and `win` before it)
   int64_t nforced = 0;
   const int64_t local_lo = std::max<int64_t>(0, qblk - win);
   for (int64_t j = 0; j <= qblk; ++j)
@@ -207,63 +207,122 @@ inline void select_blocks(const float* const* sq, int64_t G, int64_t D, const Vi
       ++nforced;
     }
   const int64_t extra = std::max<int64_t>(0, budget - nforced);
-  const int64_t free_hi = std::min<int64_t>(local_lo, qblk + 1);  // free blocks: [init_blocks, local_lo)
-  const int64_t free_lo = std::min<int64_t>(p.init_blocks, free_hi);
+  free_hi = std::min<int64_t>(local_lo, qblk + 1);
+  free_lo = std::min<int64_t>(p.init_blocks, free_hi);
   const int64_t nfree = free_hi - free_lo;
-  if (extra == 0 || nfree <= 0) return;
+  if (extra == 0 || nfree <= 0) return 0;
   if (nfree <= extra) {
     for (int64_t j = free_lo; j < free_hi; ++j) mark[j] = 1;
-    return;
+    return 0;
   }
-  // kernels entirely in the past of the query
-  const int64_t nvis = std::min<int64_t>(nc, pos >= ks - 1 ? (pos - ks + 1) / st + 1 : 0);
-  s.shared.assign(static_cast<size_t>(std::max<int64_t>(nvis, 1)), 0.0f);
-  if (nvis > 0) {
-    // logits [kernel][head] with the G heads in lanes, in chunks of 4 vectors (64 heads)
+  return extra;
+}
+
+// Stage 1 for the nq queries of a tile (positions pos0 .. pos0 + nq - 1) of KV head (b, h): marks each
+// query's chosen blocks in mark[qi * nb ...]. The score rows of all queries that need scoring (G heads each)
+// sit in the lanes together, so every compressed-key read serves them all and no lane is left empty when G
+// is smaller than a vector. sq: score queries [B, Hq, T, D] at tile offset t0; ck: nc compressed keys.
+inline void select_blocks_tile(const View& sq, int64_t b, int64_t h, int64_t G, int64_t D, int64_t t0,
+                               const View& ck, int64_t nc, int64_t pos0, int64_t nq, const Params& p, Scratch& s,
+                               uint8_t* mark, int64_t nb) {
+  const int64_t ks = p.kernel_size, st = p.kernel_stride, bs = p.block_size;
+  // queries that need scores, with their free range, budget and visible kernels (entirely in their past)
+  int64_t need[4 * L], lo_of[4 * L], hi_of[4 * L], extra_of[4 * L], nvis_of[4 * L];  // nq <= query_tile <= 4L
+  int64_t nneed = 0, nvis_max = 0;
+  for (int64_t qi = 0; qi < nq; ++qi) {
+    const int64_t pos = pos0 + qi;
+    int64_t flo, fhi;
+    const int64_t extra = mark_forced(pos, p, mark + qi * nb, flo, fhi);
+    if (extra == 0) continue;
+    need[nneed] = qi, lo_of[nneed] = flo, hi_of[nneed] = fhi, extra_of[nneed] = extra;
+    nvis_of[nneed] = std::min<int64_t>(nc, pos >= ks - 1 ? (pos - ks + 1) / st + 1 : 0);
+    nvis_max = std::max(nvis_max, nvis_of[nneed]);
+    ++nneed;
+  }
+  if (nneed == 0) return;
+  const int64_t w_sh = std::max<int64_t>(nvis_max, 1);
+  s.shared.assign(static_cast<size_t>(nneed * w_sh), 0.0f);
+  if (nvis_max > 0) {
+    // logits [kernel][row], rows = (needing query, head) in lanes, in chunks of 4 vectors
     const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(D));
-    for (int64_t g0 = 0; g0 < G; g0 += 4 * L) {
-      const int64_t gn = std::min<int64_t>(G - g0, 4 * L);
-      const int nv = static_cast<int>((gn + L - 1) / L);
+    const int64_t R = nneed * G;
+    for (int64_t r0 = 0; r0 < R; r0 += 4 * L) {
+      const int64_t rn = std::min<int64_t>(R - r0, 4 * L);
+      const int nv = static_cast<int>((rn + L - 1) / L);
       s.sqt.assign(static_cast<size_t>(D * nv), vf{});
-      for (int64_t g = 0; g < gn; ++g)
-        for (int64_t d = 0; d < D; ++d) s.sqt[d * nv + g / L][g % L] = sq[g0 + g][d] * inv_sqrt_d;
-      s.st.resize(static_cast<size_t>(nvis * nv));
-      qk_any(nv, s.sqt.data(), ck.row(b, h, 0), ck.sn, nvis, D, s.st.data());
+      int32_t lane_q[4 * L];  // index into need[] of each lane's query; -1: padding
+      vi lane_nvis[4];
+      for (int64_t r = 0; r < static_cast<int64_t>(nv) * L; ++r) {
+        const int32_t n = r < rn ? static_cast<int32_t>((r0 + r) / G) : -1;
+        lane_q[r] = n;
+        lane_nvis[r / L][r % L] = n >= 0 ? static_cast<int32_t>(nvis_of[n]) : 0;
+        if (n < 0) continue;
+        const float* src = sq.row(b, h * G + (r0 + r) % G, t0 + need[n]);
+        for (int64_t d = 0; d < D; ++d) s.sqt[d * nv + r / L][r % L] = src[d] * inv_sqrt_d;
+      }
+      s.st.resize(static_cast<size_t>(nvis_max * nv));
+      qk_any(nv, s.sqt.data(), ck.row(b, h, 0), ck.sn, nvis_max, D, s.st.data());
+      int64_t nvis_min = nvis_max;
+      for (int64_t r = 0; r < rn; ++r) nvis_min = std::min(nvis_min, nvis_of[lane_q[r]]);
+      const vf neg_inf = vsplat(-std::numeric_limits<float>::infinity());
       for (int v = 0; v < nv; ++v) {
-        vf mx = vsplat(-std::numeric_limits<float>::infinity());
-        for (int64_t i = 0; i < nvis; ++i) mx = vmax(mx, s.st[i * nv + v]);
+        // kernels a lane's query cannot see yet (its neighbours' last one or two) weigh nothing for it
+        for (int64_t i = nvis_min; i < nvis_max; ++i) {
+          const vi iv = vi{} + static_cast<int32_t>(i);
+          s.st[i * nv + v] = iv < lane_nvis[v] ? s.st[i * nv + v] : neg_inf;
+        }
+        vf mx = neg_inf;
+        for (int64_t i = 0; i < nvis_max; ++i) mx = vmax(mx, s.st[i * nv + v]);
+        mx = mx == neg_inf ? vf{} : mx;  // padding lanes (and a query with nothing visible)
         vf sum = vf{};
-        for (int64_t i = 0; i < nvis; ++i) {
-          const vf e = vexp_neg(s.st[i * nv + v] - mx);
+        for (int64_t i = 0; i < nvis_max; ++i) {
+          const vf x = s.st[i * nv + v];
+          const vf e = x == neg_inf ? vf{} : vexp_neg(x - mx);
           s.st[i * nv + v] = e;
           sum += e;
         }
-        vf inv = 1.0f / sum;
-        for (int lane = static_cast<int>(gn - v * L); lane < L; ++lane) inv[lane] = 0.0f;  // padded heads
-        float* sh = s.shared.data();
-        for (int64_t i = 0; i < nvis; ++i) {
-          const vf w = s.st[i * nv + v] * inv;
-          float acc = 0.0f;
-          for (int lane = 0; lane < L; ++lane) acc += w[lane];
-          sh[i] += acc;
+        vf inv = sum > 0.0f ? 1.0f / sum : vf{};
+        for (int lane = 0; lane < L; ++lane)
+          if (lane_q[v * L + lane] < 0) inv[lane] = 0.0f;
+        // sum over the heads of each query: lanes of one query are contiguous (G of them, or all L)
+        for (int lane0 = 0; lane0 < L;) {
+          const int32_t n = lane_q[v * L + lane0];
+          int lane1 = lane0 + 1;
+          while (lane1 < L && lane_q[v * L + lane1] == n) ++lane1;
+          if (n >= 0) {
+            float* sh = s.shared.data() + n * w_sh;
+            for (int64_t i = 0; i < nvis_max; ++i) {
+              const vf w = s.st[i * nv + v] * inv;
+              float acc = 0.0f;
+              for (int lane = lane0; lane < lane1; ++lane) acc += w[lane];
+              sh[i] += acc;
+            }
+          }
+          lane0 = lane1;
         }
       }
     }
   }
-  // pooled score of each free block: max over the kernels overlapping its tokens (0 if none visible)
-  s.free.clear();
-  for (int64_t j = free_lo; j < free_hi; ++j) {
-    const int64_t lo = std::max<int64_t>(0, floor_div(j * bs - ks, st) + 1);
-    const int64_t hi = std::min<int64_t>(nvis, ((j + 1) * bs + st - 1) / st);
-    float best = 0.0f;
-    for (int64_t i = lo; i < hi; ++i) best = std::max(best, s.shared[i]);
-    s.free.emplace_back(best, static_cast<int32_t>(j));
+  for (int64_t n = 0; n < nneed; ++n) {
+    // pooled score of each free block: max over the kernels overlapping its tokens (0 if none visible)
+    const float* sh = s.shared.data() + n * w_sh;
+    const int64_t nvis = nvis_of[n];
+    s.free.clear();
+    for (int64_t j = lo_of[n]; j < hi_of[n]; ++j) {
+      const int64_t lo = std::max<int64_t>(0, floor_div(j * bs - ks, st) + 1);
+      const int64_t hi = std::min<int64_t>(nvis, ((j + 1) * bs + st - 1) / st);
+      float best = 0.0f;
+      for (int64_t i = lo; i < hi; ++i) best = std::max(best, sh[i]);
+      s.free.emplace_back(best, static_cast<int32_t>(j));
+    }
+    auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& c) {
+      return a.first > c.first || (a.first == c.first && a.second < c.second);
+    };
+    const int64_t extra = extra_of[n];
+    std::nth_element(s.free.begin(), s.free.begin() + (extra - 1), s.free.end(), better);
+    uint8_t* mk = mark + need[n] * nb;
+    for (int64_t i = 0; i < extra; ++i) mk[s.free[i].second] = 1;
   }
-  auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& c) {
-    return a.first > c.first || (a.first == c.first && a.second < c.second);
-  };
-  std::nth_element(s.free.begin(), s.free.begin() + (extra - 1), s.free.end(), better);
-  for (int64_t i = 0; i < extra; ++i) mark[s.free[i].second] = 1;
 }
 
 // Queries per tile: their rows (G heads each) fill up to 4 vectors and share every key/value block of their
@@ -387,8 +446,7 @@ inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_
   const int64_t nb = (S + bs - 1) / bs;
   Scratch s;
   s.mark.resize(static_cast<size_t>(qt * nb));
-  std::vector<const float*> sq_rows(static_cast<size_t>(G));
-  std::vector<uint8_t> in_union(static_cast<size_t>(nb));
+  std::vector<uint8_t> in_union(static_cast<size_t>(nb)), group_union(static_cast<size_t>(nb));
   for (int64_t item = begin; item < end; ++item) {
     const int64_t tile = item % ntile;
     const int64_t h = (item / ntile) % Hkv;
@@ -397,30 +455,46 @@ inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_
     const int64_t nq = std::min<int64_t>(qt, T - t0);
     std::fill(in_union.begin(), in_union.end(), uint8_t(0));
     int64_t last_blk = 0;
+    select_blocks_tile(sq, b, h, G, D, t0, ck, nc, S - T + t0, nq, p, s, s.mark.data(), nb);
     for (int64_t qi = 0; qi < nq; ++qi) {
-      const int64_t pos = S - T + t0 + qi;
-      for (int64_t g = 0; g < G; ++g) sq_rows[g] = sq.row(b, h * G + g, t0 + qi);
-      uint8_t* mk = s.mark.data() + qi * nb;
-      select_blocks(sq_rows.data(), G, D, ck, b, h, nc, pos, p, s, mk);
-      const int64_t qblk = pos / bs;
+      const int64_t qblk = (S - T + t0 + qi) / bs;
+      const uint8_t* mk = s.mark.data() + qi * nb;
       for (int64_t j = 0; j <= qblk; ++j) in_union[j] |= mk[j];
       last_blk = std::max(last_blk, qblk);
     }
-    // Share the tile's union only while its queries mostly agree (real text); when the union is much larger
-    // than what each query chose (e.g. random data), each query walks its own blocks: cost stays at the budget.
-    int64_t u = 0, most = 0;
+    // Two ways to walk the tile, costed in (row vector x block) passes: the whole tile over the union of its
+    // queries' blocks (each block read once for every row), or groups of queries that fill one vector (L / G
+    // queries when a group's rows are fewer than a vector's lanes, else one query) each over its own union.
+    // Real text: neighbouring queries agree, the tile wins. Random data: they disagree, groups keep the cost
+    // near the budget without leaving lanes empty (G = 8 on a 16-lane vector: two queries per vector).
+    const int64_t qpg = G >= L ? 1 : L / G;
+    int64_t u = 0, group_cost = 0;
     for (int64_t j = 0; j <= last_blk; ++j) u += in_union[j];
-    for (int64_t qi = 0; qi < nq; ++qi) {
-      const uint8_t* own = s.mark.data() + qi * nb;  // valid up to the query's own block
-      most = std::max<int64_t>(most, std::count(own, own + (S - T + t0 + qi) / bs + 1, uint8_t(1)));
+    for (int64_t g0 = 0; g0 < nq; g0 += qpg) {
+      const int64_t ng = std::min<int64_t>(qpg, nq - g0);
+      int64_t ug = 0;
+      const int64_t hi = (S - T + t0 + g0 + ng - 1) / bs;
+      for (int64_t j = 0; j <= hi; ++j) {
+        bool on = false;
+        for (int64_t qi = g0; qi < g0 + ng; ++qi) on |= j <= (S - T + t0 + qi) / bs && s.mark[qi * nb + j];
+        ug += on;
+      }
+      group_cost += ug * ((ng * G + L - 1) / L);
     }
-    if (nq > 1 && 2 * u > 3 * most) {
-      for (int64_t qi = 0; qi < nq; ++qi) {
-        const uint8_t* own = s.mark.data() + qi * nb;
-        const int64_t qblk = (S - T + t0 + qi) / bs;
-        for (int64_t r0 = 0; r0 < G; r0 += 4 * L)
-          attend_rows(b, h, G, t0, T, S, D, qi * G + r0, std::min<int64_t>(G - r0, 4 * L), q, k, v, p, scale,
-                      s.mark.data(), nb, own, qblk, s, out, Hq);
+    const int64_t tile_cost = u * ((nq * G + L - 1) / L);
+    if (nq > 1 && 4 * tile_cost > 5 * group_cost) {  // the tile shares block reads: it may cost up to 25 % more
+      for (int64_t g0 = 0; g0 < nq; g0 += qpg) {
+        const int64_t ng = std::min<int64_t>(qpg, nq - g0);
+        const int64_t hi = (S - T + t0 + g0 + ng - 1) / bs;
+        for (int64_t j = 0; j <= hi; ++j) {
+          bool on = false;
+          for (int64_t qi = g0; qi < g0 + ng; ++qi) on |= j <= (S - T + t0 + qi) / bs && s.mark[qi * nb + j];
+          group_union[j] = on;
+        }
+        const int64_t rows = ng * G;
+        for (int64_t r0 = 0; r0 < rows; r0 += 4 * L)
+          attend_rows(b, h, G, t0, T, S, D, g0 * G + r0, std::min<int64_t>(rows - r0, 4 * L), q, k, v, p, scale,
+                      s.mark.data(), nb, group_union.data(), hi, s, out, Hq);
       }
       continue;
     }
