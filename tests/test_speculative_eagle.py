@@ -20,7 +20,8 @@ import edgecpm
 from edgecpm.generation import Generator, SamplingParams
 from edgecpm.speculative import EagleDraft, Speculator
 from edgecpm.speculative.eagle import EagleHead
-from edgecpm.speculative.eagle_train import extract, train
+from edgecpm.speculative.eagle_data import continuations
+from edgecpm.speculative.eagle_train import depth_agreement, extract, train, unrolled
 from edgecpm.speculative.frspec import build_table, count_tokens, read_ids, write_table
 from edgecpm.synthetic import SyntheticSpec, cached_checkpoint
 
@@ -205,6 +206,7 @@ def test_train_eagle_head_example(target, tmp_path, capsys) -> None:
     out = tmp_path / "head.eagle.json"
     ckpt = str(cached_checkpoint(TARGET))
     args = ["--text", str(text), "--tokens", "400", "--seq", "32", "--steps", "40", "--threads", "1"]
+    args += ["--prompts", "6", "--prompt-tokens", "8", "--new-tokens", "8", "--gen-batch", "4"]
     vocab = target.config.vocab_size
     args += ["--fr-sizes", f"8,{vocab}"]
     log = run_example("train_eagle_head.py", ckpt, *args, "--out", str(out), capsys=capsys)
@@ -215,8 +217,105 @@ def test_train_eagle_head_example(target, tmp_path, capsys) -> None:
     assert set(meta["held_out_top1_fr"]) == {"8", str(vocab)}
     assert meta["held_out_top1_fr"][str(vocab)] == meta["held_out_top1"]
     assert 0 <= meta["held_out_top1_fr"]["8"] <= 1
+    # trained on the target's own continuations too; held out: greedy continuations, scored per draft depth
+    assert meta["train_chunks"]["greedy"] == 5 and meta["train_chunks"]["sampled"] == 2
+    assert meta["held_out_on"] == "greedy continuations" and meta["train_depth"] == 3
+    depth = meta["held_out_by_depth"]
+    assert set(depth) == {"full", "8", str(vocab)} and depth["full"][0] == meta["held_out_top1"]
+    assert depth[str(vocab)] == depth["full"] and len(depth["full"]) == 3
     r = target.generate_result(PROMPT, max_new_tokens=16, draft=str(out), draft_tokens=2)
     assert r.token_ids == run(target, n=16).token_ids
+
+
+def _draft_chain(head, tok, feat, c, depth):
+    """The draft loop by hand: the head's cache fed the target-fed pairs 0..c, then its own normed predictions
+    with the next tokens, one step at a time (what EagleDraft does after a verify)."""
+    cache = head.new_cache()
+    g = head(tok[None, : c + 1], feat[None, : c + 1], cache)[:, -1:]
+    out = [g[0, 0]]
+    for s in range(1, depth):
+        g = head(tok[None, c + s : c + s + 1], head.target_norm(g), cache)
+        out.append(g[0, 0])
+    return out
+
+
+@torch.no_grad()
+def test_unrolled_training_levels_are_the_draft_loop(target) -> None:
+    """Level s of the masked parallel unroll (training-time test) equals the s-th step of a draft chain run
+    step by step with the head's own KV cache, from every start: the mask shows each query what drafting does."""
+    torch.manual_seed(3)
+    h = EagleHead.for_model(target.backend.model)
+    for p in h.parameters():
+        p.add_(torch.randn_like(p) * 0.05)
+    tok = torch.randint(target.config.vocab_size, (14,))
+    feat = torch.randn(14, target.config.hidden_size)
+    levels = unrolled(h, tok[None], feat[None], 3)
+    assert torch.allclose(levels[0][0], h(tok[None], feat[None])[0], atol=1e-5)
+    for c in range(0, 12):
+        for s, g in enumerate(_draft_chain(h, tok, feat, c, 3)):
+            assert torch.allclose(levels[s][0, c + s], g, atol=1e-4), (c, s)
+
+
+@torch.no_grad()
+def test_depth_agreement_counts_accepted_chains(target, head) -> None:
+    """Per-depth acceptance against a brute-force count: every chain drafted by hand from each start, draft d
+    counted only where drafts 1..d-1 equalled the target's greedy tokens."""
+    model = target.backend.model
+    ids = target.encode_prompt(PROMPT) + run(target, n=36).token_ids  # past the head's trained stretch too
+    feats = extract(model, ids, seq=256)
+    feats.starts = [len(target.encode_prompt(PROMPT)) - 3]  # score from a few tokens before the continuation
+    tok, st, lab = feats.tokens[0][1:], feats.states[0][:-1], feats.labels[0][1:]
+    tried, hits = [0, 0, 0], [0, 0, 0]
+    for c in range(max(0, feats.starts[0] - 1), len(tok)):
+        for d, g in enumerate(_draft_chain(head, tok, st, c, min(3, len(tok) - c))):
+            tried[d] += 1
+            ok = int(head.logits(g).argmax()) == int(lab[c + d])
+            hits[d] += ok
+            if not ok:
+                break
+    want = [round(h / n, 4) if n else None for h, n in zip(hits, tried, strict=True)]
+    assert depth_agreement(head, feats, [0], None, 3) == want and 0 < hits[0] < tried[0], (want, tried)
+    rows = torch.as_tensor(build_table(count_tokens(ids, target.config.vocab_size), 40)["ids"])
+    restricted = depth_agreement(head, feats, [0], rows, 1)[0]
+    assert restricted <= want[0]  # a target token outside the rows is never agreed with
+
+
+@torch.no_grad()
+def test_batched_continuations_are_the_targets_greedy_output(target) -> None:
+    """Batched greedy continuations equal plain greedy decoding of each prompt, their states equal a fresh
+    teacher-forced forward, and their labels are the target's argmax (the next generated token)."""
+    model = target.backend.model
+    ids = generated_text(target)
+    prompts = torch.stack([torch.as_tensor(ids[i : i + 6]) for i in (0, 5, 11)])
+    f = continuations(model, prompts, 7, batch=2)
+    for r in range(3):
+        want = Generator(target.backend, target.tokenizer).run(prompts[r].tolist(), 7, GREEDY).token_ids
+        assert f.tokens[r].tolist() == prompts[r].tolist() + want and f.starts[r] == 6
+        fresh = model.hidden_states(f.tokens[r][None])[0]
+        assert torch.allclose(f.states[r], fresh, atol=1e-4)
+        assert f.labels[r][5:-1].tolist() == want
+    sampled = continuations(model, prompts, 7, batch=3, temperature=1.0, seed=1, kind="sampled")
+    assert sampled.kinds == ["sampled"] * 3 and all(len(t) == 13 for t in sampled.tokens)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_unrolled_training_learns_its_chunk(target, soft) -> None:
+    """Depth-3 unrolled training with distillation over FR-Spec rows: the head then drafts its chunk well at
+    every depth (measured by the per-depth count checked above), a fresh head does not."""
+    model = target.backend.model
+    feats = extract(model, generated_text(target), seq=256)
+    feats.tokens *= 2
+    feats.states *= 2
+    feats.labels *= 2
+    labels = feats.labels[0].tolist()  # rows: the target's own next tokens (FR-Spec's table holds its output)
+    rows = torch.as_tensor(build_table(count_tokens(labels, target.config.vocab_size), 64)["ids"])
+    torch.manual_seed(1)
+    h = EagleHead.for_model(model)
+    before = depth_agreement(h, feats, [1], rows, 3)
+    out = train(h, feats, steps=150, lr=3e-3, ce_weight=1.0, noise=0.0, depth=3, soft=soft, rows=rows, batch=2)
+    after = depth_agreement(h, feats, [1], rows, 3)
+    assert out["train_depth"] == 3 and out["soft_targets"] is soft
+    assert after[0] >= 0.8 and after[1] >= 0.6 and after[0] > before[0], (before, after)
 
 
 def test_report_section_html_and_markdown(tmp_path: Path) -> None:
