@@ -318,6 +318,13 @@ def test_unrolled_training_learns_its_chunk(target, soft) -> None:
     assert after[0] >= 0.8 and after[1] >= 0.6 and after[0] > before[0], (before, after)
 
 
+def test_training_ends_within_its_time_budget(target) -> None:
+    feats = extract(target.backend.model, generated_text(target), seq=16)
+    h = EagleHead.for_model(target.backend.model)
+    out = train(h, feats, steps=100_000, max_seconds=2.0, depth=2, batch=2)
+    assert 10 < out["steps"] < 100_000 and out["train_seconds"] < 2.0 + 3.0, out
+
+
 def test_report_section_html_and_markdown(tmp_path: Path) -> None:
     from edgecpm.speculative.report import read_rows, section_html, section_markdown, speedup_png
 

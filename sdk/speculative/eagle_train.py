@@ -161,10 +161,12 @@ def train(
     t0 = time.perf_counter()
     history = []
     masks: dict = {}
-    step = 0
+    step, max_steps = 0, steps
     while step < steps:
-        if max_seconds and step == 10:
-            steps = max(step + 1, min(steps, int(max_seconds / ((time.perf_counter() - t0) / step))))
+        if max_seconds and step >= 10 and step % 10 == 0:  # re-estimated as the machine's load changes
+            per_step = (time.perf_counter() - t0) / step
+            left = max_seconds - (time.perf_counter() - t0)
+            steps = max(step + 1, min(max_steps, step + int(left / per_step)))
         for group in opt.param_groups:  # warm up 5%, then cosine to 10%
             warm = max(1, steps // 20)
             frac = min(1.0, (step + 1) / warm)
