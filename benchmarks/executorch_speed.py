@@ -3,12 +3,15 @@ ExecuTorch's own Llama export (`export_llm`: XNNPACK, 8da4w, KV cache, its `llam
 weights and llama.cpp q4_0 (edgecpm's GGUF exporter, run by llama-cpp-python): same machine, same threads,
 runs interleaved, medians and ratios from one process.
 
-    python benchmarks/executorch_speed.py [--threads 2] [--prefill 128] [--decode 64] [--runs 5]
-        [--group-size 128] [--work DIR]
+    python benchmarks/executorch_speed.py [--threads 2] [--prefill 120] [--decode 64] [--runs 5]
+        [--group-size 128] [--max-seq-len 128] [--work DIR]
 
 Both ExecuTorch programs are timed through the same `executorch.runtime` calls: prefill = one `forward` over
 `--prefill` tokens at position 0; decode = one `forward` per token. llama.cpp: `eval` of the prompt, then
-one `eval` per token. The peer program omits MiniCPM's µP scalings (not in its Llama architecture), which
+one `eval` per token. Both programs are built once for `--max-seq-len` (the artifacts are reused by later
+runs, whatever their `--prefill`); the peer accepts at most max_seq_len - 1 tokens per call, so `--prefill`
+must be below it. The load average is printed before and after the timed runs (the host may be shared).
+The peer program omits MiniCPM's µP scalings (not in its Llama architecture), which
 cost nothing in edgecpm's program (folded into weights), so the shapes and work are the same.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -92,7 +96,8 @@ class LlamaCpp:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prefill", type=int, default=128)
+    ap.add_argument("--prefill", type=int, default=120)
+    ap.add_argument("--max-seq-len", type=int, default=128, help="prefill chunk the programs are built for")
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--group-size", type=int, default=128)
@@ -100,12 +105,14 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--prepare-only", action="store_true", help="build the three artifacts, time nothing")
     args = ap.parse_args()
+    if args.prefill >= args.max_seq_len:
+        ap.error(f"--prefill {args.prefill} must be below --max-seq-len {args.max_seq_len} (the peer's limit)")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     src = cached_checkpoint(SPEC_05B)
     config, source = open_checkpoint(src)
-    ctx = args.prefill + args.decode + 16
+    ctx = args.max_seq_len + args.decode + 16
     timings: dict[str, float] = {}
     ours = work / f"edgecpm-8da4w-g{args.group_size}"
     if not (ours / "model.pte").exists():
@@ -116,7 +123,7 @@ def main() -> None:
             ours,
             quant="8da4w",
             group_size=args.group_size,
-            max_seq_len=args.prefill,
+            max_seq_len=args.max_seq_len,
             max_context_len=ctx,
             progress=False,
         )
@@ -125,7 +132,7 @@ def main() -> None:
     if not peer.exists():
         t = time.time()
         ckpt, params = write_llama_checkpoint(config, source, work / "peer")
-        export_peer(ckpt, params, peer, "8da4w", args.group_size, args.prefill, ctx, 1, [2])
+        export_peer(ckpt, params, peer, "8da4w", args.group_size, args.max_seq_len, ctx, 1, [2])
         timings["peer export s"] = time.time() - t
     gguf = work / "q4_0"
     if not gguf.exists():
@@ -142,7 +149,7 @@ def main() -> None:
     engines = {
         "edgecpm ExecuTorch 8da4w": ETProgram(ours / "model.pte"),
         "ExecuTorch export_llm 8da4w": ETProgram(peer),
-        "llama.cpp q4_0": LlamaCpp(gguf_file, args.threads, ctx, args.prefill),
+        "llama.cpp q4_0": LlamaCpp(gguf_file, args.threads, ctx, args.max_seq_len),
     }
     ids = torch.randint(0, config.vocab_size, (args.prefill,), generator=torch.Generator().manual_seed(0)).tolist()
     results: dict[str, dict[str, list[float]]] = {k: {"prefill": [], "decode": []} for k in engines}
@@ -150,17 +157,20 @@ def main() -> None:
         eng.prefill(ids)
         eng.decode(len(ids), 4)
     names = list(engines)
+    load_before = os.getloadavg()
     for r in range(args.runs):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             eng = engines[name]
             results[name]["prefill"].append(eng.prefill(ids))
             results[name]["decode"].append(eng.decode(len(ids), args.decode))
+    load_after = os.getloadavg()
     med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in results.items()}
     base = med["ExecuTorch export_llm 8da4w"]
     print(
         f"0.5B-shaped MiniCPM4 (hidden 1024, 24 layers, vocab 73448), threads {args.threads}, prefill "
-        f"{args.prefill} tokens, decode {args.decode} tokens, median of {args.runs} interleaved runs"
+        f"{args.prefill} tokens, decode {args.decode} tokens, median of {args.runs} interleaved runs; load average "
+        f"before {load_before[0]:.2f}, after {load_after[0]:.2f}"
     )
     print("| engine | prefill tok/s | decode tok/s | prefill vs export_llm | decode vs export_llm |")
     print("|---|---|---|---|---|")
@@ -176,7 +186,12 @@ def main() -> None:
     }
     print(json.dumps({**sizes, **timings}))
     if args.json:
-        Path(args.json).write_text(json.dumps({"median": med, "runs": results, **sizes, **timings}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {"median": med, "runs": results, "load_average": [load_before, load_after], **sizes, **timings},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

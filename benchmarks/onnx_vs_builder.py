@@ -152,15 +152,17 @@ def main() -> None:
         rates: dict[str, list[float]] = {k: [] for k in arts}
         firsts: dict[str, list[float]] = {k: [] for k in arts}
         decode_rate(arts["ORT GenAI builder int4"], prompt, 8, args.threads)  # warm the page cache
+        load_before = os.getloadavg()  # the host may be shared: report how busy it was
         for _ in range(args.runs):
             for name, folder in arts.items():
                 r, f = decode_rate(folder, prompt, args.new_tokens, args.threads)
                 rates[name].append(r)
                 firsts[name].append(f)
+        load_after = os.getloadavg()
         base = statistics.median(rates["ORT GenAI builder int4"])
         print(
             f"\n{args.runs} alternating runs, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
-            f"threads={args.threads or 'default'}"
+            f"threads={args.threads or 'default'}, load average before {load_before[0]:.2f}, after {load_after[0]:.2f}"
         )
         print("| artifact | decode tok/s (median) | prefill+first token ms | ratio vs builder |")
         print("|---|---|---|---|")
