@@ -17,7 +17,9 @@ One run: for each context and repeat, every engine in turn (interleaved), each i
 peak RSS (getrusage ru_maxrss of that process) is its own. Prefill = the whole prompt fed the way each engine
 takes long prompts (ExecuTorch: max_seq_len chunks inside the backend; ONNX: --onnx-chunk tokens a call;
 torch: one prefill call, chunked inside the kernel; llama.cpp: eval with n_batch 512), timed to the logits
-of the last prompt token; decode = --decode greedy steps, one token a call. Exports are made once into --work.
+of the last prompt token; decode = --decode greedy steps, one token a call. Exports are made once into --work
+and reused by later runs (named by engine and context only); `--fresh et-sparse-compiled,...` exports those
+engines again, which a change to the exporter or to a program's graph needs.
 """
 
 from __future__ import annotations
@@ -72,19 +74,25 @@ def checkpoints(work: Path, max_len: int) -> tuple[Path, Path]:
     return sparse, dense
 
 
+def artifact_path(engine: str, work: Path, ctx: int) -> Path:
+    """Where the script keeps `engine`'s export (torch-sparse runs the checkpoint itself)."""
+    if engine.startswith("llama"):
+        return work / "q4_0.gguf"
+    return work / (f"{engine}-{ctx}" if engine.startswith("et") else engine)
+
+
 def artifact(engine: str, work: Path, sparse: Path, dense: Path, ctx: int, threads: int) -> Path:
     """Export (once) what `engine` runs; returns its path."""
     from edgecpm.exporters.registry import run_export
 
     if engine == "torch-sparse":
         return sparse
+    out = artifact_path(engine, work, ctx)
     if engine.startswith("llama"):
-        out = work / "q4_0.gguf"
         if not out.exists():
             run_export(sparse, "gguf", out, "q4_0", progress=False)
         return out
     if engine.startswith("et"):
-        out = work / f"{engine}-{ctx}"
         if not out.exists():
             src = dense if engine == "et-dense" else sparse
             kernel = {"sparse_kernel": "compiled"} if engine == "et-sparse-compiled" else {}
@@ -100,7 +108,6 @@ def artifact(engine: str, work: Path, sparse: Path, dense: Path, ctx: int, threa
                 **kernel,
             )
         return out
-    out = work / engine
     if not out.exists():
         run_export(sparse, "onnx", out, "int4", progress=False, sparse=engine == "onnx-sparse")
     return out
@@ -197,6 +204,7 @@ def main() -> None:
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "edgecpm" / "long_context"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--prepare-only", action="store_true")
+    ap.add_argument("--fresh", default="", help="engines whose cached export in --work is made again")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--path", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--context", type=int, default=0, help=argparse.SUPPRESS)
@@ -217,8 +225,15 @@ def main() -> None:
     ctx_max = max(contexts) + args.decode + 128
     sparse, dense = checkpoints(work, ctx_max)
     paths = {}
+    fresh = {e for e in args.fresh.split(",") if e}
     for e in engines:
         t = time.perf_counter()
+        if e in fresh and e != "torch-sparse":  # the script's own export of this engine, made again
+            old = artifact_path(e, work, ctx_max)
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
         paths[e] = artifact(e, work, sparse, dense, ctx_max, args.threads)
         print(f"# {e}: {paths[e]} ({time.perf_counter() - t:.0f} s to prepare)", flush=True)
     if args.prepare_only:

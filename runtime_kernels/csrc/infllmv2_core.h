@@ -107,42 +107,44 @@ inline vf vexp_neg(vf x) {
   return p * scale;
 }
 
-// st[j][v] = sum_d key_j[d] * qt[d][v] for KB keys (key j at base + j * stride), NV row vectors.
+// st[j][v] = sum_d key_j[d] * qt[d][v] for KB keys (key j at base + j * stride), NV row vectors; qt and st hold
+// `ld` vectors per d / per key (ld = NV, or more when a call takes one vector of a wider tile).
 template <int NV, int KB>
-inline void qk_tile(const vf* __restrict qt, const float* base, int64_t stride, int64_t D, vf* __restrict st) {
+inline void qk_tile(const vf* __restrict qt, int64_t ld, const float* base, int64_t stride, int64_t D,
+                    vf* __restrict st) {
   vf acc[KB][NV];
   for (int j = 0; j < KB; ++j)
     for (int v = 0; v < NV; ++v) acc[j][v] = vf{};
   for (int64_t d = 0; d < D; ++d) {
     vf qv[NV];
-    for (int v = 0; v < NV; ++v) qv[v] = qt[d * NV + v];
+    for (int v = 0; v < NV; ++v) qv[v] = qt[d * ld + v];
     for (int j = 0; j < KB; ++j) {
       const float kk = base[j * stride + d];
       for (int v = 0; v < NV; ++v) acc[j][v] += kk * qv[v];
     }
   }
   for (int j = 0; j < KB; ++j)
-    for (int v = 0; v < NV; ++v) st[j * NV + v] = acc[j][v];
+    for (int v = 0; v < NV; ++v) st[j * ld + v] = acc[j][v];
 }
 
 template <int NV>
-inline void qk_rows(const vf* qt, const float* base, int64_t stride, int64_t n, int64_t D, vf* st) {
+inline void qk_rows(const vf* qt, int64_t ld, const float* base, int64_t stride, int64_t n, int64_t D, vf* st) {
   constexpr int KB = NV == 1 ? 8 : 4;
   int64_t j = 0;
-  for (; j + KB <= n; j += KB) qk_tile<NV, KB>(qt, base + j * stride, stride, D, st + j * NV);
-  for (; j < n; ++j) qk_tile<NV, 1>(qt, base + j * stride, stride, D, st + j * NV);
+  for (; j + KB <= n; j += KB) qk_tile<NV, KB>(qt, ld, base + j * stride, stride, D, st + j * ld);
+  for (; j < n; ++j) qk_tile<NV, 1>(qt, ld, base + j * stride, stride, D, st + j * ld);
 }
 
 // ot[d][v] += sum_j value_j[d] * p[j][v] for d in [d0, d0 + DB).
 template <int NV, int DB>
-inline void pv_tile(vf* __restrict ot, const vf* __restrict p, const float* base, int64_t stride, int64_t n,
-                    int64_t d0) {
+inline void pv_tile(vf* __restrict ot, const vf* __restrict p, int64_t ld, const float* base, int64_t stride,
+                    int64_t n, int64_t d0) {
   vf acc[DB][NV];
   for (int i = 0; i < DB; ++i)
-    for (int v = 0; v < NV; ++v) acc[i][v] = ot[(d0 + i) * NV + v];
+    for (int v = 0; v < NV; ++v) acc[i][v] = ot[(d0 + i) * ld + v];
   for (int64_t j = 0; j < n; ++j) {
     vf pv[NV];
-    for (int v = 0; v < NV; ++v) pv[v] = p[j * NV + v];
+    for (int v = 0; v < NV; ++v) pv[v] = p[j * ld + v];
     const float* row = base + j * stride + d0;
     for (int i = 0; i < DB; ++i) {
       const float x = row[i];
@@ -150,33 +152,56 @@ inline void pv_tile(vf* __restrict ot, const vf* __restrict p, const float* base
     }
   }
   for (int i = 0; i < DB; ++i)
-    for (int v = 0; v < NV; ++v) ot[(d0 + i) * NV + v] = acc[i][v];
+    for (int v = 0; v < NV; ++v) ot[(d0 + i) * ld + v] = acc[i][v];
 }
 
 template <int NV>
-inline void pv_rows(vf* ot, const vf* p, const float* base, int64_t stride, int64_t n, int64_t D) {
+inline void pv_rows(vf* ot, const vf* p, int64_t ld, const float* base, int64_t stride, int64_t n, int64_t D) {
   constexpr int DB = NV == 1 ? 8 : 4;
   int64_t d = 0;
-  for (; d + DB <= D; d += DB) pv_tile<NV, DB>(ot, p, base, stride, n, d);
-  for (; d < D; ++d) pv_tile<NV, 1>(ot, p, base, stride, n, d);
+  for (; d + DB <= D; d += DB) pv_tile<NV, DB>(ot, p, ld, base, stride, n, d);
+  for (; d < D; ++d) pv_tile<NV, 1>(ot, p, ld, base, stride, n, d);
 }
 
-// Dispatch on the number of row vectors (1..4; more in chunks of 4 handled by the caller).
-inline void qk_any(int nv, const vf* qt, const float* base, int64_t stride, int64_t n, int64_t D, vf* st) {
+// Dispatch on the number of row vectors (1..4; more in chunks of 4 handled by the caller); `ld` vectors per d /
+// per key in qt, st and ot (ld = nv, or more when the call takes some vectors of a wider tile).
+inline void qk_any(int nv, const vf* qt, const float* base, int64_t stride, int64_t n, int64_t D, vf* st,
+                   int64_t ld = 0) {
+  if (ld == 0) ld = nv;
+  if (ld != nv) {
+    switch (nv) {
+      case 1: qk_rows<1>(qt, ld, base, stride, n, D, st); break;
+      case 2: qk_rows<2>(qt, ld, base, stride, n, D, st); break;
+      case 3: qk_rows<3>(qt, ld, base, stride, n, D, st); break;
+      default: qk_rows<4>(qt, ld, base, stride, n, D, st); break;
+    }
+    return;
+  }
   switch (nv) {
-    case 1: qk_rows<1>(qt, base, stride, n, D, st); break;
-    case 2: qk_rows<2>(qt, base, stride, n, D, st); break;
-    case 3: qk_rows<3>(qt, base, stride, n, D, st); break;
-    default: qk_rows<4>(qt, base, stride, n, D, st); break;
+    case 1: qk_rows<1>(qt, 1, base, stride, n, D, st); break;
+    case 2: qk_rows<2>(qt, 2, base, stride, n, D, st); break;
+    case 3: qk_rows<3>(qt, 3, base, stride, n, D, st); break;
+    default: qk_rows<4>(qt, 4, base, stride, n, D, st); break;
   }
 }
 
-inline void pv_any(int nv, vf* ot, const vf* p, const float* base, int64_t stride, int64_t n, int64_t D) {
+inline void pv_any(int nv, vf* ot, const vf* p, const float* base, int64_t stride, int64_t n, int64_t D,
+                   int64_t ld = 0) {
+  if (ld == 0) ld = nv;
+  if (ld != nv) {
+    switch (nv) {
+      case 1: pv_rows<1>(ot, p, ld, base, stride, n, D); break;
+      case 2: pv_rows<2>(ot, p, ld, base, stride, n, D); break;
+      case 3: pv_rows<3>(ot, p, ld, base, stride, n, D); break;
+      default: pv_rows<4>(ot, p, ld, base, stride, n, D); break;
+    }
+    return;
+  }
   switch (nv) {
-    case 1: pv_rows<1>(ot, p, base, stride, n, D); break;
-    case 2: pv_rows<2>(ot, p, base, stride, n, D); break;
-    case 3: pv_rows<3>(ot, p, base, stride, n, D); break;
-    default: pv_rows<4>(ot, p, base, stride, n, D); break;
+    case 1: pv_rows<1>(ot, p, 1, base, stride, n, D); break;
+    case 2: pv_rows<2>(ot, p, 2, base, stride, n, D); break;
+    case 3: pv_rows<3>(ot, p, 3, base, stride, n, D); break;
+    default: pv_rows<4>(ot, p, 4, base, stride, n, D); break;
   }
 }
 
@@ -227,7 +252,7 @@ inline void select_blocks_tile(const View& sq, int64_t b, int64_t h, int64_t G, 
                                uint8_t* mark, int64_t nb) {
   const int64_t ks = p.kernel_size, st = p.kernel_stride, bs = p.block_size;
   // queries that need scores, with their free range, budget and visible kernels (entirely in their past)
-  int64_t need[4 * L], lo_of[4 * L], hi_of[4 * L], extra_of[4 * L], nvis_of[4 * L];  // nq <= query_tile <= 4L
+  int64_t need[8 * L], lo_of[8 * L], hi_of[8 * L], extra_of[8 * L], nvis_of[8 * L];  // nq <= query_tile <= 8L
   int64_t nneed = 0, nvis_max = 0;
   for (int64_t qi = 0; qi < nq; ++qi) {
     const int64_t pos = pos0 + qi;
@@ -325,9 +350,13 @@ inline void select_blocks_tile(const View& sq, int64_t b, int64_t h, int64_t G, 
   }
 }
 
-// Queries per tile: their rows (G heads each) fill up to 4 vectors and share every key/value block of their
-// union while it is cached. Decode: 1.
-inline int64_t query_tile(int64_t T, int64_t G) { return T == 1 ? 1 : std::max<int64_t>(1, 4 * L / G); }
+// Row vectors one attention walk carries: every key/value block it reads serves them all while in L1 (the
+// micro-kernels take them four at a time). Eight: a block is read from the last-level cache once per 8 x 16 rows.
+constexpr int64_t WALK_VECTORS = 8;
+
+// Queries per tile: their rows (G heads each) fill up to WALK_VECTORS vectors and share every key/value block
+// of their union. Decode: 1.
+inline int64_t query_tile(int64_t T, int64_t G) { return T == 1 ? 1 : std::max<int64_t>(1, WALK_VECTORS * L / G); }
 
 inline int64_t num_items(int64_t B, int64_t Hkv, int64_t T, int64_t G) {
   const int64_t qt = query_tile(T, G);
@@ -352,28 +381,36 @@ inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, 
   }
   s.ot.assign(static_cast<size_t>(D * nv), vf{});
   s.st.resize(static_cast<size_t>(bs * nv));
-  vf m[4], l[4];
+  vf m[WALK_VECTORS], l[WALK_VECTORS];
   for (int w = 0; w < nv; ++w) {
     m[w] = vsplat(neg_inf);
     l[w] = vf{};
   }
   // per lane: its query's position and index (padded lanes: position -1, never attend)
-  int32_t lane_pos[4 * L], lane_q[4 * L];
+  int32_t lane_pos[WALK_VECTORS * L], lane_q[WALK_VECTORS * L];
   for (int64_t r = 0; r < static_cast<int64_t>(nv) * L; ++r) {
     lane_q[r] = r < rn ? static_cast<int32_t>((r0 + r) / G) : -1;
     lane_pos[r] = r < rn ? static_cast<int32_t>(S - T + t0 + lane_q[r]) : -1;
   }
   const int64_t qlo = r0 / G, qhi = (r0 + rn - 1) / G;  // queries of these rows
   const int64_t pos_hi = S - T + t0 + qhi;
+  int64_t vq_lo[WALK_VECTORS], vq_hi[WALK_VECTORS];  // the queries whose rows lie in vector w
+  for (int w = 0; w < nv; ++w) {
+    vq_lo[w] = (r0 + w * L) / G;
+    vq_hi[w] = (r0 + std::min<int64_t>((w + 1) * L, rn) - 1) / G;
+  }
+  const unsigned full = (1u << nv) - 1;
   for (int64_t j = 0; j <= last_blk; ++j) {
     if (!in_union[j]) continue;
-    bool any = false, all = true;
-    for (int64_t qi = qlo; qi <= qhi; ++qi) {
-      const bool on = j <= (S - T + t0 + qi) / bs && mark[qi * nb + j];
-      any |= on;
-      all &= on;
-    }
-    if (!any) continue;
+    bool all = true;
+    unsigned need = 0;  // bit w: some row of vector w attends block j (the others skip it: exact, p would be 0)
+    for (int w = 0; w < nv; ++w)
+      for (int64_t qi = vq_lo[w]; qi <= vq_hi[w]; ++qi) {
+        const bool on = j <= (S - T + t0 + qi) / bs && mark[qi * nb + j];
+        need |= unsigned(on) << w;
+        all &= on;
+      }
+    if (!need) continue;
     const int64_t k0 = j * bs;
     const int64_t n = std::min<int64_t>(std::min<int64_t>(k0 + bs, S), pos_hi + 1) - k0;
     vf* st = s.st.data();
@@ -389,12 +426,17 @@ inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, 
       bf16_rows_to_f32(v.row(b, h, k0), v.sn, n, D, s.vbuf.data());
       kb = s.kbuf.data(), vb = s.vbuf.data(), kstride = D, vstride = D;
     }
-    qk_any(nv, s.qt.data(), kb, kstride, n, D, st);
+    if (need == full) {
+      for (int w0 = 0; w0 < nv; w0 += 4) qk_any(std::min(4, nv - w0), s.qt.data() + w0, kb, kstride, n, D, st + w0, nv);
+    } else {
+      for (int w = 0; w < nv; ++w)
+        if (need >> w & 1) qk_rows<1>(s.qt.data() + w, nv, kb, kstride, n, D, st + w);
+    }
     // mask: block not chosen by the lane's query, or key in its future
     const bool causal_free = all && k0 + n - 1 <= S - T + t0 + qlo;
     if (!causal_free)
       for (int w = 0; w < nv; ++w)
-        for (int lane = 0; lane < L; ++lane) {
+        for (int lane = 0; lane < L && (need >> w & 1); ++lane) {
           const int64_t r = w * L + lane;
           const int32_t qi = lane_q[r];
           const bool chosen = qi >= 0 && mark[qi * nb + j];
@@ -402,6 +444,7 @@ inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, 
           for (int64_t jj = std::max<int64_t>(lim, 0); jj < n; ++jj) st[jj * nv + w][lane] = neg_inf;
         }
     for (int w = 0; w < nv; ++w) {
+      if (!(need >> w & 1)) continue;
       vf mx = vsplat(neg_inf);
       for (int64_t jj = 0; jj < n; ++jj) mx = vmax(mx, st[jj * nv + w]);
       const vf m_new = vmax(m[w], mx);
@@ -418,7 +461,12 @@ inline void attend_rows(int64_t b, int64_t h, int64_t G, int64_t t0, int64_t T, 
       m[w] = m_new;
       for (int64_t d = 0; d < D; ++d) s.ot[d * nv + w] *= alpha;
     }
-    pv_any(nv, s.ot.data(), st, vb, vstride, n, D);
+    if (need == full) {
+      for (int w0 = 0; w0 < nv; w0 += 4) pv_any(std::min(4, nv - w0), s.ot.data() + w0, st + w0, vb, vstride, n, D, nv);
+    } else {
+      for (int w = 0; w < nv; ++w)
+        if (need >> w & 1) pv_rows<1>(s.ot.data() + w, st + w, nv, vb, vstride, n, D);
+    }
   }
   for (int64_t r = 0; r < rn; ++r) {
     const int64_t qi = (r0 + r) / G, g = (r0 + r) % G;
@@ -446,7 +494,7 @@ inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_
   const int64_t nb = (S + bs - 1) / bs;
   Scratch s;
   s.mark.resize(static_cast<size_t>(qt * nb));
-  std::vector<uint8_t> in_union(static_cast<size_t>(nb)), group_union(static_cast<size_t>(nb));
+  std::vector<uint8_t> in_union(static_cast<size_t>(nb));
   for (int64_t item = begin; item < end; ++item) {
     const int64_t tile = item % ntile;
     const int64_t h = (item / ntile) % Hkv;
@@ -462,45 +510,12 @@ inline void sparse_attention_items(int64_t begin, int64_t end, int64_t B, int64_
       for (int64_t j = 0; j <= qblk; ++j) in_union[j] |= mk[j];
       last_blk = std::max(last_blk, qblk);
     }
-    // Two ways to walk the tile, costed in (row vector x block) passes: the whole tile over the union of its
-    // queries' blocks (each block read once for every row), or groups of queries that fill one vector (L / G
-    // queries when a group's rows are fewer than a vector's lanes, else one query) each over its own union.
-    // Real text: neighbouring queries agree, the tile wins. Random data: they disagree, groups keep the cost
-    // near the budget without leaving lanes empty (G = 8 on a 16-lane vector: two queries per vector).
-    const int64_t qpg = G >= L ? 1 : L / G;
-    int64_t u = 0, group_cost = 0;
-    for (int64_t j = 0; j <= last_blk; ++j) u += in_union[j];
-    for (int64_t g0 = 0; g0 < nq; g0 += qpg) {
-      const int64_t ng = std::min<int64_t>(qpg, nq - g0);
-      int64_t ug = 0;
-      const int64_t hi = (S - T + t0 + g0 + ng - 1) / bs;
-      for (int64_t j = 0; j <= hi; ++j) {
-        bool on = false;
-        for (int64_t qi = g0; qi < g0 + ng; ++qi) on |= j <= (S - T + t0 + qi) / bs && s.mark[qi * nb + j];
-        ug += on;
-      }
-      group_cost += ug * ((ng * G + L - 1) / L);
-    }
-    const int64_t tile_cost = u * ((nq * G + L - 1) / L);
-    if (nq > 1 && 4 * tile_cost > 5 * group_cost) {  // the tile shares block reads: it may cost up to 25 % more
-      for (int64_t g0 = 0; g0 < nq; g0 += qpg) {
-        const int64_t ng = std::min<int64_t>(qpg, nq - g0);
-        const int64_t hi = (S - T + t0 + g0 + ng - 1) / bs;
-        for (int64_t j = 0; j <= hi; ++j) {
-          bool on = false;
-          for (int64_t qi = g0; qi < g0 + ng; ++qi) on |= j <= (S - T + t0 + qi) / bs && s.mark[qi * nb + j];
-          group_union[j] = on;
-        }
-        const int64_t rows = ng * G;
-        for (int64_t r0 = 0; r0 < rows; r0 += 4 * L)
-          attend_rows(b, h, G, t0, T, S, D, g0 * G + r0, std::min<int64_t>(rows - r0, 4 * L), q, k, v, p, scale,
-                      s.mark.data(), nb, group_union.data(), hi, s, out, Hq);
-      }
-      continue;
-    }
+    // One walk over the union of the tile's blocks; a vector skips every block none of its rows chose (exact:
+    // their probabilities would be 0), so queries that disagree (random data) cost their own choices and
+    // queries that agree (real text) share each block read.
     const int64_t R = nq * G;
-    for (int64_t r0 = 0; r0 < R; r0 += 4 * L)
-      attend_rows(b, h, G, t0, T, S, D, r0, std::min<int64_t>(R - r0, 4 * L), q, k, v, p, scale, s.mark.data(),
+    for (int64_t r0 = 0; r0 < R; r0 += WALK_VECTORS * L)
+      attend_rows(b, h, G, t0, T, S, D, r0, std::min<int64_t>(R - r0, WALK_VECTORS * L), q, k, v, p, scale, s.mark.data(),
                   nb, in_union.data(), last_blk, s, out, Hq);
   }
 }
