@@ -96,8 +96,9 @@ def main() -> int:
     else:
         held_out = max(1, len(parts[0].tokens) // 10)
     feats = merge(parts)
-    kinds = {k: feats.kinds.count(k) for k in dict.fromkeys(feats.kinds)}
-    print(f"features: {len(feats.tokens)} chunks {kinds} in {feats.seconds:.0f} s, {held_out} held out")
+    train_kinds = feats.kinds[: len(feats.kinds) - held_out]
+    kinds = {k: train_kinds.count(k) for k in dict.fromkeys(train_kinds)}
+    print(f"features: {len(feats.tokens)} chunks in {feats.seconds:.0f} s: training {kinds}, {held_out} held out")
     counts = count_tokens(
         [int(t) for c in feats.tokens[: len(feats.tokens) - held_out] for t in c], model.config.vocab_size
     )
@@ -134,6 +135,7 @@ def main() -> int:
             "temperature": a.temperature,
         },
         "held_out_on": "greedy continuations" if n_held else "text",
+        "held_out_chunks": held_out,
         "train_rows": None if rows is None else len(rows),
         "feature_seconds": round(feats.seconds, 1),
         **result,

@@ -218,7 +218,8 @@ def test_train_eagle_head_example(target, tmp_path, capsys) -> None:
     assert meta["held_out_top1_fr"][str(vocab)] == meta["held_out_top1"]
     assert 0 <= meta["held_out_top1_fr"]["8"] <= 1
     # trained on the target's own continuations too; held out: greedy continuations, scored per draft depth
-    assert meta["train_chunks"]["greedy"] == 5 and meta["train_chunks"]["sampled"] == 2
+    assert meta["train_chunks"]["greedy"] == 4 and meta["train_chunks"]["sampled"] == 2
+    assert meta["held_out_chunks"] == 1
     assert meta["held_out_on"] == "greedy continuations" and meta["train_depth"] == 3
     depth = meta["held_out_by_depth"]
     assert set(depth) == {"full", "8", str(vocab)} and depth["full"][0] == meta["held_out_top1"]
